@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# photoq on one machine, for development and CI.
+#
+#   deploy/dev.sh all    PostgreSQL and Redis up (installed if missing), then `photoq all`
+#                        on the defaults: API on 127.0.0.1:8080, storage under ./data.
+#   deploy/dev.sh test   PostgreSQL and Redis up, then fmt, clippy and the whole test suite.
+#   deploy/dev.sh services   only make sure PostgreSQL and Redis are installed and running.
+#
+# Debian or Ubuntu with Rust (rustup) is assumed. Builds go to $CARGO_TARGET_DIR, by default
+# ~/.cache/photoq/target, so they stay incremental across clones.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/photoq/target}"
+# Seconds to wait for a service to answer after starting it.
+SERVICE_WAIT_SECS=60
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+  say "installing $*"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+wait_for() {
+  local what=$1; shift
+  local i
+  for ((i = 0; i < SERVICE_WAIT_SECS * 4; i++)); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.25
+  done
+  say "$what did not come up within ${SERVICE_WAIT_SECS}s"
+  return 1
+}
+
+ensure_postgres() {
+  local fresh=0
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    apt_install postgresql postgresql-client
+    fresh=1
+  fi
+  if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    if [ "$fresh" -eq 1 ]; then
+      # A fresh install asks for passwords over TCP; photoq's local default connects as
+      # postgres without one, as on a development machine.
+      local hba="/etc/postgresql/$version/main/pg_hba.conf"
+      if ! as_root grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+        as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+      fi
+    fi
+    say "starting PostgreSQL $version"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    wait_for PostgreSQL pg_isready -q -h 127.0.0.1 -p 5432
+  fi
+}
+
+ensure_redis() {
+  if ! command -v redis-server >/dev/null 2>&1; then
+    apt_install redis-server
+  fi
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+    say "starting Redis"
+    as_root mkdir -p /var/lib/redis /var/log/redis
+    as_root redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" \
+      --appendonly no --dir /var/lib/redis --logfile /var/log/redis/photoq-dev.log
+    wait_for Redis sh -c 'redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG'
+  fi
+}
+
+ensure_rust_tools() {
+  if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    rustup component add rustfmt clippy
+  fi
+}
+
+case "${1:-}" in
+  services)
+    ensure_postgres
+    ensure_redis
+    ;;
+  all)
+    ensure_postgres
+    ensure_redis
+    shift
+    exec cargo run --release -- all "$@"
+    ;;
+  test)
+    ensure_postgres
+    ensure_redis
+    ensure_rust_tools
+    say "cargo fmt --check"
+    cargo fmt --check
+    say "cargo clippy"
+    cargo clippy --all-targets -- -D warnings
+    say "cargo test"
+    log=$(mktemp)
+    status=0
+    cargo test 2>&1 | tee "$log" || status=$?
+    # One closing line for the whole suite, summed over every test binary.
+    awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+    rm -f "$log"
+    exit "$status"
+    ;;
+  *)
+    echo "usage: deploy/dev.sh all|test|services" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,4 @@
+DROP TABLE variants;
+DROP TABLE photos;
+DROP TABLE batches;
+DROP TABLE api_keys;

@@ -1,0 +1,44 @@
+//! `GET /v1/batches/{id}`: where a batch stands.
+
+use actix_web::web;
+use paperclip::actix::{api_v2_operation, web::Json};
+use uuid::Uuid;
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::models::{BatchView, PhotoRef, StateCounts};
+use super::AppState;
+use crate::db;
+
+/// Get a batch
+///
+/// Per-state counts, the overall state and every photo's state.
+#[api_v2_operation(tags(Batches))]
+pub async fn get_batch(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<Uuid>,
+) -> Result<Json<BatchView>, ApiError> {
+    let id = path.into_inner();
+    let mut conn = db::conn(&state.pool).await?;
+    let batch = db::batches::get(&mut conn, caller.owner, id)
+        .await?
+        .ok_or(ApiError::NotFound("batch"))?;
+    let counts = StateCounts::from_rows(&db::batches::state_counts(&mut conn, id).await?);
+    let photos = db::batches::photo_states(&mut conn, id).await?;
+    Ok(Json(BatchView {
+        id: batch.id,
+        state: counts.overall().to_owned(),
+        total: counts.total(),
+        queued: counts.queued,
+        processing: counts.processing,
+        completed: counts.completed,
+        failed: counts.failed,
+        dead: counts.dead,
+        created_at: batch.created_at,
+        photos: photos
+            .into_iter()
+            .map(|(id, state)| PhotoRef::new(id, &state))
+            .collect(),
+    }))
+}

@@ -1,0 +1,156 @@
+//! The one place errors become HTTP: `{"error": {"code": "...", "message": "..."}}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use paperclip::actix::{api_v2_errors, Apiv2Schema};
+use serde::Serialize;
+
+use crate::db::DbError;
+use crate::storage::StorageError;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, Apiv2Schema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Apiv2Schema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code, e.g. `unsupported_media_type`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+#[api_v2_errors(
+    code = 400,
+    description = "Bad request: malformed input",
+    code = 401,
+    description = "Missing, unknown or revoked API key",
+    code = 404,
+    description = "No such resource, or it belongs to another key",
+    code = 409,
+    description = "The resource is not in a state that allows this",
+    code = 413,
+    description = "Too many files, or a file over the size limit",
+    code = 415,
+    description = "Not a supported image type (judged from the bytes)",
+    code = 503,
+    description = "PostgreSQL or storage unreachable; retry later",
+    code = 500,
+    description = "Internal error",
+    default_schema = "ErrorBody"
+)]
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("missing, unknown or revoked API key; send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{message}")]
+    PayloadTooLarge { code: &'static str, message: String },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code: "bad_request",
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. } | ApiError::PayloadTooLarge { code, .. } => code,
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let message = match self {
+            ApiError::Internal(detail) => {
+                // Logged, never shown.
+                tracing::error!(error = %detail, "internal error");
+                self.to_string()
+            }
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "dependency unavailable");
+                "a backing service is unavailable; retry later".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthorized) {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        response.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message,
+            },
+        })
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        if e.is_transient() {
+            ApiError::Unavailable(e.to_string())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<crate::dispatch::DispatchError> for ApiError {
+    fn from(e: crate::dispatch::DispatchError) -> Self {
+        match e {
+            crate::dispatch::DispatchError::Db(e) => e.into(),
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound(_) => ApiError::NotFound("object"),
+            StorageError::Backend(m) => ApiError::Unavailable(m),
+        }
+    }
+}
+
+/// Turns actix's extractor errors (bad path, query or JSON) into our body.
+pub fn extractor_error(err: impl std::fmt::Display) -> actix_web::Error {
+    ApiError::bad_request(err.to_string()).into()
+}

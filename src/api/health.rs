@@ -1,0 +1,60 @@
+//! Liveness, readiness and Prometheus metrics.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use paperclip::actix::{api_v2_operation, web::Json};
+
+use super::models::{Health, Readiness};
+use super::AppState;
+
+/// How long a readiness probe waits for each dependency.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Liveness
+///
+/// 200 while the process is up.
+#[api_v2_operation(tags(Operations))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness
+///
+/// 200 when PostgreSQL and Redis both answer, 503 otherwise; the body says which is down.
+#[api_v2_operation(tags(Operations))]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let (db, redis) = tokio::join!(
+        tokio::time::timeout(PROBE_TIMEOUT, crate::db::ping(&state.pool)),
+        tokio::time::timeout(PROBE_TIMEOUT, state.queue.ping()),
+    );
+    let up = |ok: bool| if ok { "up" } else { "down" }.to_owned();
+    let (db_ok, redis_ok) = (matches!(db, Ok(Ok(()))), matches!(redis, Ok(Ok(()))));
+    let body = Readiness {
+        status: if db_ok && redis_ok {
+            "ready"
+        } else {
+            "unavailable"
+        }
+        .into(),
+        database: up(db_ok),
+        redis: up(redis_ok),
+    };
+    if db_ok && redis_ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// Prometheus metrics, text format.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    match state.metrics.render() {
+        Ok(text) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4")
+            .body(text),
+        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
+    }
+}

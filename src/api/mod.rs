@@ -1,0 +1,163 @@
+//! The HTTP API (actix-web, documented with paperclip): routes, extractors, the error
+//! mapping, and the OpenAPI document with Swagger UI.
+
+pub mod auth;
+pub mod batches;
+pub mod binary;
+pub mod dead_letters;
+pub mod error;
+pub mod health;
+pub mod models;
+pub mod photos;
+pub mod upload;
+
+use std::sync::Arc;
+
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{body::MessageBody, HttpResponse};
+use paperclip::actix::{web, OpenApiExt};
+use paperclip::v2::models::{DefaultApiRaw, Info, Tag};
+
+use crate::config::Config;
+use crate::db::DbPool;
+use crate::metrics::Metrics;
+use crate::queue::Queue;
+use crate::storage::Storage;
+use error::{extractor_error, ApiError};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pool: DbPool,
+    pub queue: Queue,
+    pub storage: Storage,
+    pub metrics: Metrics,
+}
+
+/// One line per request: request line, status, response bytes, milliseconds.
+const ACCESS_LOG_FORMAT: &str = "%r %s %b %Dms";
+/// Where the OpenAPI document and Swagger UI are served.
+pub const OPENAPI_PATH: &str = "/openapi.json";
+pub const DOCS_PATH: &str = "/docs";
+/// Files of the Swagger UI bundle; any other path under /docs is a 404.
+const DOCS_FILES: &[&str] = &[
+    "index.html",
+    "swagger-ui.css",
+    "swagger-ui.js",
+    "swagger-ui-bundle.js",
+    "swagger-ui-standalone-preset.js",
+    "swagger-ui-es-bundle.js",
+    "swagger-ui-es-bundle-core.js",
+    "oauth2-redirect.html",
+    "favicon-16x16.png",
+    "favicon-32x32.png",
+];
+
+fn spec() -> DefaultApiRaw {
+    DefaultApiRaw {
+        info: Info {
+            title: "photoq".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: Some(
+                "Upload photos, follow their processing, fetch thumbnails, previews and EXIF. \
+                 Authenticate with `Authorization: Bearer <key>`. Errors are \
+                 `{\"error\": {\"code\", \"message\"}}`."
+                    .into(),
+            ),
+            ..Default::default()
+        },
+        tags: ["Photos", "Batches", "DeadLetters", "Operations"]
+            .iter()
+            .map(|t| Tag {
+                name: (*t).into(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The whole application: routes, documentation, JSON errors everywhere.
+pub fn app(
+    state: AppState,
+) -> actix_web::App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    actix_web::App::new()
+        .wrap(actix_web::middleware::from_fn(guard_docs))
+        .wrap(actix_web::middleware::Logger::new(ACCESS_LOG_FORMAT))
+        .wrap_api_with_spec(spec())
+        .app_data(actix_web::web::Data::new(state))
+        .app_data(actix_web::web::PathConfig::default().error_handler(|e, _| extractor_error(e)))
+        .app_data(actix_web::web::QueryConfig::default().error_handler(|e, _| extractor_error(e)))
+        .app_data(actix_web::web::JsonConfig::default().error_handler(|e, _| extractor_error(e)))
+        .service(
+            web::scope("/v1")
+                .service(
+                    web::resource("/photos")
+                        .route(web::post().to(upload::upload))
+                        .route(web::get().to(photos::list_photos)),
+                )
+                .service(web::resource("/photos/{id}").route(web::get().to(photos::get_photo)))
+                .service(
+                    web::resource("/photos/{id}/retry").route(web::post().to(photos::retry_photo)),
+                )
+                .service(
+                    web::resource("/dead-letters")
+                        .route(web::get().to(dead_letters::list_dead_letters)),
+                )
+                .service(
+                    web::resource("/dead-letters/redrive")
+                        .route(web::post().to(dead_letters::redrive)),
+                )
+                .service(
+                    web::resource("/photos/{id}/variants/{name}")
+                        .route(web::get().to(photos::get_variant)),
+                )
+                .service(
+                    web::resource("/photos/{id}/original")
+                        .route(web::get().to(photos::get_original)),
+                )
+                .service(web::resource("/batches/{id}").route(web::get().to(batches::get_batch))),
+        )
+        .service(web::resource("/healthz").route(web::get().to(health::healthz)))
+        .service(web::resource("/readyz").route(web::get().to(health::readyz)))
+        .with_json_spec_v3_at(OPENAPI_PATH)
+        .with_swagger_ui_at(DOCS_PATH)
+        .build()
+        .route("/metrics", actix_web::web::get().to(health::metrics))
+        .default_service(actix_web::web::to(|| async {
+            ApiError::NotFound("route").into_response()
+        }))
+}
+
+impl ApiError {
+    fn into_response(self) -> HttpResponse {
+        actix_web::ResponseError::error_response(&self)
+    }
+}
+
+/// Swagger UI's file handler panics on a name it does not have; answer those with a 404.
+async fn guard_docs(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    if let Some(file) = req
+        .path()
+        .strip_prefix(DOCS_PATH)
+        .and_then(|p| p.strip_prefix('/'))
+    {
+        if !DOCS_FILES.contains(&file) {
+            let res = ApiError::NotFound("file").into_response();
+            return Ok(req.into_response(res));
+        }
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}

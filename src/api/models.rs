@@ -1,0 +1,305 @@
+//! The JSON shapes clients see. Field names are part of the contract (see the README).
+
+use chrono::{DateTime, Utc};
+use paperclip::actix::Apiv2Schema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::db::models::{Attempt, Photo, PhotoState, Variant};
+use crate::pipeline::Exif;
+
+pub fn photo_url(id: Uuid) -> String {
+    format!("/v1/photos/{id}")
+}
+
+/// `202 Accepted` answer to an upload.
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct UploadResponse {
+    pub batch_id: Uuid,
+    pub photos: Vec<PhotoRef>,
+}
+
+/// A photo's id, state and where to follow it.
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct PhotoRef {
+    pub id: Uuid,
+    /// queued | processing | completed | failed | dead
+    pub state: String,
+    pub url: String,
+}
+
+impl PhotoRef {
+    pub fn new(id: Uuid, state: &str) -> Self {
+        PhotoRef {
+            id,
+            state: state.to_owned(),
+            url: photo_url(id),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct PhotoView {
+    pub id: Uuid,
+    pub batch_id: Uuid,
+    /// queued | processing | completed | failed | dead
+    pub state: String,
+    /// Why the photo failed, or the last transient error while it is retried.
+    pub error: Option<String>,
+    /// Times a worker has started on this photo.
+    pub attempts: i32,
+    /// File name given by the client, if any.
+    pub filename: Option<String>,
+    pub original: OriginalView,
+    /// EXIF, once the photo has been processed.
+    pub exif: Option<Exif>,
+    pub variants: Vec<VariantView>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// When the next attempt is due, while a retry is scheduled.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Every attempt, oldest first (on `GET /v1/photos/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<AttemptView>>,
+}
+
+/// One attempt at a photo.
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct AttemptView {
+    /// 1 for the first attempt (counting restarts at a redrive).
+    pub attempt: i32,
+    /// The worker (consumer name) that ran it.
+    pub worker: String,
+    /// running | completed | failed | retry | dead | interrupted | handed_back
+    pub outcome: String,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+}
+
+impl From<Attempt> for AttemptView {
+    fn from(a: Attempt) -> Self {
+        AttemptView {
+            attempt: a.attempt,
+            worker: a.worker,
+            outcome: a.outcome,
+            error: a.error,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            duration_ms: a.duration_ms,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct OriginalView {
+    /// Width as displayed (EXIF orientation applied); known once processed.
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub bytes: i64,
+    pub sha256: String,
+    /// Sniffed from the bytes.
+    pub content_type: String,
+    pub url: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct VariantView {
+    pub name: String,
+    pub width: i32,
+    pub height: i32,
+    pub bytes: i64,
+    pub content_type: String,
+    pub url: String,
+}
+
+impl PhotoView {
+    pub fn new(photo: Photo, variants: Vec<Variant>) -> Self {
+        let exif = photo
+            .exif
+            .and_then(|v| serde_json::from_value::<Exif>(v).ok());
+        PhotoView {
+            id: photo.id,
+            batch_id: photo.batch_id,
+            state: photo.state,
+            error: photo.error,
+            attempts: photo.attempts,
+            filename: photo.filename,
+            original: OriginalView {
+                width: photo.width,
+                height: photo.height,
+                bytes: photo.bytes,
+                sha256: photo.sha256,
+                content_type: photo.content_type,
+                url: format!("{}/original", photo_url(photo.id)),
+            },
+            exif,
+            variants: variants
+                .into_iter()
+                .map(|v| VariantView {
+                    url: format!("{}/variants/{}", photo_url(v.photo_id), v.name),
+                    name: v.name,
+                    width: v.width,
+                    height: v.height,
+                    bytes: v.bytes,
+                    content_type: v.content_type,
+                })
+                .collect(),
+            created_at: photo.created_at,
+            updated_at: photo.updated_at,
+            started_at: photo.started_at,
+            completed_at: photo.completed_at,
+            next_attempt_at: photo.next_attempt_at,
+            history: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct PhotoPage {
+    pub photos: Vec<PhotoView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct BatchView {
+    pub id: Uuid,
+    /// queued (nothing started) | processing | completed (all completed) |
+    /// completed_with_errors (all done, some failed or dead) | failed (all failed or dead)
+    pub state: String,
+    pub total: i64,
+    pub queued: i64,
+    pub processing: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub dead: i64,
+    pub created_at: DateTime<Utc>,
+    pub photos: Vec<PhotoRef>,
+}
+
+/// Per-state counts of a batch, and the overall state they add up to.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StateCounts {
+    pub queued: i64,
+    pub processing: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub dead: i64,
+}
+
+impl StateCounts {
+    pub fn from_rows(rows: &[(String, i64)]) -> Self {
+        let mut c = StateCounts::default();
+        for (state, n) in rows {
+            match PhotoState::parse(state) {
+                Some(PhotoState::Queued) => c.queued += n,
+                Some(PhotoState::Processing) => c.processing += n,
+                Some(PhotoState::Completed) => c.completed += n,
+                Some(PhotoState::Failed) => c.failed += n,
+                Some(PhotoState::Dead) => c.dead += n,
+                None => {}
+            }
+        }
+        c
+    }
+
+    pub fn total(&self) -> i64 {
+        self.queued + self.processing + self.completed + self.failed + self.dead
+    }
+
+    pub fn overall(&self) -> &'static str {
+        let unfinished = self.queued + self.processing;
+        let bad = self.failed + self.dead;
+        if unfinished == self.total() && self.processing == 0 {
+            "queued"
+        } else if unfinished > 0 {
+            "processing"
+        } else if bad == 0 {
+            "completed"
+        } else if bad == self.total() {
+            "failed"
+        } else {
+            "completed_with_errors"
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Apiv2Schema)]
+pub struct ListQuery {
+    /// Only photos of this batch.
+    pub batch: Option<Uuid>,
+    /// Only photos in this state.
+    pub state: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Photos per page, 1–200 (default 50).
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Apiv2Schema)]
+pub struct DeadLetterQuery {
+    /// Only photos of this batch.
+    pub batch: Option<Uuid>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Photos per page, 1–200 (default 50).
+    pub limit: Option<i64>,
+}
+
+/// Which dead letters to put back in the queue; no field means all of the caller's.
+#[derive(Debug, Default, Deserialize, Apiv2Schema)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveRequest {
+    /// Only photos of this batch.
+    pub batch: Option<Uuid>,
+    /// Also retry photos that `failed` (e.g. after raising a limit), not only `dead` ones.
+    pub include_failed: Option<bool>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct RedriveResponse {
+    /// How many photos were put back in the queue.
+    pub redriven: usize,
+    pub photos: Vec<PhotoRef>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct Health {
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct Readiness {
+    /// ready | unavailable
+    pub status: String,
+    /// up | down
+    pub database: String,
+    /// up | down
+    pub redis: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_state_follows_counts() {
+        let c = |q, p, c, f, d| StateCounts {
+            queued: q,
+            processing: p,
+            completed: c,
+            failed: f,
+            dead: d,
+        };
+        assert_eq!(c(3, 0, 0, 0, 0).overall(), "queued");
+        assert_eq!(c(2, 1, 0, 0, 0).overall(), "processing");
+        assert_eq!(c(1, 0, 2, 0, 0).overall(), "processing");
+        assert_eq!(c(0, 0, 3, 0, 0).overall(), "completed");
+        assert_eq!(c(0, 0, 2, 1, 0).overall(), "completed_with_errors");
+        assert_eq!(c(0, 0, 0, 1, 1).overall(), "failed");
+    }
+}

@@ -1,0 +1,377 @@
+//! `POST /v1/photos`: multipart upload of one or many photos.
+//!
+//! Each file is read in chunks, its type sniffed from its first bytes, its size bounded and
+//! its SHA-256 computed on the way; it is stored under a key derived from its new photo id.
+//! Then the batch and photo rows are committed in one transaction, and only then are the jobs
+//! put on the stream (PostgreSQL first: see DESIGN rule 1).
+
+use actix_multipart::{Field, Multipart};
+use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use bytes::BytesMut;
+use chrono::Utc;
+use futures_util::TryStreamExt;
+use paperclip::actix::{api_v2_operation, AcceptedJson, OperationModifier};
+use paperclip::v2::models::{
+    DataType, DefaultOperationRaw, Either, MediaRange, Parameter, ParameterIn,
+};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::models::{PhotoRef, UploadResponse};
+use super::AppState;
+use crate::db::idempotency;
+use crate::db::models::{Batch, NewPhoto, PhotoState};
+use crate::pipeline::sniff::{sniff, SNIFF_LEN};
+use crate::storage;
+use std::time::Duration;
+
+/// Name of the multipart field carrying a photo.
+pub const FILE_FIELD: &str = "file";
+/// Error code of a body that is not well-formed multipart.
+const BAD_MULTIPART: &str = "bad_multipart";
+/// Longest client file name kept.
+const FILENAME_MAX_CHARS: usize = 255;
+
+/// The multipart body, documented as what it really carries: repeated `file` fields.
+pub struct PhotoUpload(Multipart);
+
+impl FromRequest for PhotoUpload {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Self, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        std::future::ready(Ok(PhotoUpload(Multipart::new(
+            req.headers(),
+            payload.take(),
+        ))))
+    }
+}
+
+impl paperclip::v2::schema::Apiv2Schema for PhotoUpload {}
+
+impl OperationModifier for PhotoUpload {
+    fn update_parameter(op: &mut DefaultOperationRaw) {
+        op.parameters.push(Either::Right(Parameter {
+            description: Some(
+                "A photo (JPEG, PNG or WebP). Repeat the field to upload several photos \
+                 as one batch."
+                    .into(),
+            ),
+            in_: ParameterIn::FormData,
+            name: FILE_FIELD.into(),
+            required: true,
+            data_type: Some(DataType::File),
+            ..Default::default()
+        }));
+        op.consumes = Some([MediaRange(mime::MULTIPART_FORM_DATA)].into());
+    }
+}
+
+/// Longest `Idempotency-Key` accepted.
+const IDEMPOTENCY_KEY_MAX: usize = 255;
+/// The header that makes a retried upload safe.
+pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
+/// The optional `Idempotency-Key` header: a retried upload with the same key (from the same
+/// API key) gets the first answer back instead of making a second batch.
+pub struct IdempotencyKey(Option<String>);
+
+impl FromRequest for IdempotencyKey {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let key = match req.headers().get(IDEMPOTENCY_HEADER) {
+            None => Ok(IdempotencyKey(None)),
+            Some(v) => match v.to_str() {
+                Ok(k) if !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX => {
+                    Ok(IdempotencyKey(Some(k.to_owned())))
+                }
+                _ => Err(ApiError::bad_request(format!(
+                    "{IDEMPOTENCY_HEADER} must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"
+                ))),
+            },
+        };
+        std::future::ready(key)
+    }
+}
+
+impl paperclip::v2::schema::Apiv2Schema for IdempotencyKey {}
+
+impl OperationModifier for IdempotencyKey {
+    fn update_parameter(op: &mut DefaultOperationRaw) {
+        op.parameters.push(Either::Right(Parameter {
+            description: Some(
+                "Optional. A retried request with the same key returns the first answer \
+                 instead of creating a second batch."
+                    .into(),
+            ),
+            in_: ParameterIn::Header,
+            name: IDEMPOTENCY_HEADER.into(),
+            required: false,
+            data_type: Some(DataType::String),
+            max_length: Some(IDEMPOTENCY_KEY_MAX as u32),
+            ..Default::default()
+        }));
+    }
+}
+
+/// One file taken in, stored, not yet committed.
+struct Received {
+    photo: NewPhoto,
+}
+
+/// Upload photos
+///
+/// Multipart form with one `file` field per photo. Answers 202 with the batch id and, for
+/// each photo, its id and status URL; processing happens in the background. With an
+/// `Idempotency-Key`, a repeated request gets the first answer and creates nothing.
+#[api_v2_operation(tags(Photos))]
+pub async fn upload(
+    state: web::Data<AppState>,
+    caller: Caller,
+    idempotency: IdempotencyKey,
+    body: PhotoUpload,
+) -> Result<AcceptedJson<UploadResponse>, ApiError> {
+    let PhotoUpload(mut multipart) = body;
+    let IdempotencyKey(idempotency) = idempotency;
+    if let Some(key) = &idempotency {
+        if let Some(first) = first_answer(&state, caller.owner, key).await? {
+            drain(&mut multipart, state.config.upload.max_file_bytes).await;
+            return Ok(AcceptedJson(first));
+        }
+    }
+    let batch_id = Uuid::now_v7();
+    let mut received: Vec<Received> = Vec::new();
+
+    let outcome = receive_all(
+        &state,
+        caller.owner,
+        batch_id,
+        &mut multipart,
+        &mut received,
+    )
+    .await;
+    if let Err(e) = outcome {
+        discard(&state, &received).await;
+        // A multipart stream that failed must not be polled again; one we refused is read
+        // to its end so the client gets our answer rather than a reset connection.
+        if !matches!(
+            e,
+            ApiError::BadRequest {
+                code: BAD_MULTIPART,
+                ..
+            }
+        ) {
+            drain(&mut multipart, state.config.upload.max_file_bytes).await;
+        }
+        return Err(e);
+    }
+    if received.is_empty() {
+        return Err(ApiError::BadRequest {
+            code: "no_files",
+            message: format!("no photos: send one or more multipart fields named `{FILE_FIELD}`"),
+        });
+    }
+
+    let batch = Batch {
+        id: batch_id,
+        owner_id: caller.owner,
+        created_at: Utc::now(),
+    };
+    let photos: Vec<NewPhoto> = received.into_iter().map(|r| r.photo).collect();
+    let answer = UploadResponse {
+        batch_id,
+        photos: photos
+            .iter()
+            .map(|p| PhotoRef::new(p.id, PhotoState::Queued.as_str()))
+            .collect(),
+    };
+    let answer_json =
+        serde_json::to_value(&answer).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let committed = async {
+        let mut conn = crate::db::conn(&state.pool).await?;
+        let idem = idempotency.as_deref().map(|k| (k, &answer_json));
+        crate::db::photos::insert_batch(&mut conn, &batch, &photos, idem).await
+    }
+    .await;
+    if let Err(e) = committed {
+        for p in &photos {
+            let _ = state.storage.delete(&p.original_key).await;
+        }
+        // A concurrent request with the same key won: answer as it did.
+        if let Some(key) = idempotency
+            .as_deref()
+            .filter(|_| e.violates(idempotency::CONSTRAINT))
+        {
+            if let Some(first) = first_answer(&state, caller.owner, key).await? {
+                return Ok(AcceptedJson(first));
+            }
+        }
+        return Err(e.into());
+    }
+
+    let ids: Vec<Uuid> = photos.iter().map(|p| p.id).collect();
+    let publish = crate::dispatch::publish(&state.pool, &state.queue, &ids);
+    let timeout = Duration::from_secs(state.config.redis.response_timeout_secs);
+    match tokio::time::timeout(timeout, publish).await {
+        Ok(Ok(())) => {}
+        // Accepted all the same: the rows are committed, and the reconciler publishes
+        // unfinished jobs that never reached Redis.
+        Ok(Err(e)) => {
+            tracing::warn!(batch_id = %batch_id, error = %e, "publish failed; jobs left to the reconciler")
+        }
+        Err(_) => {
+            tracing::warn!(batch_id = %batch_id, "publish timed out; jobs left to the reconciler")
+        }
+    }
+    state.metrics.photos_uploaded.inc_by(photos.len() as u64);
+    tracing::info!(batch_id = %batch_id, photos = photos.len(), "batch accepted");
+
+    Ok(AcceptedJson(answer))
+}
+
+/// The answer first given for this idempotency key, if any.
+async fn first_answer(
+    state: &AppState,
+    owner: Uuid,
+    key: &str,
+) -> Result<Option<UploadResponse>, ApiError> {
+    let mut conn = crate::db::conn(&state.pool).await?;
+    idempotency::find(&mut conn, owner, key)
+        .await?
+        .map(|v| serde_json::from_value(v).map_err(|e| ApiError::Internal(e.to_string())))
+        .transpose()
+}
+
+async fn receive_all(
+    state: &AppState,
+    owner: Uuid,
+    batch_id: Uuid,
+    multipart: &mut Multipart,
+    received: &mut Vec<Received>,
+) -> Result<(), ApiError> {
+    let limits = &state.config.upload;
+    while let Some(field) = multipart.try_next().await.map_err(bad_multipart)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        if name != FILE_FIELD {
+            return Err(ApiError::BadRequest {
+                code: "unknown_field",
+                message: format!(
+                    "unexpected multipart field {name:?}; photos go in `{FILE_FIELD}`"
+                ),
+            });
+        }
+        if received.len() >= limits.max_files {
+            return Err(ApiError::PayloadTooLarge {
+                code: "too_many_files",
+                message: format!("at most {} files per request", limits.max_files),
+            });
+        }
+        let photo = receive_one(state, owner, batch_id, field, received.len()).await?;
+        received.push(Received { photo });
+    }
+    Ok(())
+}
+
+async fn receive_one(
+    state: &AppState,
+    owner: Uuid,
+    batch_id: Uuid,
+    mut field: Field,
+    index: usize,
+) -> Result<NewPhoto, ApiError> {
+    let max = state.config.upload.max_file_bytes;
+    let filename = field
+        .content_disposition()
+        .and_then(|cd| cd.get_filename())
+        .map(|f| {
+            f.chars()
+                .filter(|c| !c.is_control())
+                .take(FILENAME_MAX_CHARS)
+                .collect::<String>()
+        })
+        .filter(|f| !f.is_empty());
+    let label = filename
+        .clone()
+        .unwrap_or_else(|| format!("file #{}", index + 1));
+
+    let mut buf = BytesMut::new();
+    let mut hasher = Sha256::new();
+    let mut format = None;
+    while let Some(chunk) = field.try_next().await.map_err(bad_multipart)? {
+        if buf.len() as u64 + chunk.len() as u64 > max {
+            return Err(ApiError::PayloadTooLarge {
+                code: "file_too_large",
+                message: format!("{label} is larger than {max} bytes"),
+            });
+        }
+        hasher.update(&chunk);
+        buf.extend_from_slice(&chunk);
+        if format.is_none() && buf.len() >= SNIFF_LEN {
+            format = Some(sniff(&buf).ok_or_else(|| unsupported(&label))?);
+        }
+    }
+    if buf.is_empty() {
+        return Err(ApiError::BadRequest {
+            code: "empty_file",
+            message: format!("{label} is empty"),
+        });
+    }
+    let format = match format {
+        Some(f) => f,
+        None => sniff(&buf).ok_or_else(|| unsupported(&label))?,
+    };
+
+    let id = Uuid::now_v7();
+    let key = storage::original_key(id);
+    let bytes = buf.len() as i64;
+    state.storage.put(&key, buf.freeze()).await?;
+    Ok(NewPhoto {
+        id,
+        batch_id,
+        owner_id: owner,
+        filename,
+        content_type: format.mime().to_owned(),
+        bytes,
+        sha256: hex::encode(hasher.finalize()),
+        original_key: key,
+    })
+}
+
+fn unsupported(label: &str) -> ApiError {
+    ApiError::UnsupportedMediaType(format!(
+        "{label} is not a JPEG, PNG or WebP image (judged from its bytes)"
+    ))
+}
+
+fn bad_multipart(e: actix_multipart::MultipartError) -> ApiError {
+    ApiError::BadRequest {
+        code: BAD_MULTIPART,
+        message: format!("malformed multipart body: {e}"),
+    }
+}
+
+/// Removes the originals of a request that was refused part-way.
+async fn discard(state: &AppState, received: &[Received]) {
+    for r in received {
+        if let Err(e) = state.storage.delete(&r.photo.original_key).await {
+            tracing::warn!(key = %r.photo.original_key, error = %e, "could not remove original");
+        }
+    }
+}
+
+/// Reads what is left of a refused request, up to a bound.
+async fn drain(multipart: &mut Multipart, max_bytes: u64) {
+    let mut left = max_bytes;
+    while let Ok(Some(mut field)) = multipart.try_next().await {
+        while let Ok(Some(chunk)) = field.try_next().await {
+            match left.checked_sub(chunk.len() as u64) {
+                Some(l) => left = l,
+                None => return,
+            }
+        }
+    }
+}

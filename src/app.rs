@@ -1,0 +1,307 @@
+//! Wiring: builds the shared parts from the configuration and starts and stops the roles.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::cli::{Cli, Command, DlqCommand, KeysCommand};
+use crate::config::Config;
+use crate::db::{self, DbPool};
+use crate::dispatch;
+use crate::metrics::Metrics;
+use crate::queue::{Consumer, Queue};
+use crate::storage::Storage;
+use crate::worker::{self, WorkerContext};
+
+/// Seconds the API gets to finish requests in flight on shutdown.
+const HTTP_SHUTDOWN_SECS: u64 = 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
+    Dispatch(#[from] crate::dispatch::DispatchError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("http: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// Which roles a process runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    pub api: bool,
+    /// Worker concurrency, if this process runs workers.
+    pub workers: Option<usize>,
+}
+
+/// A started photoq: its address (if it serves HTTP) and the handle to stop it.
+pub struct Running {
+    pub addr: Option<SocketAddr>,
+    pub shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits until every role has stopped (after `shutdown` is cancelled).
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
+
+/// Starts the requested roles on the current runtime.
+pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> {
+    let config = Arc::new(config);
+    let pool: DbPool = db::connect(&config.database).await?;
+    // Redis may be down at start: uploads are still accepted, and the reconciler publishes
+    // their jobs once it is back.
+    let queue = Queue::new(&config.redis)?;
+    if let Err(e) = queue.ensure_group().await {
+        tracing::warn!(error = %e, "redis unreachable at start; continuing");
+    }
+    let storage = Storage::from_config(&config.storage)?;
+    let metrics = Metrics::new()?;
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let mut addr = None;
+
+    tasks.push(tokio::spawn(dispatch::run_reconciler(
+        pool.clone(),
+        queue.clone(),
+        config.reconciler.clone(),
+        shutdown.clone(),
+    )));
+
+    if let Some(concurrency) = roles.workers {
+        let consumer = Consumer::new(&config.redis, queue.clone(), consumer_name())?;
+        let ctx = WorkerContext::new(
+            pool.clone(),
+            queue.clone(),
+            consumer,
+            storage.clone(),
+            config.clone(),
+            metrics.clone(),
+            concurrency,
+        );
+        tasks.push(tokio::spawn(worker::run(
+            ctx,
+            concurrency,
+            shutdown.clone(),
+        )));
+    }
+
+    if roles.api {
+        let state = AppState {
+            config: config.clone(),
+            pool,
+            queue,
+            storage,
+            metrics,
+        };
+        let server = actix_web::HttpServer::new(move || api::app(state.clone()))
+            .disable_signals()
+            .shutdown_timeout(HTTP_SHUTDOWN_SECS)
+            .bind(config.bind)?;
+        addr = server.addrs().first().copied();
+        let server = server.run();
+        let handle = server.handle();
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            token.cancelled().await;
+            handle.stop(true).await;
+        }));
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        }));
+        if let Some(a) = addr {
+            tracing::info!(addr = %a, "api listening");
+        }
+    }
+
+    Ok(Running {
+        addr,
+        shutdown,
+        tasks,
+    })
+}
+
+/// A consumer name unique to this process: host, pid and a random suffix.
+fn consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "photoq".into());
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    format!("{host}-{}-{suffix}", std::process::id())
+}
+
+/// The binary's entry point after argument parsing.
+pub async fn main(cli: Cli) -> ExitCode {
+    crate::telemetry::init();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "photoq stopped with an error");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), StartError> {
+    let config = Config::load(cli.config.as_deref())?;
+    let concurrency = |n: Option<u32>| n.map(|n| n as usize).unwrap_or(config.worker.concurrency);
+    let roles = match cli.command {
+        Command::Serve => Roles {
+            api: true,
+            workers: None,
+        },
+        Command::Work(args) => Roles {
+            api: false,
+            workers: Some(concurrency(args.concurrency)),
+        },
+        Command::All(args) => Roles {
+            api: true,
+            workers: Some(concurrency(args.concurrency)),
+        },
+        Command::Migrate => {
+            db::create_database_if_missing(&config.database.url).await?;
+            db::migrate(&config.database.url).await?;
+            println!("migrations applied");
+            return Ok(());
+        }
+        Command::Keys(cmd) => return keys(&config, cmd).await,
+        Command::Dlq(cmd) => return dlq(&config, cmd).await,
+    };
+    let running = start(config, roles).await?;
+    let token = running.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        token.cancel();
+    });
+    running.wait().await;
+    Ok(())
+}
+
+async fn keys(config: &Config, cmd: KeysCommand) -> Result<(), StartError> {
+    let pool = db::connect(&config.database).await?;
+    match cmd {
+        KeysCommand::Create { name } => {
+            let (row, key) = crate::auth::create_key(&pool, &name).await?;
+            println!("created key {} ({})", row.id, row.name);
+            println!("{key}");
+        }
+        KeysCommand::List => {
+            let mut conn = db::conn(&pool).await?;
+            println!(
+                "{:<36}  {:<11}  {:<25}  {:<25}  name",
+                "id", "prefix", "created", "revoked"
+            );
+            for k in db::keys::list(&mut conn).await? {
+                let revoked = k
+                    .revoked_at
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<36}  {:<11}  {:<25}  {:<25}  {}",
+                    k.id,
+                    k.key_prefix,
+                    k.created_at.to_rfc3339(),
+                    revoked,
+                    k.name
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            let mut conn = db::conn(&pool).await?;
+            if db::keys::revoke(&mut conn, id).await? {
+                println!("revoked {id}");
+            } else {
+                return Err(StartError::Db(db::DbError::Setup(format!(
+                    "no active key with id {id}"
+                ))));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn dlq(config: &Config, cmd: DlqCommand) -> Result<(), StartError> {
+    let pool = db::connect(&config.database).await?;
+    match cmd {
+        DlqCommand::List { limit } => {
+            let mut conn = db::conn(&pool).await?;
+            println!("{:<36}  {:<36}  {:>8}  error", "photo", "batch", "attempts");
+            for p in db::photos::list_dead(&mut conn, limit).await? {
+                println!(
+                    "{:<36}  {:<36}  {:>8}  {}",
+                    p.id,
+                    p.batch_id,
+                    p.attempts,
+                    p.error.unwrap_or_default()
+                );
+            }
+        }
+        DlqCommand::Redrive {
+            batch,
+            photo,
+            include_failed,
+        } => {
+            let queue = Queue::new(&config.redis)?;
+            let filter = db::photos::RedriveFilter {
+                owner: None,
+                batch,
+                photo,
+                include_failed,
+            };
+            let ids = dispatch::redrive(&pool, &queue, &filter).await?;
+            println!("redriven {}", ids.len());
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

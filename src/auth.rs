@@ -1,0 +1,68 @@
+//! API keys: how they look, how they are stored (SHA-256 only), and their management.
+
+use chrono::Utc;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::db::{self, models::ApiKey, DbError, DbPool};
+
+/// Every key starts with this, so a leaked key is easy to recognise.
+pub const KEY_PREFIX: &str = "pq_";
+/// Random bytes in a key.
+const KEY_BYTES: usize = 32;
+/// Characters of a key kept in clear for listing (prefix included).
+const DISPLAY_CHARS: usize = 11;
+
+pub fn generate_key() -> String {
+    let mut bytes = [0u8; KEY_BYTES];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{KEY_PREFIX}{}", hex::encode(bytes))
+}
+
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// Creates a key; returns its row and the key itself, which is shown once and never stored.
+pub async fn create_key(pool: &DbPool, name: &str) -> Result<(ApiKey, String), DbError> {
+    let key = generate_key();
+    let row = ApiKey {
+        id: Uuid::now_v7(),
+        name: name.to_owned(),
+        key_hash: hash_key(&key),
+        key_prefix: key.chars().take(DISPLAY_CHARS).collect(),
+        created_at: Utc::now(),
+        revoked_at: None,
+    };
+    let mut conn = db::conn(pool).await?;
+    db::keys::insert(&mut conn, &row).await?;
+    Ok((row, key))
+}
+
+/// The owner id of an active key.
+pub async fn authenticate(pool: &DbPool, key: &str) -> Result<Option<Uuid>, DbError> {
+    if !key.starts_with(KEY_PREFIX) {
+        return Ok(None);
+    }
+    let mut conn = db::conn(pool).await?;
+    Ok(db::keys::find_active(&mut conn, &hash_key(key))
+        .await?
+        .map(|k| k.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_random_and_hashed() {
+        let (a, b) = (generate_key(), generate_key());
+        assert_ne!(a, b);
+        assert!(a.starts_with(KEY_PREFIX));
+        assert_eq!(a.len(), KEY_PREFIX.len() + 2 * KEY_BYTES);
+        assert_eq!(hash_key(&a), hash_key(&a));
+        assert_ne!(hash_key(&a), hash_key(&b));
+        assert_eq!(hash_key(&a).len(), 64);
+    }
+}

@@ -1,0 +1,113 @@
+//! The command line (clap). `main.rs` parses it and hands it to `app::run`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "photoq",
+    version,
+    about = "Distributed photo-processing service"
+)]
+pub struct Cli {
+    /// A TOML file layered over the built-in defaults (config/default.toml).
+    #[arg(long, global = true, env = "PHOTOQ_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API.
+    Serve,
+    /// Run queue workers.
+    Work(WorkArgs),
+    /// Run the HTTP API and workers in one process (one machine).
+    All(WorkArgs),
+    /// Create the database if needed and apply pending migrations, then exit.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Inspect and redrive dead letters (photos out of attempts), across all keys.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead photos, newest last: id, batch, attempts, last error.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Put dead photos back in the queue with a fresh attempt budget.
+    Redrive {
+        /// Only this batch.
+        #[arg(long)]
+        batch: Option<Uuid>,
+        /// Only this photo.
+        #[arg(long)]
+        photo: Option<Uuid>,
+        /// Also retry photos that failed, not only dead ones.
+        #[arg(long)]
+        include_failed: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct WorkArgs {
+    /// Jobs processed at once (default: worker.concurrency from the configuration).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; the key is printed alone on the last line, and shown only once.
+    Create {
+        /// A label for the key (who or what uses it).
+        #[arg(long)]
+        name: String,
+    },
+    /// List keys (id, name, visible prefix, created, revoked).
+    List,
+    /// Revoke a key by id; requests with it get 401 from then on.
+    Revoke {
+        /// The key's id, as shown by `photoq keys list`.
+        id: Uuid,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_roles() {
+        let cli = Cli::try_parse_from(["photoq", "work", "--concurrency", "4"]).expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Work(WorkArgs {
+                concurrency: Some(4)
+            })
+        ));
+        assert!(Cli::try_parse_from(["photoq", "work", "--concurrency", "0"]).is_err());
+        let cli = Cli::try_parse_from(["photoq", "keys", "create", "--name", "ci"]).expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Keys(KeysCommand::Create { .. })
+        ));
+    }
+}

@@ -1,0 +1,291 @@
+//! Layered configuration: `config/default.toml` (compiled in) → an optional file given with
+//! `--config` → `PHOTOQ_*` environment variables.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The documented defaults, compiled into the binary so it runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of every environment variable photoq reads.
+pub const ENV_PREFIX: &str = "PHOTOQ_";
+
+/// Sections of the configuration; `PHOTOQ_<SECTION>_<KEY>` maps to `<section>.<key>`.
+const SECTIONS: &[&str] = &[
+    "database",
+    "redis",
+    "storage",
+    "upload",
+    "worker",
+    "retry",
+    "reconciler",
+    "pipeline",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub storage: StorageConfig,
+    pub upload: UploadConfig,
+    pub worker: WorkerConfig,
+    pub retry: RetryConfig,
+    pub reconciler: ReconcilerConfig,
+    pub pipeline: PipelineConfig,
+    pub variants: BTreeMap<String, VariantConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub pool_size: usize,
+    pub connect_timeout_secs: u64,
+    pub statement_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    pub prefix: String,
+    pub block_ms: u64,
+    pub response_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Local,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadConfig {
+    pub max_files: usize,
+    pub max_file_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub concurrency: usize,
+    pub visibility_timeout_secs: u64,
+    pub heartbeat_secs: u64,
+    pub reclaim_interval_secs: u64,
+    pub retry_poll_ms: u64,
+    pub shutdown_grace_secs: u64,
+    pub job_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    pub max_attempts: u32,
+    pub base_delay_ms: u64,
+    pub max_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcilerConfig {
+    pub interval_secs: u64,
+    pub grace_secs: u64,
+    pub batch_size: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub max_pixels: u64,
+    pub max_dimension: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VariantConfig {
+    pub long_edge: u32,
+    pub quality: u8,
+}
+
+impl Config {
+    /// Defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    /// The built-in defaults alone, ignoring files and the environment.
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(DEFAULT_TOML)))
+    }
+
+    /// The layered sources, before extraction; tests add their own layers on top.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = file {
+            fig = fig.merge(Toml::file_exact(file));
+        }
+        fig.merge(env_provider())
+    }
+
+    pub fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
+        let config: Config = fig.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.variants.is_empty() {
+            return invalid("at least one variant must be configured".into());
+        }
+        for (name, v) in &self.variants {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                return invalid(format!(
+                    "variant name {name:?}: use lowercase letters, digits and '-'"
+                ));
+            }
+            if v.long_edge == 0 {
+                return invalid(format!("variant {name}: long_edge must be > 0"));
+            }
+            if !(1..=100).contains(&v.quality) {
+                return invalid(format!("variant {name}: quality must be 1..=100"));
+            }
+        }
+        if self.upload.max_files == 0 || self.upload.max_file_bytes == 0 {
+            return invalid("upload limits must be > 0".into());
+        }
+        if self.worker.concurrency == 0 {
+            return invalid("worker.concurrency must be > 0".into());
+        }
+        if self.worker.heartbeat_secs == 0
+            || self.worker.heartbeat_secs >= self.worker.visibility_timeout_secs
+        {
+            return invalid(
+                "worker.heartbeat_secs must be > 0 and below worker.visibility_timeout_secs".into(),
+            );
+        }
+        if self.retry.max_attempts == 0 || self.retry.base_delay_ms > self.retry.max_delay_ms {
+            return invalid(
+                "retry.max_attempts must be > 0 and retry.base_delay_ms <= retry.max_delay_ms"
+                    .into(),
+            );
+        }
+        if self.reconciler.batch_size <= 0 {
+            return invalid("reconciler.batch_size must be > 0".into());
+        }
+        if self.redis.prefix.is_empty() {
+            return invalid("redis.prefix must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// `PHOTOQ_DATABASE_URL` → `database.url`, `PHOTOQ_BIND` → `bind`,
+/// `PHOTOQ_VARIANTS_THUMBNAIL_LONG_EDGE` → `variants.thumbnail.long_edge`.
+fn env_provider() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .ignore(&["CONFIG", "LOG"])
+        .map(|key| env_key_to_path(key.as_str()).into())
+}
+
+/// Maps the part of an environment variable after the prefix (figment lowercases it) to a
+/// dotted configuration path.
+pub fn env_key_to_path(key: &str) -> String {
+    let key = key.to_ascii_lowercase();
+    if let Some(rest) = key.strip_prefix("variants_") {
+        // Variant names hold no '_', so the first '_' ends the name.
+        if let Some((name, field)) = rest.split_once('_') {
+            return format!("variants.{name}.{field}");
+        }
+    }
+    for section in SECTIONS {
+        if let Some(field) = key.strip_prefix(section).and_then(|r| r.strip_prefix('_')) {
+            return format!("{section}.{field}");
+        }
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_keys_map_to_sections() {
+        assert_eq!(env_key_to_path("DATABASE_URL"), "database.url");
+        assert_eq!(env_key_to_path("redis_prefix"), "redis.prefix");
+        assert_eq!(
+            env_key_to_path("UPLOAD_MAX_FILE_BYTES"),
+            "upload.max_file_bytes"
+        );
+        assert_eq!(env_key_to_path("BIND"), "bind");
+        assert_eq!(
+            env_key_to_path("VARIANTS_THUMBNAIL_LONG_EDGE"),
+            "variants.thumbnail.long_edge"
+        );
+    }
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let config = Config::defaults().expect("defaults load");
+        assert_eq!(config.variants["thumbnail"].long_edge, 256);
+        assert_eq!(config.variants["preview"].long_edge, 1280);
+        assert_eq!(config.upload.max_files, 50);
+        assert_eq!(config.upload.max_file_bytes, 25 * 1024 * 1024);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type.
+    fn env_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PHOTOQ_DATABASE_URL", "postgres://x@h/db");
+            jail.set_env("PHOTOQ_BIND", "0.0.0.0:9000");
+            jail.set_env("PHOTOQ_VARIANTS_THUMBNAIL_LONG_EDGE", "300");
+            jail.set_env("PHOTOQ_UPLOAD_MAX_FILES", "3");
+            let config = Config::load(None).expect("load");
+            assert_eq!(config.database.url, "postgres://x@h/db");
+            assert_eq!(config.bind.port(), 9000);
+            assert_eq!(config.variants["thumbnail"].long_edge, 300);
+            assert_eq!(config.upload.max_files, 3);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_variant_name_is_refused() {
+        let fig = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(
+            "[variants.Big_One]\nlong_edge = 10\nquality = 80",
+        ));
+        assert!(matches!(
+            Config::from_figment(fig),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+}

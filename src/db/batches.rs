@@ -1,0 +1,50 @@
+//! Batches and their per-state counts.
+
+use diesel::dsl::count_star;
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::models::Batch;
+use super::schema::{batches, photos};
+use super::DbError;
+
+pub async fn get(
+    conn: &mut AsyncPgConnection,
+    owner: Uuid,
+    id: Uuid,
+) -> Result<Option<Batch>, DbError> {
+    Ok(batches::table
+        .filter(batches::id.eq(id))
+        .filter(batches::owner_id.eq(owner))
+        .select(Batch::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// (state, number of photos) for every state present in the batch.
+pub async fn state_counts(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> Result<Vec<(String, i64)>, DbError> {
+    Ok(photos::table
+        .filter(photos::batch_id.eq(id))
+        .group_by(photos::state)
+        .select((photos::state, count_star()))
+        .load(conn)
+        .await?)
+}
+
+/// (id, state) of every photo in the batch, in upload order.
+pub async fn photo_states(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> Result<Vec<(Uuid, String)>, DbError> {
+    Ok(photos::table
+        .filter(photos::batch_id.eq(id))
+        .order(photos::id.asc())
+        .select((photos::id, photos::state))
+        .load(conn)
+        .await?)
+}

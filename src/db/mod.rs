@@ -1,0 +1,217 @@
+//! PostgreSQL, the source of truth: the pool, start-up (create the database, run the embedded
+//! migrations) and the queries, one small module per table. No HTTP types in here.
+
+pub mod attempts;
+pub mod batches;
+pub mod idempotency;
+pub mod keys;
+pub mod models;
+pub mod photos;
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::ConnectionError;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use futures_util::FutureExt;
+
+use crate::config::DatabaseConfig;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Messages of PostgreSQL errors that pass: a shut-down or restarting server, a cancelled
+/// statement.
+const TRANSIENT_MESSAGES: &[&str] = &[
+    "terminating connection",
+    "the database system is",
+    "canceling statement due to statement timeout",
+];
+
+pub type DbPool = Pool<AsyncPgConnection>;
+pub type DbConn = Object<AsyncPgConnection>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// PostgreSQL could not be reached (pool timeout, refused or dropped connection).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Query(#[from] DieselError),
+    #[error("database set-up failed: {0}")]
+    Setup(String),
+}
+
+impl DbError {
+    /// True when retrying later may succeed (the database, not the request, is at fault).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Unavailable(_) => true,
+            DbError::Query(DieselError::DatabaseError(kind, info)) => match kind {
+                DatabaseErrorKind::ClosedConnection
+                | DatabaseErrorKind::SerializationFailure
+                | DatabaseErrorKind::UnableToSendCommand => true,
+                // Server going down or starting up, or a statement timeout.
+                DatabaseErrorKind::Unknown => TRANSIENT_MESSAGES
+                    .iter()
+                    .any(|m| info.message().contains(m)),
+                _ => false,
+            },
+            DbError::Query(DieselError::BrokenTransactionManager) => true,
+            _ => false,
+        }
+    }
+}
+
+impl DbError {
+    /// True when the error is a unique violation of the named constraint.
+    pub fn violates(&self, constraint: &str) -> bool {
+        matches!(
+            self,
+            DbError::Query(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
+                if info.constraint_name() == Some(constraint)
+        )
+    }
+}
+
+impl From<PoolError> for DbError {
+    fn from(e: PoolError) -> Self {
+        DbError::Unavailable(e.to_string())
+    }
+}
+
+/// Creates the database named in the URL if it does not exist, runs the pending migrations,
+/// and returns a pool whose connections carry the configured statement timeout.
+pub async fn connect(config: &DatabaseConfig) -> Result<DbPool, DbError> {
+    create_database_if_missing(&config.url).await?;
+    migrate(&config.url).await?;
+    pool(config)
+}
+
+/// A pool only; no start-up work. Connections are opened lazily.
+pub fn pool(config: &DatabaseConfig) -> Result<DbPool, DbError> {
+    let statement_timeout_ms = config.statement_timeout_secs * 1000;
+    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    manager_config.custom_setup = Box::new(move |url| {
+        let url = url.to_owned();
+        async move {
+            let mut conn = AsyncPgConnection::establish(&url).await?;
+            conn.batch_execute(&format!(
+                "SET statement_timeout = {statement_timeout_ms}; SET application_name = 'photoq'"
+            ))
+            .await
+            .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+            Ok(conn)
+        }
+        .boxed()
+    });
+    let manager = AsyncDieselConnectionManager::new_with_config(&config.url, manager_config);
+    let timeout = Some(Duration::from_secs(config.connect_timeout_secs));
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .wait_timeout(timeout)
+        .create_timeout(timeout)
+        .recycle_timeout(timeout)
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| DbError::Setup(e.to_string()))
+}
+
+/// Splits `postgres://…/name?opts` into the URL of the server's `postgres` database and `name`.
+fn split_database_url(url: &str) -> Result<(String, String), DbError> {
+    let mut parsed =
+        url::Url::parse(url).map_err(|e| DbError::Setup(format!("database url: {e}")))?;
+    let name = parsed.path().trim_start_matches('/').to_owned();
+    if name.is_empty() {
+        return Err(DbError::Setup("database url names no database".into()));
+    }
+    parsed.set_path("/postgres");
+    Ok((parsed.to_string(), name))
+}
+
+pub async fn create_database_if_missing(url: &str) -> Result<(), DbError> {
+    // Fast path: the database is there.
+    if AsyncPgConnection::establish(url).await.is_ok() {
+        return Ok(());
+    }
+    let (admin_url, name) = split_database_url(url)?;
+    let mut admin = AsyncPgConnection::establish(&admin_url)
+        .await
+        .map_err(|e| DbError::Unavailable(e.to_string()))?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match diesel::sql_query(format!("CREATE DATABASE {quoted}"))
+        .execute(&mut admin)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(database = %name, "created database");
+            Ok(())
+        }
+        // Another process created it first.
+        Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Ok(()),
+        Err(DieselError::DatabaseError(_, info)) if info.message().contains("already exists") => {
+            Ok(())
+        }
+        Err(e) => Err(DbError::Setup(format!("create database {name}: {e}"))),
+    }
+}
+
+/// Applies the embedded migrations. Safe to run from several processes at once: a
+/// transaction-level advisory lock serialises them.
+pub async fn migrate(url: &str) -> Result<(), DbError> {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use diesel::Connection;
+        let mut conn: AsyncConnectionWrapper<AsyncPgConnection> =
+            Connection::establish(&url).map_err(|e| DbError::Unavailable(e.to_string()))?;
+        Connection::transaction::<_, DbError, _>(&mut conn, |conn| {
+            diesel::RunQueryDsl::execute(
+                diesel::sql_query("SELECT pg_advisory_xact_lock(7283641)"),
+                conn,
+            )?;
+            let applied = conn
+                .run_pending_migrations(MIGRATIONS)
+                .map_err(|e| DbError::Setup(format!("migrations: {e}")))?;
+            for m in applied {
+                tracing::info!(migration = %m, "applied migration");
+            }
+            Ok(())
+        })
+    })
+    .await
+    .map_err(|e| DbError::Setup(format!("migration task: {e}")))?
+}
+
+/// A connection from the pool.
+pub async fn conn(pool: &DbPool) -> Result<DbConn, DbError> {
+    Ok(pool.get().await?)
+}
+
+/// `SELECT 1`, for readiness checks.
+pub async fn ping(pool: &DbPool) -> Result<(), DbError> {
+    let mut conn = conn(pool).await?;
+    diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_is_split() {
+        let (admin, name) =
+            split_database_url("postgres://postgres@127.0.0.1:5432/photoq_t1?sslmode=disable")
+                .expect("valid url");
+        assert_eq!(name, "photoq_t1");
+        assert_eq!(
+            admin,
+            "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+        );
+        assert!(split_database_url("postgres://h/").is_err());
+    }
+}

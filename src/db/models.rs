@@ -1,0 +1,171 @@
+//! Rows as they are stored. API shapes live in `api::models`.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use super::schema::{api_keys, batches, photo_attempts, photos, variants};
+
+/// Where a photo is in its life. Stored as text (see the `photos_state_check` constraint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhotoState {
+    Queued,
+    Processing,
+    Completed,
+    Failed,
+    Dead,
+}
+
+impl PhotoState {
+    pub const ALL: [PhotoState; 5] = [
+        PhotoState::Queued,
+        PhotoState::Processing,
+        PhotoState::Completed,
+        PhotoState::Failed,
+        PhotoState::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhotoState::Queued => "queued",
+            PhotoState::Processing => "processing",
+            PhotoState::Completed => "completed",
+            PhotoState::Failed => "failed",
+            PhotoState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Completed, failed and dead photos are not worked on again (until redriven).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            PhotoState::Completed | PhotoState::Failed | PhotoState::Dead
+        )
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = api_keys, check_for_backend(diesel::pg::Pg))]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub name: String,
+    pub key_hash: String,
+    pub key_prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = batches, check_for_backend(diesel::pg::Pg))]
+pub struct Batch {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = photos, check_for_backend(diesel::pg::Pg))]
+pub struct Photo {
+    pub id: Uuid,
+    pub batch_id: Uuid,
+    pub owner_id: Uuid,
+    pub state: String,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub filename: Option<String>,
+    pub content_type: String,
+    pub bytes: i64,
+    pub sha256: String,
+    pub original_key: String,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub exif: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub published_epoch: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl Photo {
+    pub fn state(&self) -> Option<PhotoState> {
+        PhotoState::parse(&self.state)
+    }
+}
+
+/// A photo as the upload handler records it, before any work is done.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = photos, check_for_backend(diesel::pg::Pg))]
+pub struct NewPhoto {
+    pub id: Uuid,
+    pub batch_id: Uuid,
+    pub owner_id: Uuid,
+    pub filename: Option<String>,
+    pub content_type: String,
+    pub bytes: i64,
+    pub sha256: String,
+    pub original_key: String,
+}
+
+/// How an attempt ended; stored as text (see `photo_attempts_outcome_check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Running,
+    Completed,
+    Failed,
+    /// A transient error; another attempt is scheduled.
+    Retry,
+    /// The last attempt allowed; the photo is dead.
+    Dead,
+    /// The worker died or lost the job mid-way; noticed at the next attempt.
+    Interrupted,
+    /// The worker stopped (shutdown, database outage) and handed the job back unfinished.
+    HandedBack,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Running => "running",
+            AttemptOutcome::Completed => "completed",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Dead => "dead",
+            AttemptOutcome::Interrupted => "interrupted",
+            AttemptOutcome::HandedBack => "handed_back",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = photo_attempts, check_for_backend(diesel::pg::Pg))]
+pub struct Attempt {
+    pub id: i64,
+    pub photo_id: Uuid,
+    pub attempt: i32,
+    pub worker: String,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, PartialEq, Eq)]
+#[diesel(table_name = variants, check_for_backend(diesel::pg::Pg))]
+pub struct Variant {
+    pub photo_id: Uuid,
+    pub name: String,
+    pub storage_key: String,
+    pub content_type: String,
+    pub width: i32,
+    pub height: i32,
+    pub bytes: i64,
+    pub etag: String,
+}

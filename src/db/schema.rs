@@ -1,0 +1,99 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    api_keys (id) {
+        id -> Uuid,
+        name -> Text,
+        key_hash -> Text,
+        key_prefix -> Text,
+        created_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    batches (id) {
+        id -> Uuid,
+        owner_id -> Uuid,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    photos (id) {
+        id -> Uuid,
+        batch_id -> Uuid,
+        owner_id -> Uuid,
+        state -> Text,
+        attempts -> Int4,
+        error -> Nullable<Text>,
+        filename -> Nullable<Text>,
+        content_type -> Text,
+        bytes -> Int8,
+        sha256 -> Text,
+        original_key -> Text,
+        width -> Nullable<Int4>,
+        height -> Nullable<Int4>,
+        exif -> Nullable<Jsonb>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        completed_at -> Nullable<Timestamptz>,
+        published_epoch -> Nullable<Text>,
+        next_attempt_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    photo_attempts (id) {
+        id -> Int8,
+        photo_id -> Uuid,
+        attempt -> Int4,
+        worker -> Text,
+        outcome -> Text,
+        error -> Nullable<Text>,
+        started_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+        duration_ms -> Nullable<Int8>,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (owner_id, key) {
+        owner_id -> Uuid,
+        key -> Text,
+        batch_id -> Uuid,
+        response -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    variants (photo_id, name) {
+        photo_id -> Uuid,
+        name -> Text,
+        storage_key -> Text,
+        content_type -> Text,
+        width -> Int4,
+        height -> Int4,
+        bytes -> Int8,
+        etag -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(batches -> api_keys (owner_id));
+diesel::joinable!(photos -> api_keys (owner_id));
+diesel::joinable!(photos -> batches (batch_id));
+diesel::joinable!(variants -> photos (photo_id));
+diesel::joinable!(photo_attempts -> photos (photo_id));
+diesel::joinable!(idempotency_keys -> batches (batch_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    api_keys,
+    batches,
+    idempotency_keys,
+    photo_attempts,
+    photos,
+    variants,
+);

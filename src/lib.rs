@@ -1,0 +1,19 @@
+//! photoq: a distributed photo-processing service.
+//!
+//! Data flow, one module per step: `api` (HTTP) → `db` (PostgreSQL, the source of truth)
+//! → `queue` (Redis Streams) → `worker` → `pipeline` (pure image work) → `storage`.
+//! `app` wires them together for the `serve`, `work` and `all` roles.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod dispatch;
+pub mod metrics;
+pub mod pipeline;
+pub mod queue;
+pub mod storage;
+pub mod telemetry;
+pub mod worker;

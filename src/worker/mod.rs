@@ -1,0 +1,282 @@
+//! The consume loop: read jobs from the stream (and take over those abandoned by dead
+//! workers), at most `concurrency` at once; move due retries onto the stream; pause while
+//! PostgreSQL is down; on shutdown, finish or hand back what is in flight. Knows nothing of
+//! HTTP.
+
+pub mod job;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::db::{self, attempts::AttemptRef, DbPool};
+use crate::metrics::Metrics;
+use crate::pipeline::Spec;
+use crate::queue::{Consumer, Delivery, Queue};
+use crate::storage::Storage;
+
+/// Pause after a failed stream read before trying again (Redis down or restarting).
+const READ_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// How often a paused worker checks whether PostgreSQL is back.
+const DB_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Retries moved onto the stream per round of the promoter.
+const PROMOTE_BATCH: usize = 500;
+
+/// A job being worked on: its entry, photo and (once started) attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct InFlight {
+    pub photo_id: Uuid,
+    pub attempt: Option<AttemptRef>,
+}
+
+/// What a job needs; cheap to clone.
+#[derive(Clone)]
+pub struct WorkerContext {
+    pub pool: DbPool,
+    pub queue: Queue,
+    pub consumer: Arc<Consumer>,
+    pub storage: Storage,
+    pub spec: Arc<Spec>,
+    pub config: Arc<Config>,
+    pub metrics: Metrics,
+    /// Bounds the image work actually running on the blocking pool (a timed-out attempt's
+    /// work keeps its slot until it really ends).
+    pub cpu_slots: Arc<Semaphore>,
+    /// Set by a job that found PostgreSQL unreachable; the loop pauses until it answers.
+    pub db_down: Arc<AtomicBool>,
+    /// Entry id → job, for hand-back on shutdown.
+    pub in_flight: Arc<Mutex<HashMap<String, InFlight>>>,
+}
+
+impl WorkerContext {
+    pub fn new(
+        pool: DbPool,
+        queue: Queue,
+        consumer: Consumer,
+        storage: Storage,
+        config: Arc<Config>,
+        metrics: Metrics,
+        concurrency: usize,
+    ) -> Self {
+        WorkerContext {
+            pool,
+            queue,
+            consumer: Arc::new(consumer),
+            storage,
+            spec: Arc::new(Spec::from_config(&config)),
+            config,
+            metrics,
+            cpu_slots: Arc::new(Semaphore::new(concurrency)),
+            db_down: Arc::new(AtomicBool::new(false)),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn track(&self, entry_id: &str, job: InFlight) {
+        self.in_flight().insert(entry_id.to_owned(), job);
+    }
+
+    pub(crate) fn attempt_of(&self, entry_id: &str) -> Option<AttemptRef> {
+        self.in_flight().get(entry_id).and_then(|j| j.attempt)
+    }
+
+    pub(crate) fn untrack(&self, entry_id: &str) {
+        self.in_flight().remove(entry_id);
+    }
+}
+
+/// Runs until `shutdown` is cancelled, then finishes the jobs in flight within the grace
+/// period, hands back the rest, and returns.
+pub async fn run(ctx: WorkerContext, concurrency: usize, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut running = JoinSet::new();
+    let cfg = ctx.config.worker.clone();
+    let visibility = Duration::from_secs(cfg.visibility_timeout_secs);
+    let reclaim_every = Duration::from_secs(cfg.reclaim_interval_secs);
+    let mut last_reclaim: Option<Instant> = None;
+    let promoter = tokio::spawn(promote_retries(ctx.clone(), shutdown.clone()));
+    if let Err(e) = ctx.queue.ensure_group().await {
+        tracing::warn!(error = %e, "cannot create the consumer group yet; will retry");
+    }
+    tracing::info!(
+        consumer = ctx.consumer.name(),
+        concurrency,
+        "worker started"
+    );
+
+    loop {
+        if ctx.db_down.load(Ordering::Relaxed) && !wait_for_db(&ctx, &shutdown).await {
+            break;
+        }
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let wanted = 1 + slots.available_permits();
+        let reclaim_due = last_reclaim.is_none_or(|t| t.elapsed() >= reclaim_every);
+        let read = if reclaim_due {
+            last_reclaim = Some(Instant::now());
+            match ctx.consumer.take_over(visibility, wanted).await {
+                Ok(taken) if !taken.is_empty() => {
+                    tracing::info!(count = taken.len(), "took over abandoned jobs");
+                    Ok(taken)
+                }
+                _ => ctx.consumer.read(wanted).await,
+            }
+        } else {
+            // Not raced against shutdown: a read cut short could leave entries delivered to
+            // this consumer and never seen. It blocks for `redis.block_ms` at most.
+            ctx.consumer.read(wanted).await
+        };
+        let deliveries = match read {
+            Ok(d) if shutdown.is_cancelled() => {
+                hand_back_unstarted(&ctx, d).await;
+                break;
+            }
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "stream read failed; retrying");
+                drop(first);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(READ_RETRY_DELAY) => continue,
+                }
+            }
+        };
+        let mut first = Some(first);
+        let mut deliveries = deliveries.into_iter();
+        while let Some(delivery) = deliveries.next() {
+            // Free: only this loop takes permits, and it saw them available.
+            let permit = match first
+                .take()
+                .map(Ok)
+                .unwrap_or_else(|| slots.clone().try_acquire_owned())
+            {
+                Ok(p) => p,
+                Err(_) => {
+                    hand_back_unstarted(
+                        &ctx,
+                        std::iter::once(delivery).chain(deliveries).collect(),
+                    )
+                    .await;
+                    break;
+                }
+            };
+            let ctx = ctx.clone();
+            let span =
+                tracing::info_span!("job", job_id = %delivery.job_id(), entry = %delivery.entry_id);
+            running.spawn(
+                async move {
+                    job::handle(&ctx, delivery).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        while running.try_join_next().is_some() {}
+    }
+
+    let grace = Duration::from_secs(cfg.shutdown_grace_secs);
+    tracing::info!(
+        in_flight = running.len(),
+        grace_secs = grace.as_secs(),
+        "worker stopping"
+    );
+    let drained = tokio::time::timeout(grace, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        running.abort_all();
+        while running.join_next().await.is_some() {}
+        hand_back_all(&ctx).await;
+    }
+    let _ = promoter.await;
+    tracing::info!("worker stopped");
+}
+
+/// Gives back entries read but not started (shutdown came during the read).
+async fn hand_back_unstarted(ctx: &WorkerContext, deliveries: Vec<Delivery>) {
+    for d in deliveries {
+        let result = match &d.job {
+            Ok(job) => ctx.queue.hand_back(&d.entry_id, job.photo_id).await,
+            Err(_) => ctx.queue.ack(&d.entry_id).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(entry = %d.entry_id, error = %e, "hand-back failed; the job will be taken over");
+        }
+    }
+}
+
+/// Waits until PostgreSQL answers again; false if shutdown came first.
+async fn wait_for_db(ctx: &WorkerContext, shutdown: &CancellationToken) -> bool {
+    tracing::warn!("database unreachable; worker paused");
+    loop {
+        if db::ping(&ctx.pool).await.is_ok() {
+            ctx.db_down.store(false, Ordering::Relaxed);
+            tracing::info!("database back; worker resumed");
+            return true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(DB_PROBE_INTERVAL) => {}
+        }
+    }
+}
+
+/// Gives back every job still in flight after the grace period, to be delivered again at
+/// once. If that fails, the entries stay pending and are taken over after the visibility
+/// timeout: nothing is lost either way.
+async fn hand_back_all(ctx: &WorkerContext) {
+    let jobs: Vec<(String, InFlight)> = ctx.in_flight().drain().collect();
+    for (entry_id, job) in jobs {
+        if let Some(attempt) = job.attempt {
+            if let Ok(mut conn) = db::conn(&ctx.pool).await {
+                let _ = db::photos::hand_back(&mut conn, job.photo_id, attempt).await;
+            }
+        }
+        match ctx.queue.hand_back(&entry_id, job.photo_id).await {
+            Ok(()) => tracing::info!(job_id = %job.photo_id, "handed back unfinished job"),
+            Err(e) => {
+                tracing::warn!(job_id = %job.photo_id, error = %e, "hand-back failed; the job will be taken over")
+            }
+        }
+    }
+}
+
+/// Moves retries whose time has come from the delayed set onto the stream.
+async fn promote_retries(ctx: WorkerContext, shutdown: CancellationToken) {
+    let every = Duration::from_millis(ctx.config.worker.retry_poll_ms);
+    loop {
+        match ctx
+            .queue
+            .promote_due(chrono::Utc::now().timestamp_millis(), PROMOTE_BATCH)
+            .await
+        {
+            Ok(n) if n > 0 => tracing::debug!(count = n, "retries due moved onto the stream"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "promoting retries failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The API as a client sees it: formats, photo and batch documents, paging, caching,
+//! the OpenAPI document and the health endpoints.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Cursor;
+
+use common::{corpus_dir, read, TestApp};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+fn encode(format: image::ImageFormat, width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbaImage::from_fn(width, height, |x, y| {
+        image::Rgba([(x % 256) as u8, (y % 256) as u8, 128, 255])
+    });
+    let mut out = Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgba8(img)
+        .write_to(&mut out, format)
+        .unwrap();
+    out.into_inner()
+}
+
+/// Uploads one small camera photo and waits for its batch to settle.
+async fn upload_one_and_wait(app: &TestApp) -> Value {
+    let body = app
+        .upload_ok(vec![(
+            "a.jpg".into(),
+            read(corpus_dir().join("jpg/Canon_40D.jpg")),
+        )])
+        .await;
+    app.wait_batch(body["batch_id"].as_str().unwrap()).await;
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn png_and_webp_complete_and_documents_have_the_contract_fields() {
+    let app = TestApp::start().await;
+    let jpeg = read(corpus_dir().join("jpg/gps/DSCN0010.jpg"));
+    let body = app
+        .upload_ok(vec![
+            ("a.png".into(), encode(image::ImageFormat::Png, 1600, 900)),
+            ("b.webp".into(), encode(image::ImageFormat::WebP, 300, 500)),
+            ("c.jpg".into(), jpeg.clone()),
+        ])
+        .await;
+    let batch_id = body["batch_id"].as_str().unwrap().to_owned();
+    for p in body["photos"].as_array().unwrap() {
+        assert_eq!(p["state"], "queued");
+        assert_eq!(
+            p["url"],
+            format!("/v1/photos/{}", p["id"].as_str().unwrap())
+        );
+    }
+    let batch = app.wait_batch(&batch_id).await;
+    for field in [
+        "id",
+        "state",
+        "total",
+        "queued",
+        "processing",
+        "completed",
+        "failed",
+        "dead",
+        "photos",
+    ] {
+        assert!(!batch[field].is_null(), "batch has {field}");
+    }
+    assert_eq!(batch["state"], "completed");
+    assert_eq!(batch["total"], 3);
+
+    let png = app
+        .get_json(body["photos"][0]["url"].as_str().unwrap())
+        .await;
+    assert_eq!(png["original"]["content_type"], "image/png");
+    assert_eq!(
+        (
+            png["original"]["width"].as_u64(),
+            png["original"]["height"].as_u64()
+        ),
+        (Some(1600), Some(900))
+    );
+    let sizes: Vec<(String, u64, u64)> = png["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().into(),
+                v["width"].as_u64().unwrap(),
+                v["height"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        vec![
+            ("preview".into(), 1280, 720),
+            ("thumbnail".into(), 256, 144)
+        ]
+    );
+
+    let webp = app
+        .get_json(body["photos"][1]["url"].as_str().unwrap())
+        .await;
+    assert_eq!(webp["original"]["content_type"], "image/webp");
+    assert_eq!(webp["state"], "completed");
+
+    let jpg = app
+        .get_json(body["photos"][2]["url"].as_str().unwrap())
+        .await;
+    for field in [
+        "id",
+        "batch_id",
+        "state",
+        "error",
+        "attempts",
+        "original",
+        "exif",
+        "variants",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "completed_at",
+    ] {
+        assert!(jpg.get(field).is_some(), "photo has {field}");
+    }
+    assert_eq!(
+        jpg["original"]["sha256"],
+        hex::encode(Sha256::digest(&jpeg))
+    );
+    assert_eq!(jpg["original"]["bytes"], jpeg.len());
+    let exif = &jpg["exif"];
+    assert_eq!(exif["make"], "NIKON");
+    assert!(exif["gps"]["latitude"].as_f64().unwrap() > 43.0);
+    assert!(exif["exposure_time"].is_number());
+    assert!(!exif["tags"].as_array().unwrap().is_empty());
+
+    // The original comes back byte for byte.
+    assert_eq!(
+        app.bytes(jpg["original"]["url"].as_str().unwrap()).await,
+        jpeg
+    );
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variants_carry_etag_and_answer_304() {
+    let app = TestApp::start().await;
+    let body = upload_one_and_wait(&app).await;
+    let url = format!(
+        "{}/variants/thumbnail",
+        body["photos"][0]["url"].as_str().unwrap()
+    );
+    let res = app.get(&url).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "image/jpeg");
+    assert!(res.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("max-age"));
+    let etag = res.headers()["etag"].to_str().unwrap().to_owned();
+    let bytes = res.bytes().await.unwrap();
+    assert_eq!(&bytes[..3], &[0xFF, 0xD8, 0xFF]);
+    // No EXIF segment in a variant.
+    assert!(!bytes.windows(6).any(|w| w == b"Exif\0\0"));
+
+    let again = app
+        .client
+        .get(app.url(&url))
+        .bearer_auth(&app.key)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    let other = app
+        .client
+        .get(app.url(&url))
+        .bearer_auth(&app.key)
+        .header("If-None-Match", "\"something-else\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    let missing = app.get(&url.replace("thumbnail", "poster")).await;
+    assert_eq!(missing.status(), 404);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn photo_list_pages_by_cursor_and_filters() {
+    let app = TestApp::start().await;
+    let small = read(corpus_dir().join("jpg/Kodak_CX7530.jpg"));
+    let first = app
+        .upload_ok(
+            (0..5)
+                .map(|i| (format!("{i}.jpg"), small.clone()))
+                .collect(),
+        )
+        .await;
+    let second = app
+        .upload_ok(vec![("x.jpg".into(), b"\xFF\xD8\xFF\xE0 broken".to_vec())])
+        .await;
+    app.wait_batch(first["batch_id"].as_str().unwrap()).await;
+    app.wait_batch(second["batch_id"].as_str().unwrap()).await;
+
+    let mut seen = Vec::new();
+    let mut path = "/v1/photos?limit=2".to_owned();
+    loop {
+        let page = app.get_json(&path).await;
+        let photos = page["photos"].as_array().unwrap();
+        assert!(photos.len() <= 2);
+        seen.extend(photos.iter().map(|p| p["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/photos?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 6);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, seen, "pages are ordered and do not repeat");
+
+    let batch = first["batch_id"].as_str().unwrap();
+    let page = app.get_json(&format!("/v1/photos?batch={batch}")).await;
+    assert_eq!(page["photos"].as_array().unwrap().len(), 5);
+    let failed = app.get_json("/v1/photos?state=failed").await;
+    let failed = failed["photos"].as_array().unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["id"], second["photos"][0]["id"]);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_documents_every_endpoint_and_the_upload_field() {
+    let app = TestApp::start().await;
+    let spec: Value = app.get_public("/openapi.json").await.json().await.unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = &spec["paths"];
+    for (path, method) in [
+        ("/v1/photos", "post"),
+        ("/v1/photos", "get"),
+        ("/v1/photos/{id}", "get"),
+        ("/v1/photos/{id}/variants/{name}", "get"),
+        ("/v1/photos/{id}/original", "get"),
+        ("/v1/batches/{id}", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+    ] {
+        assert!(
+            paths[path][method].is_object(),
+            "{method} {path} documented"
+        );
+    }
+    let upload = &paths["/v1/photos"]["post"];
+    let form = &upload["requestBody"]["content"]["multipart/form-data"]["schema"];
+    assert!(
+        form["properties"]["file"].is_object(),
+        "upload documents `file`: {upload}"
+    );
+    for code in ["202", "400", "401", "413", "415"] {
+        assert!(
+            upload["responses"][code].is_object(),
+            "upload documents {code}"
+        );
+    }
+    let error = &upload["responses"]["415"]["content"]["application/json"]["schema"]["$ref"];
+    assert_eq!(error, "#/components/schemas/ErrorBody");
+    assert!(spec["components"]["schemas"]["ErrorBody"].is_object());
+    assert!(spec["components"]["securitySchemes"].is_object());
+
+    let docs = app.get_public("/docs/index.html").await;
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().await.unwrap().contains("swagger"));
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let app = TestApp::start().await;
+    let health: Value = app.get_public("/healthz").await.json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    let ready = app.get_public("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(
+        (ready["database"].as_str(), ready["redis"].as_str()),
+        (Some("up"), Some("up"))
+    );
+
+    upload_one_and_wait(&app).await;
+    let metrics = app.get_public("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("photoq_photos_uploaded_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("photoq_jobs_total{outcome=\"completed\"} 1"),
+        "{metrics}"
+    );
+    app.finish().await;
+}

@@ -1,0 +1,292 @@
+//! Bad input gets a clear JSON error and loses nothing; nothing panics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{corpus_dir, error_code, read, TestApp};
+
+fn sample() -> Vec<u8> {
+    read(corpus_dir().join("jpg/Canon_40D.jpg"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_named_jpg_is_415() {
+    let app = TestApp::start().await;
+    let res = app
+        .upload(vec![(
+            "x.jpg".into(),
+            b"just some text, not an image\n".to_vec(),
+        )])
+        .await;
+    assert_eq!(res.status(), 415);
+    assert_eq!(error_code(res).await, "unsupported_media_type");
+
+    // One bad file refuses the whole request: no batch, no photo left behind.
+    let res = app
+        .upload(vec![
+            ("good.jpg".into(), sample()),
+            ("bad.jpg".into(), b"GIF89a not supported".to_vec()),
+        ])
+        .await;
+    assert_eq!(res.status(), 415);
+    let page = app.get_json("/v1/photos").await;
+    assert_eq!(page["photos"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        std::fs::read_dir(app.config.storage.root.join("originals"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "originals of a refused request are removed"
+    );
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_uploads_are_400() {
+    let app = TestApp::start().await;
+    // No field at all (a multipart body with only its closing boundary).
+    let res = app.upload(vec![]).await;
+    assert_eq!(res.status(), 400);
+    error_code(res).await;
+    // A file field with no bytes.
+    let res = app.upload(vec![("empty.jpg".into(), Vec::new())]).await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(error_code(res).await, "empty_file");
+    // Not multipart at all.
+    let res = app
+        .client
+        .post(app.url("/v1/photos"))
+        .bearer_auth(&app.key)
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(error_code(res).await, "bad_multipart");
+    // A field with another name.
+    let form = reqwest::multipart::Form::new().part(
+        "photo",
+        reqwest::multipart::Part::bytes(sample()).file_name("a.jpg"),
+    );
+    let res = app
+        .client
+        .post(app.url("/v1/photos"))
+        .bearer_auth(&app.key)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(error_code(res).await, "unknown_field");
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_file_and_too_many_files_are_413() {
+    let app = TestApp::builder()
+        .config("[upload]\nmax_file_bytes = 20000\nmax_files = 2")
+        .start()
+        .await;
+    let big = read(corpus_dir().join("jpg/hdr/canon_hdr_NO.jpg"));
+    assert!(big.len() > 20000);
+    let res = app.upload(vec![("big.jpg".into(), big)]).await;
+    assert_eq!(res.status(), 413);
+    assert_eq!(error_code(res).await, "file_too_large");
+
+    let small = read(corpus_dir().join("jpg/Kodak_CX7530.jpg"));
+    assert!(small.len() < 20000);
+    let res = app
+        .upload(vec![
+            ("1.jpg".into(), small.clone()),
+            ("2.jpg".into(), small.clone()),
+            ("3.jpg".into(), small.clone()),
+        ])
+        .await;
+    assert_eq!(res.status(), 413);
+    assert_eq!(error_code(res).await, "too_many_files");
+
+    // The limits still let through what fits.
+    let body = app
+        .upload_ok(vec![
+            ("1.jpg".into(), small.clone()),
+            ("2.jpg".into(), small),
+        ])
+        .await;
+    let batch = app.wait_batch(body["batch_id"].as_str().unwrap()).await;
+    assert_eq!(batch["completed"], 2);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_unknown_and_revoked_keys_are_401() {
+    let app = TestApp::start().await;
+    let no_key = app.client.get(app.url("/v1/photos")).send().await.unwrap();
+    assert_eq!(no_key.status(), 401);
+    assert_eq!(error_code(no_key).await, "unauthorized");
+
+    let wrong = app
+        .client
+        .get(app.url("/v1/photos"))
+        .bearer_auth("pq_0000000000000000000000000000000000000000000000000000000000000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    let (id, key) = app.new_key("to-revoke").await;
+    let ok = app
+        .client
+        .get(app.url("/v1/photos"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    app.revoke(id).await;
+    let revoked = app
+        .upload_with(&key, vec![("a.jpg".into(), sample())])
+        .await;
+    assert_eq!(revoked.status(), 401);
+    assert_eq!(error_code(revoked).await, "unauthorized");
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_owners_photo_is_404() {
+    let app = TestApp::start().await;
+    let body = app.upload_ok(vec![("a.jpg".into(), sample())]).await;
+    let batch_id = body["batch_id"].as_str().unwrap().to_owned();
+    let photo_id = body["photos"][0]["id"].as_str().unwrap().to_owned();
+    app.wait_batch(&batch_id).await;
+
+    let (_, other) = app.new_key("other").await;
+    for path in [
+        format!("/v1/photos/{photo_id}"),
+        format!("/v1/photos/{photo_id}/variants/thumbnail"),
+        format!("/v1/photos/{photo_id}/original"),
+        format!("/v1/batches/{batch_id}"),
+    ] {
+        let mine = app.get(&path).await;
+        assert_eq!(mine.status(), 200, "{path} for its owner");
+        let res = app
+            .client
+            .get(app.url(&path))
+            .bearer_auth(&other)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{path} for another key");
+        assert_eq!(error_code(res).await, "not_found");
+    }
+    let list = app
+        .client
+        .get(app.url("/v1/photos"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    let list: serde_json::Value = list.json().await.unwrap();
+    assert!(list["photos"].as_array().unwrap().is_empty());
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_and_hostile_images_fail_and_the_worker_goes_on() {
+    let app = TestApp::builder()
+        .config("[pipeline]\nmax_pixels = 50000000")
+        .start()
+        .await;
+    let full = sample();
+    let truncated = full[..full.len() / 2].to_vec();
+    // A PNG whose header claims 20000 x 20000 pixels (400 MP): refused before decoding.
+    let mut bomb = Vec::new();
+    bomb.extend(b"\x89PNG\r\n\x1a\n");
+    let mut ihdr = Vec::new();
+    ihdr.extend(b"IHDR");
+    ihdr.extend(20000u32.to_be_bytes());
+    ihdr.extend(20000u32.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    bomb.extend(13u32.to_be_bytes());
+    bomb.extend(&ihdr);
+    bomb.extend(crc32(&ihdr).to_be_bytes());
+    for (kind, data) in [
+        (&b"IDAT"[..], &b"\x78\x9c\x03\x00\x00\x00\x00\x01"[..]),
+        (b"IEND", b""),
+    ] {
+        let mut chunk = kind.to_vec();
+        chunk.extend(data);
+        bomb.extend((data.len() as u32).to_be_bytes());
+        bomb.extend(&chunk);
+        bomb.extend(crc32(&chunk).to_be_bytes());
+    }
+    // JPEG magic followed by noise.
+    let mut noise = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    noise.extend((0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+
+    let body = app
+        .upload_ok(vec![
+            ("truncated.jpg".into(), truncated),
+            ("bomb.png".into(), bomb),
+            ("noise.jpg".into(), noise),
+            ("good.jpg".into(), full.clone()),
+        ])
+        .await;
+    let batch = app.wait_batch(body["batch_id"].as_str().unwrap()).await;
+    assert_eq!(batch["failed"], 3, "{batch}");
+    assert_eq!(batch["completed"], 1, "{batch}");
+    let photos = app.batch_photos(body["batch_id"].as_str().unwrap()).await;
+    for p in &photos[..3] {
+        assert_eq!(p["state"], "failed");
+        assert!(!p["error"].as_str().unwrap().is_empty());
+    }
+    assert!(
+        photos[1]["error"].as_str().unwrap().contains("20000x20000"),
+        "{}",
+        photos[1]["error"]
+    );
+
+    // The worker is still there: a later upload completes.
+    let body = app.upload_ok(vec![("again.jpg".into(), full)]).await;
+    let batch = app.wait_batch(body["batch_id"].as_str().unwrap()).await;
+    assert_eq!(batch["state"], "completed");
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_paths_and_queries_are_json_400() {
+    let app = TestApp::start().await;
+    for path in [
+        "/v1/photos/not-a-uuid",
+        "/v1/photos?limit=0",
+        "/v1/photos?limit=abc",
+        "/v1/photos?state=sleeping",
+        "/v1/photos?cursor=zzz",
+        "/v1/batches/123",
+    ] {
+        let res = app.get(path).await;
+        assert_eq!(res.status(), 400, "{path}");
+        assert_eq!(error_code(res).await, "bad_request", "{path}");
+    }
+    let res = app.get("/v1/nothing-here").await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(error_code(res).await, "not_found");
+    let res = app.get("/docs/not-a-file.js").await;
+    assert_eq!(res.status(), 404);
+    app.finish().await;
+}
+
+/// CRC-32 (IEEE) for the PNG chunk above.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
