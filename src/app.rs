@@ -36,6 +36,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("http: {0}")]
     Http(#[from] std::io::Error),
+    #[error(transparent)]
+    Render(#[from] crate::render::RenderError),
 }
 
 /// Which roles a process runs.
@@ -193,6 +195,22 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         }
         Command::Keys(cmd) => return keys(&config, cmd).await,
         Command::Dlq(cmd) => return dlq(&config, cmd).await,
+        Command::Render(args) => {
+            let threads = concurrency(args.concurrency);
+            let spec = crate::pipeline::Spec::from_config(&config);
+            let summary = tokio::task::spawn_blocking(move || {
+                crate::render::run(&spec, &args.files, &args.out, threads)
+            })
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+            println!(
+                "rendered {} files in {:.3} s: {:.2} images/s",
+                summary.files,
+                summary.elapsed.as_secs_f64(),
+                summary.images_per_second()
+            );
+            return Ok(());
+        }
     };
     let running = start(config, roles).await?;
     let token = running.shutdown.clone();

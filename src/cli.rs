@@ -36,6 +36,22 @@ pub enum Command {
     /// Inspect and redrive dead letters (photos out of attempts), across all keys.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Make the configured variants of local image files, without the service (no
+    /// database, queue or storage): to try a configuration, or to benchmark the pipeline.
+    Render(RenderArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Directory the variants are written to, as `{stem}_{variant}.{ext}`.
+    #[arg(long, short, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Images processed at once (default: worker.concurrency from the configuration).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: Option<u32>,
+    /// Image files (JPEG, PNG, WebP).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -121,13 +121,59 @@ pub struct ReconcilerConfig {
 pub struct PipelineConfig {
     pub max_pixels: u64,
     pub max_dimension: u32,
+    pub shrink_on_load: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+/// One output made for every photo. See `config/default.toml` for the meaning of each field.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VariantConfig {
-    pub long_edge: u32,
+    /// Box width; with `fit = "inside"` either side may be left out (unbounded).
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    #[serde(default)]
+    pub fit: Fit,
+    #[serde(default)]
+    pub format: OutputFormat,
+    #[serde(default = "default_quality")]
     pub quality: u8,
+    #[serde(default)]
+    pub grayscale: bool,
+    /// Unsharp-mask amount applied after the resize; 0 is off.
+    #[serde(default)]
+    pub sharpen: f32,
+}
+
+fn default_quality() -> u8 {
+    DEFAULT_QUALITY
+}
+
+/// Quality of a variant that names none.
+const DEFAULT_QUALITY: u8 = 80;
+/// Largest sharpen amount accepted (beyond it halos dominate).
+const MAX_SHARPEN: f32 = 5.0;
+
+/// How an image is fitted to a variant's box.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Fit {
+    /// Inside the box, aspect ratio kept; never enlarged.
+    #[default]
+    Inside,
+    /// Fills the box, aspect ratio kept, centre cropped; never enlarged beyond the source.
+    Cover,
+    /// Exactly the box, stretched if the aspect ratios differ.
+    Exact,
+}
+
+/// Encoding of a variant.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    #[default]
+    Jpeg,
+    Webp,
+    Png,
 }
 
 impl Config {
@@ -171,11 +217,28 @@ impl Config {
                     "variant name {name:?}: use lowercase letters, digits and '-'"
                 ));
             }
-            if v.long_edge == 0 {
-                return invalid(format!("variant {name}: long_edge must be > 0"));
+            if v.width == Some(0) || v.height == Some(0) {
+                return invalid(format!("variant {name}: width and height must be > 0"));
+            }
+            match (v.fit, v.width, v.height) {
+                (Fit::Inside, None, None) => {
+                    return invalid(format!("variant {name}: set width, height or both"));
+                }
+                (Fit::Cover | Fit::Exact, None, _) | (Fit::Cover | Fit::Exact, _, None) => {
+                    return invalid(format!(
+                        "variant {name}: fit {:?} needs both width and height",
+                        v.fit
+                    ));
+                }
+                _ => {}
             }
             if !(1..=100).contains(&v.quality) {
                 return invalid(format!("variant {name}: quality must be 1..=100"));
+            }
+            if !(0.0..=MAX_SHARPEN).contains(&v.sharpen) {
+                return invalid(format!(
+                    "variant {name}: sharpen must be between 0 and {MAX_SHARPEN}"
+                ));
             }
         }
         if self.upload.max_files == 0 || self.upload.max_file_bytes == 0 {
@@ -208,7 +271,7 @@ impl Config {
 }
 
 /// `PHOTOQ_DATABASE_URL` → `database.url`, `PHOTOQ_BIND` → `bind`,
-/// `PHOTOQ_VARIANTS_THUMBNAIL_LONG_EDGE` → `variants.thumbnail.long_edge`.
+/// `PHOTOQ_VARIANTS_THUMBNAIL_WIDTH` → `variants.thumbnail.width`.
 fn env_provider() -> Env {
     Env::prefixed(ENV_PREFIX)
         .ignore(&["CONFIG", "LOG"])
@@ -247,16 +310,18 @@ mod tests {
         );
         assert_eq!(env_key_to_path("BIND"), "bind");
         assert_eq!(
-            env_key_to_path("VARIANTS_THUMBNAIL_LONG_EDGE"),
-            "variants.thumbnail.long_edge"
+            env_key_to_path("VARIANTS_THUMBNAIL_WIDTH"),
+            "variants.thumbnail.width"
         );
     }
 
     #[test]
     fn defaults_parse_and_validate() {
         let config = Config::defaults().expect("defaults load");
-        assert_eq!(config.variants["thumbnail"].long_edge, 256);
-        assert_eq!(config.variants["preview"].long_edge, 1280);
+        let thumb = &config.variants["thumbnail"];
+        assert_eq!((thumb.width, thumb.height), (Some(256), Some(256)));
+        assert_eq!((thumb.fit, thumb.format), (Fit::Inside, OutputFormat::Jpeg));
+        assert_eq!(config.variants["preview"].width, Some(1280));
         assert_eq!(config.upload.max_files, 50);
         assert_eq!(config.upload.max_file_bytes, 25 * 1024 * 1024);
     }
@@ -267,12 +332,14 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("PHOTOQ_DATABASE_URL", "postgres://x@h/db");
             jail.set_env("PHOTOQ_BIND", "0.0.0.0:9000");
-            jail.set_env("PHOTOQ_VARIANTS_THUMBNAIL_LONG_EDGE", "300");
+            jail.set_env("PHOTOQ_VARIANTS_THUMBNAIL_WIDTH", "300");
+            jail.set_env("PHOTOQ_VARIANTS_THUMBNAIL_FIT", "cover");
             jail.set_env("PHOTOQ_UPLOAD_MAX_FILES", "3");
             let config = Config::load(None).expect("load");
             assert_eq!(config.database.url, "postgres://x@h/db");
             assert_eq!(config.bind.port(), 9000);
-            assert_eq!(config.variants["thumbnail"].long_edge, 300);
+            assert_eq!(config.variants["thumbnail"].width, Some(300));
+            assert_eq!(config.variants["thumbnail"].fit, Fit::Cover);
             assert_eq!(config.upload.max_files, 3);
             Ok(())
         });
@@ -280,12 +347,30 @@ mod tests {
 
     #[test]
     fn bad_variant_name_is_refused() {
-        let fig = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(
-            "[variants.Big_One]\nlong_edge = 10\nquality = 80",
-        ));
+        let fig = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string("[variants.Big_One]\nwidth = 10\nquality = 80"));
         assert!(matches!(
             Config::from_figment(fig),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn incomplete_variants_are_refused() {
+        for bad in [
+            "[variants.a]\nfit = \"inside\"",
+            "[variants.a]\nwidth = 10\nfit = \"cover\"",
+            "[variants.a]\nwidth = 0",
+            "[variants.a]\nwidth = 10\nsharpen = 9.0",
+            "[variants.a]\nwidth = 10\nformat = \"gif\"",
+        ] {
+            let fig = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(bad));
+            assert!(Config::from_figment(fig).is_err(), "{bad}");
+        }
+        let fig = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(
+            "[variants.wide]\nwidth = 800\nformat = \"webp\"",
+        ));
+        let config = Config::from_figment(fig).expect("width alone is enough for inside");
+        assert_eq!(config.variants["wide"].quality, DEFAULT_QUALITY);
     }
 }

@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod metrics;
 pub mod pipeline;
 pub mod queue;
+pub mod render;
 pub mod storage;
 pub mod telemetry;
 pub mod worker;

@@ -24,6 +24,7 @@ fn every_command_has_help() {
         vec!["dlq", "--help"],
         vec!["dlq", "list", "--help"],
         vec!["dlq", "redrive", "--help"],
+        vec!["render", "--help"],
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -37,6 +38,54 @@ fn every_command_has_help() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
+}
+
+#[test]
+fn render_makes_the_configured_variants_of_local_files() {
+    let out = std::env::temp_dir().join(format!("pqrender_{}", uuid::Uuid::new_v4().simple()));
+    let config = out.with_extension("toml");
+    std::fs::write(
+        &config,
+        "[variants.square]\nwidth = 100\nheight = 100\nfit = \"cover\"\nformat = \"webp\"\n",
+    )
+    .unwrap();
+    let good = corpus_dir().join("jpg/gps/DSCN0010.jpg");
+    let bad = corpus_dir().join("jpg/corrupted.jpg");
+    let run = |files: &[&std::path::Path]| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(["render", "--concurrency", "2", "--out"])
+            .arg(&out)
+            .args(files)
+            .output()
+            .unwrap()
+    };
+
+    let ok = run(&[&good]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("images/s"));
+    for (name, size) in [
+        ("DSCN0010_thumbnail.jpg", (256, 192)),
+        ("DSCN0010_preview.jpg", (640, 480)),
+        ("DSCN0010_square.webp", (100, 100)),
+    ] {
+        let img = image::load_from_memory(&read(out.join(name))).unwrap();
+        assert_eq!((img.width(), img.height()), size, "{name}");
+    }
+
+    // A broken file is reported and fails the run; the good one is still rendered.
+    std::fs::remove_dir_all(&out).unwrap();
+    let mixed = run(&[&bad, &good]);
+    assert!(!mixed.status.success());
+    assert!(String::from_utf8_lossy(&mixed.stderr).contains("corrupted.jpg"));
+    assert!(out.join("DSCN0010_square.webp").exists());
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_file(&config).unwrap();
 }
 
 #[tokio::test]

@@ -301,8 +301,8 @@ async fn corpus_completes_with_right_sizes_orientation_and_exif() {
     let photos = app.batch_photos(&batch_id).await;
     assert_eq!(photos.len(), files.len());
     let (thumb_edge, preview_edge) = (
-        app.config.variants["thumbnail"].long_edge,
-        app.config.variants["preview"].long_edge,
+        app.config.variants["thumbnail"].width.unwrap(),
+        app.config.variants["preview"].width.unwrap(),
     );
 
     let mut exif_mismatches = Vec::new();

@@ -1,36 +1,136 @@
-//! Decoding: dimensions are checked against the limits before any pixel is decoded.
+//! Decoding: dimensions are checked against the limits before any pixel is decoded, and
+//! JPEGs are decoded straight at a reduced size when the variants allow it.
+//!
+//! JPEG goes through libjpeg-turbo (TurboJPEG API): SIMD entropy decoding and IDCT, and
+//! DCT-domain scaling (1/2, 1/4, 1/8), which skips most of the work for a large photo that
+//! only feeds small variants. Any libjpeg warning (corrupt or truncated data) is an error,
+//! as with sharp's default, rather than a silently grey image. PNG and WebP go through the
+//! `image` crate with its allocation limits.
 
 use std::io::Cursor;
 
 use image::metadata::Orientation;
-use image::{DynamicImage, GrayImage, ImageDecoder, ImageReader, RgbImage};
-use zune_core::bytestream::ZCursor;
-use zune_core::colorspace::ColorSpace;
-use zune_core::options::DecoderOptions;
-use zune_jpeg::JpegDecoder;
+use image::{DynamicImage, ImageDecoder, ImageReader};
+use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
 
 use super::exif::{self, Exif};
+use super::resize::{Layout, Pixels};
 use super::sniff::SourceFormat;
 use super::{Limits, PipelineError};
 
-/// Bytes per pixel the decoder may allocate, at most (RGBA, 16 bits a channel).
+/// Bytes per pixel the `image` decoders may allocate, at most (RGBA, 16 bits a channel).
 const MAX_BYTES_PER_PIXEL: u64 = 8;
+/// The DCT scaling denominators used, most reduced first.
+const DCT_DENOMINATORS: [u32; 3] = [8, 4, 2];
 
 pub struct Decoded {
-    /// Pixels as stored in the file (orientation not yet applied).
-    pub image: DynamicImage,
+    /// Pixels as stored in the file (orientation not yet applied), possibly reduced.
+    pub pixels: Pixels,
+    /// The full stored size, before any reduction.
+    pub width: u32,
+    pub height: u32,
     pub orientation: Orientation,
     pub exif: Exif,
 }
 
+/// Decodes `data`. `allowed_reduction` is told the full stored size and orientation and
+/// answers by how much the image may be shrunk while decoding (1.0: not at all).
 pub fn decode(
     data: &[u8],
     format: SourceFormat,
     limits: &Limits,
+    allowed_reduction: impl FnOnce(u32, u32, Orientation) -> f64,
 ) -> Result<Decoded, PipelineError> {
-    if format == SourceFormat::Jpeg {
-        return decode_jpeg(data, limits);
+    match format {
+        SourceFormat::Jpeg => decode_jpeg(data, limits, allowed_reduction),
+        SourceFormat::Png | SourceFormat::Webp => decode_other(data, format, limits),
     }
+}
+
+/// The largest DCT scaling denominator not above `reduction` (1 when none fits).
+pub fn dct_denominator(reduction: f64) -> u32 {
+    DCT_DENOMINATORS
+        .into_iter()
+        .find(|&d| f64::from(d) <= reduction)
+        .unwrap_or(1)
+}
+
+fn decode_jpeg(
+    data: &[u8],
+    limits: &Limits,
+    allowed_reduction: impl FnOnce(u32, u32, Orientation) -> f64,
+) -> Result<Decoded, PipelineError> {
+    let mut decompressor = Decompressor::new().map_err(internal)?;
+    let header = decompressor.read_header(data).map_err(corrupt)?;
+    let (width, height) = (
+        u32::try_from(header.width).map_err(|_| corrupt("width"))?,
+        u32::try_from(header.height).map_err(|_| corrupt("height"))?,
+    );
+    limits.check(width, height)?;
+    // rexif finds the APP1 segment itself.
+    let exif = exif::extract(data);
+    let orientation = orientation_of(&exif);
+
+    let denominator = if header.is_lossless {
+        1
+    } else {
+        dct_denominator(allowed_reduction(width, height, orientation))
+    };
+    let scale = ScalingFactor::new(1, denominator as usize);
+    decompressor.set_scaling_factor(scale).map_err(internal)?;
+    let scaled = header.scaled(scale);
+
+    let (layout, format) = match header.colorspace {
+        Colorspace::Gray => (Layout::Luma, PixelFormat::GRAY),
+        Colorspace::CMYK | Colorspace::YCCK => (Layout::Rgb, PixelFormat::CMYK),
+        _ => (Layout::Rgb, PixelFormat::RGB),
+    };
+    let mut image = turbojpeg::Image {
+        pixels: vec![0u8; scaled.width * scaled.height * format.size()],
+        width: scaled.width,
+        pitch: scaled.width * format.size(),
+        height: scaled.height,
+        format,
+    };
+    decompressor
+        .decompress(data, image.as_deref_mut())
+        .map_err(corrupt)?;
+    let data = if format == PixelFormat::CMYK {
+        cmyk_to_rgb(&image.pixels)
+    } else {
+        image.pixels
+    };
+    Ok(Decoded {
+        pixels: Pixels {
+            width: scaled.width as u32,
+            height: scaled.height as u32,
+            layout,
+            data,
+        },
+        width,
+        height,
+        orientation,
+        exif,
+    })
+}
+
+/// Adobe-style (inverted) CMYK, as JPEG files carry it, to RGB; no colour management.
+fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
+    let mut rgb = Vec::with_capacity(cmyk.len() / 4 * 3);
+    for px in cmyk.chunks_exact(4) {
+        let k = u16::from(px[3]);
+        for &c in &px[..3] {
+            rgb.push(((u16::from(c) * k + 127) / 255) as u8);
+        }
+    }
+    rgb
+}
+
+fn decode_other(
+    data: &[u8],
+    format: SourceFormat,
+    limits: &Limits,
+) -> Result<Decoded, PipelineError> {
     let mut reader = ImageReader::with_format(Cursor::new(data), format.image_format());
     let mut image_limits = image::Limits::default();
     image_limits.max_image_width = Some(limits.max_dimension);
@@ -50,55 +150,20 @@ pub fn decode(
         .unwrap_or_default();
     let image = DynamicImage::from_decoder(decoder).map_err(PipelineError::from_image)?;
     Ok(Decoded {
-        image,
+        pixels: Pixels::from_image(image),
+        width,
+        height,
         orientation: orientation_of(&exif),
         exif,
     })
 }
 
-/// JPEG through zune-jpeg in strict mode: corrupt entropy-coded data is an error, not a
-/// silently grey image (as libjpeg reports "Corrupt JPEG data" and sharp refuses it).
-fn decode_jpeg(data: &[u8], limits: &Limits) -> Result<Decoded, PipelineError> {
-    let options = DecoderOptions::default()
-        .set_strict_mode(true)
-        .set_max_width(limits.max_dimension as usize)
-        .set_max_height(limits.max_dimension as usize);
-    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(data), options);
-    decoder.decode_headers().map_err(jpeg_error)?;
-    let info = decoder
-        .info()
-        .ok_or_else(|| PipelineError::Decode("JPEG has no frame header".into()))?;
-    let (width, height) = (u32::from(info.width), u32::from(info.height));
-    limits.check(width, height)?;
-
-    let grey = matches!(
-        decoder.input_colorspace(),
-        Some(ColorSpace::Luma | ColorSpace::LumaA)
-    );
-    let out = if grey {
-        ColorSpace::Luma
-    } else {
-        ColorSpace::RGB
-    };
-    decoder.set_options(options.jpeg_set_out_colorspace(out));
-    let pixels = decoder.decode().map_err(jpeg_error)?;
-    let mismatch = || PipelineError::Decode("JPEG decoded to an unexpected size".into());
-    let image = if grey {
-        DynamicImage::ImageLuma8(GrayImage::from_raw(width, height, pixels).ok_or_else(mismatch)?)
-    } else {
-        DynamicImage::ImageRgb8(RgbImage::from_raw(width, height, pixels).ok_or_else(mismatch)?)
-    };
-    // rexif finds the APP1 segment itself.
-    let exif = exif::extract(data);
-    Ok(Decoded {
-        image,
-        orientation: orientation_of(&exif),
-        exif,
-    })
-}
-
-fn jpeg_error(e: zune_jpeg::errors::DecodeErrors) -> PipelineError {
+fn corrupt(e: impl std::fmt::Display) -> PipelineError {
     PipelineError::Decode(format!("corrupt JPEG: {e}"))
+}
+
+fn internal(e: turbojpeg::Error) -> PipelineError {
+    PipelineError::Internal(format!("libjpeg-turbo: {e}"))
 }
 
 fn orientation_of(exif: &Exif) -> Orientation {
@@ -108,13 +173,25 @@ fn orientation_of(exif: &Exif) -> Orientation {
         .unwrap_or(Orientation::NoTransforms)
 }
 
-/// True when the orientation turns the image a quarter, swapping width and height.
-pub fn swaps_axes(orientation: Orientation) -> bool {
-    matches!(
-        orientation,
-        Orientation::Rotate90
-            | Orientation::Rotate270
-            | Orientation::Rotate90FlipH
-            | Orientation::Rotate270FlipH
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denominator_never_undershoots() {
+        assert_eq!(dct_denominator(1.0), 1);
+        assert_eq!(dct_denominator(1.99), 1);
+        assert_eq!(dct_denominator(2.0), 2);
+        assert_eq!(dct_denominator(3.125), 2);
+        assert_eq!(dct_denominator(4.6), 4);
+        assert_eq!(dct_denominator(15.6), 8);
+    }
+
+    #[test]
+    fn cmyk_is_inverted_adobe_style() {
+        // Adobe stores 255 - ink: (255,255,255,255) is white, k = 0 is black.
+        assert_eq!(cmyk_to_rgb(&[255, 255, 255, 255]), vec![255, 255, 255]);
+        assert_eq!(cmyk_to_rgb(&[255, 0, 255, 255]), vec![255, 0, 255]);
+        assert_eq!(cmyk_to_rgb(&[200, 200, 200, 0]), vec![0, 0, 0]);
+    }
 }

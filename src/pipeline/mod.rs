@@ -1,22 +1,28 @@
 //! The image work, pure: bytes in, variants and EXIF out. No I/O, no async; the worker runs
 //! it on the blocking pool.
 //!
-//! Steps: sniff → check dimensions → decode once → for each variant, largest first: resize
-//! (in the file's own orientation, so the rotation touches only the small image) → apply the
-//! EXIF orientation → encode JPEG without metadata.
+//! Steps: sniff → check dimensions → decode once, JPEGs shrunk on load as far as the
+//! largest variant allows → for each variant, largest first: resize from the smallest
+//! adequate image so far (the decoded one or a larger whole-frame variant), in the file's
+//! own orientation → grayscale / sharpen → apply the EXIF orientation (on the small image)
+//! → encode without metadata.
 
+pub mod adjust;
 pub mod decode;
 pub mod encode;
 pub mod exif;
+pub mod orient;
 pub mod resize;
 pub mod sniff;
+pub mod variant;
 
 use image::metadata::Orientation;
-use image::{DynamicImage, GrayImage, RgbImage, RgbaImage};
 
 pub use exif::Exif;
-use resize::{Layout, Pixels};
+use resize::Pixels;
 pub use sniff::{sniff, SourceFormat};
+pub use variant::VariantSpec;
+use variant::{Geometry, Rect};
 
 /// Errors of the image work. All are the input's fault, so retrying cannot help, except
 /// `Internal`, which is a bug.
@@ -84,36 +90,36 @@ impl Limits {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VariantSpec {
-    pub name: String,
-    pub long_edge: u32,
-    pub quality: u8,
-}
-
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub limits: Limits,
+    /// Decode JPEGs at a reduced scale when every variant still gets enough pixels.
+    pub shrink_on_load: bool,
     pub variants: Vec<VariantSpec>,
 }
 
 impl Spec {
     pub fn from_config(config: &crate::config::Config) -> Self {
-        let mut variants: Vec<VariantSpec> = config
+        let variants = config
             .variants
             .iter()
             .map(|(name, v)| VariantSpec {
                 name: name.clone(),
-                long_edge: v.long_edge,
+                width: v.width,
+                height: v.height,
+                fit: v.fit,
+                format: v.format,
                 quality: v.quality,
+                grayscale: v.grayscale,
+                sharpen: v.sharpen,
             })
             .collect();
-        variants.sort_by_key(|v| std::cmp::Reverse(v.long_edge));
         Spec {
             limits: Limits {
                 max_pixels: config.pipeline.max_pixels,
                 max_dimension: config.pipeline.max_dimension,
             },
+            shrink_on_load: config.pipeline.shrink_on_load,
             variants,
         }
     }
@@ -136,36 +142,64 @@ pub struct Processed {
     pub width: u32,
     pub height: u32,
     pub exif: Exif,
+    /// Largest first.
     pub variants: Vec<EncodedVariant>,
+}
+
+/// A variant's geometry, both as displayed and in the file's stored orientation.
+struct Planned<'a> {
+    spec: &'a VariantSpec,
+    stored: Geometry,
 }
 
 pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
     let format = sniff(data).ok_or(PipelineError::Unsupported)?;
-    let decoded = decode::decode(data, format, &spec.limits)?;
-    let source = to_pixels(decoded.image);
-    let swap = decode::swaps_axes(decoded.orientation);
-    let (width, height) = if swap {
-        (source.height, source.width)
-    } else {
-        (source.width, source.height)
-    };
+    let decoded = decode::decode(data, format, &spec.limits, |w, h, orientation| {
+        if !spec.shrink_on_load {
+            return 1.0;
+        }
+        plan(spec, w, h, orientation)
+            .iter()
+            .map(|p| p.stored.reduction())
+            .fold(f64::INFINITY, f64::min)
+    })?;
+    let orientation = decoded.orientation;
+    let (full_w, full_h) = (decoded.width, decoded.height);
 
+    // Whole-frame images the variants may be resized from, in stored orientation.
+    let mut sources: Vec<Pixels> = vec![decoded.pixels];
     let mut variants = Vec::with_capacity(spec.variants.len());
-    for v in &spec.variants {
-        let (w, h) = resize::fit_long_edge(width, height, v.long_edge);
-        let (rw, rh) = if swap { (h, w) } else { (w, h) };
-        let resized = resize::resize(&source, rw, rh)?;
-        let oriented = orient(resized, decoded.orientation)?;
-        let data = encode::jpeg(&oriented, v.quality)?;
+    for planned in plan(spec, full_w, full_h, orientation) {
+        let stored = planned.stored;
+        let source = smallest_adequate(&sources, stored, full_w, full_h);
+        let crop = stored.crop.scaled(
+            f64::from(source.width) / f64::from(full_w),
+            f64::from(source.height) / f64::from(full_h),
+        );
+        let mut pixels = resize::resize(source, crop, stored.width, stored.height)?;
+        if planned.spec.keeps_whole_frame() && stored.crop == Rect::whole(full_w, full_h) {
+            sources.push(pixels.clone());
+        }
+        if planned.spec.grayscale {
+            pixels = adjust::grayscale(pixels);
+        }
+        pixels = adjust::sharpen(pixels, planned.spec.sharpen);
+        let oriented = orient::apply(pixels, orientation)?;
+        let encoded = encode::encode(&oriented, planned.spec.format, planned.spec.quality)?;
         variants.push(EncodedVariant {
-            name: v.name.clone(),
+            name: planned.spec.name.clone(),
             width: oriented.width,
             height: oriented.height,
-            content_type: "image/jpeg",
-            extension: "jpg",
-            data,
+            content_type: encoded.content_type,
+            extension: encoded.extension,
+            data: encoded.data,
         });
     }
+    let (width, height) = if orient::swaps_axes(orientation) {
+        (full_h, full_w)
+    } else {
+        (full_w, full_h)
+    };
     Ok(Processed {
         format,
         width,
@@ -175,75 +209,77 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
     })
 }
 
-/// Decoded pixels in the smallest layout that keeps them: grey stays grey, alpha is kept
-/// for the resize (premultiplied there) and flattened when encoding.
-fn to_pixels(image: DynamicImage) -> Pixels {
-    let (width, height) = (image.width(), image.height());
-    let (layout, data) = match image {
-        DynamicImage::ImageLuma8(buf) => (Layout::Luma, buf.into_raw()),
-        DynamicImage::ImageRgb8(buf) => (Layout::Rgb, buf.into_raw()),
-        DynamicImage::ImageRgba8(buf) => (Layout::Rgba, buf.into_raw()),
-        other if other.color().has_alpha() => (Layout::Rgba, other.into_rgba8().into_raw()),
-        other if !other.color().has_color() => (Layout::Luma, other.into_luma8().into_raw()),
-        other => (Layout::Rgb, other.into_rgb8().into_raw()),
+/// Every variant's geometry for a source stored as `width` × `height`, largest output first.
+fn plan(spec: &Spec, width: u32, height: u32, orientation: Orientation) -> Vec<Planned<'_>> {
+    let swap = orient::swaps_axes(orientation);
+    let (dw, dh) = if swap {
+        (height, width)
+    } else {
+        (width, height)
     };
-    Pixels {
-        width,
-        height,
-        layout,
-        data,
-    }
+    let mut planned: Vec<Planned> = spec
+        .variants
+        .iter()
+        .map(|v| {
+            let g = v.geometry(dw, dh);
+            Planned {
+                spec: v,
+                stored: if swap { g.transposed() } else { g },
+            }
+        })
+        .collect();
+    planned
+        .sort_by_key(|p| std::cmp::Reverse(u64::from(p.stored.width) * u64::from(p.stored.height)));
+    planned
 }
 
-fn orient(pixels: Pixels, orientation: Orientation) -> Result<Pixels, PipelineError> {
-    if orientation == Orientation::NoTransforms {
-        return Ok(pixels);
-    }
-    let Pixels {
-        width,
-        height,
-        layout,
-        data,
-    } = pixels;
-    let bad = || PipelineError::Internal("pixel buffer size mismatch".into());
-    let mut image = match layout {
-        Layout::Luma => {
-            DynamicImage::ImageLuma8(GrayImage::from_raw(width, height, data).ok_or_else(bad)?)
-        }
-        Layout::Rgb => {
-            DynamicImage::ImageRgb8(RgbImage::from_raw(width, height, data).ok_or_else(bad)?)
-        }
-        Layout::Rgba => {
-            DynamicImage::ImageRgba8(RgbaImage::from_raw(width, height, data).ok_or_else(bad)?)
-        }
+/// The smallest whole-frame source that still has at least as many pixels as the output
+/// on both axes of the crop (the full decode always qualifies, or is the best there is).
+fn smallest_adequate(sources: &[Pixels], g: Geometry, full_w: u32, full_h: u32) -> &Pixels {
+    let adequate = |s: &&Pixels| {
+        let sx = f64::from(s.width) / f64::from(full_w);
+        let sy = f64::from(s.height) / f64::from(full_h);
+        g.crop.width * sx >= f64::from(g.width) && g.crop.height * sy >= f64::from(g.height)
     };
-    image.apply_orientation(orientation);
-    Ok(to_pixels(image))
+    sources
+        .iter()
+        .filter(adequate)
+        .min_by_key(|s| s.bytes())
+        .unwrap_or(&sources[0])
 }
 
 #[cfg(test)]
 mod tests {
+    use super::variant::{Fit, OutputFormat};
     use super::*;
+    use image::{DynamicImage, RgbImage, RgbaImage};
 
-    fn spec() -> Spec {
+    fn variant(name: &str, side: u32) -> VariantSpec {
+        VariantSpec {
+            name: name.into(),
+            width: Some(side),
+            height: Some(side),
+            fit: Fit::Inside,
+            format: OutputFormat::Jpeg,
+            quality: 80,
+            grayscale: false,
+            sharpen: 0.0,
+        }
+    }
+
+    fn spec_with(variants: Vec<VariantSpec>) -> Spec {
         Spec {
             limits: Limits {
-                max_pixels: 1_000_000,
+                max_pixels: 4_000_000,
                 max_dimension: 4000,
             },
-            variants: vec![
-                VariantSpec {
-                    name: "preview".into(),
-                    long_edge: 64,
-                    quality: 80,
-                },
-                VariantSpec {
-                    name: "thumbnail".into(),
-                    long_edge: 16,
-                    quality: 80,
-                },
-            ],
+            shrink_on_load: true,
+            variants,
         }
+    }
+
+    fn spec() -> Spec {
+        spec_with(vec![variant("thumbnail", 16), variant("preview", 64)])
     }
 
     fn png(width: u32, height: u32, alpha: bool) -> Vec<u8> {
@@ -257,6 +293,33 @@ mod tests {
             .write_to(&mut out, image::ImageFormat::Png)
             .expect("encode png");
         out.into_inner()
+    }
+
+    /// A smooth colour gradient with a few hard edges, as a q95 JPEG.
+    fn jpeg(width: u32, height: u32) -> Vec<u8> {
+        let data = (0..height)
+            .flat_map(|y| {
+                (0..width).flat_map(move |x| {
+                    let edge = if (x / 100 + y / 100) % 2 == 0 { 40 } else { 0 };
+                    [
+                        (x * 200 / width) as u8 + edge,
+                        (y * 200 / height) as u8 + edge,
+                        128,
+                    ]
+                })
+            })
+            .collect();
+        let pixels = Pixels {
+            width,
+            height,
+            layout: resize::Layout::Rgb,
+            data,
+        };
+        encode::jpeg(&pixels, 95).expect("encode jpeg")
+    }
+
+    fn decode_rgb(data: &[u8]) -> image::RgbImage {
+        image::load_from_memory(data).expect("decodes").into_rgb8()
     }
 
     #[test]
@@ -276,6 +339,16 @@ mod tests {
     }
 
     #[test]
+    fn awkward_sizes_cascade_without_overshooting_the_source() {
+        // 1488 × 2240 → 850 × 1280, whose scale to the source is not exact in floating point.
+        let spec = spec_with(vec![variant("preview", 1280), variant("thumb", 256)]);
+        for (w, h) in [(1488, 2240), (1001, 999), (2000, 3)] {
+            let out = process(&png(w, h, false), &spec).expect("process");
+            assert_eq!(out.variants.len(), 2, "{w}x{h}");
+        }
+    }
+
+    #[test]
     fn small_images_are_not_enlarged() {
         let out = process(&png(10, 5, false), &spec()).expect("process");
         assert!(out.variants.iter().all(|v| (v.width, v.height) == (10, 5)));
@@ -284,7 +357,9 @@ mod tests {
     #[test]
     fn bombs_are_refused_before_decoding() {
         // One pixel over the limit: refused from the header alone.
-        let err = process(&png(1001, 1000, false), &spec()).expect_err("too large");
+        let err = process(&png(2001, 2000, false), &spec()).expect_err("too large");
+        assert!(matches!(err, PipelineError::TooLarge { .. }), "{err}");
+        let err = process(&jpeg(2001, 2000), &spec()).expect_err("too large");
         assert!(matches!(err, PipelineError::TooLarge { .. }), "{err}");
     }
 
@@ -294,17 +369,106 @@ mod tests {
             process(b"plain text", &spec()),
             Err(PipelineError::Unsupported)
         ));
-        let full = png(50, 50, false);
-        for cut in [8, 20, 33, full.len() / 2] {
-            assert!(process(&full[..cut], &spec()).is_err(), "cut at {cut}");
+        for full in [png(50, 50, false), jpeg(300, 200)] {
+            // (A JPEG missing only its end marker still holds every pixel; that one decodes.)
+            for cut in [8, 20, 33, full.len() / 2, full.len() - 100] {
+                assert!(process(&full[..cut], &spec()).is_err(), "cut at {cut}");
+            }
         }
     }
 
     #[test]
-    fn long_edge_fit() {
-        assert_eq!(resize::fit_long_edge(4000, 3000, 256), (256, 192));
-        assert_eq!(resize::fit_long_edge(3000, 4000, 1280), (960, 1280));
-        assert_eq!(resize::fit_long_edge(10000, 1, 256), (256, 1));
-        assert_eq!(resize::fit_long_edge(100, 75, 256), (100, 75));
+    fn jpeg_is_shrunk_on_load_only_as_far_as_the_largest_variant_allows() {
+        let data = jpeg(800, 600);
+        let limits = spec().limits;
+        let at = |reduction: f64| {
+            let d = decode::decode(&data, SourceFormat::Jpeg, &limits, |w, h, _| {
+                assert_eq!((w, h), (800, 600));
+                reduction
+            })
+            .expect("decodes");
+            (d.pixels.width, d.pixels.height, d.width, d.height)
+        };
+        assert_eq!(at(1.0), (800, 600, 800, 600));
+        assert_eq!(at(3.9), (400, 300, 800, 600));
+        assert_eq!(at(4.0), (200, 150, 800, 600));
+        assert_eq!(at(100.0), (100, 75, 800, 600));
+    }
+
+    #[test]
+    fn shrink_on_load_output_matches_a_full_decode() {
+        let data = jpeg(1600, 1200);
+        let mut full = spec_with(vec![variant("small", 150), variant("mid", 400)]);
+        full.shrink_on_load = false;
+        let mut shrunk = full.clone();
+        shrunk.shrink_on_load = true;
+        let a = process(&data, &full).expect("full");
+        let b = process(&data, &shrunk).expect("shrunk");
+        for (va, vb) in a.variants.iter().zip(&b.variants) {
+            assert_eq!((va.width, va.height), (vb.width, vb.height));
+            let (ia, ib) = (decode_rgb(&va.data), decode_rgb(&vb.data));
+            let diff: u64 = ia
+                .as_raw()
+                .iter()
+                .zip(ib.as_raw())
+                .map(|(&x, &y)| u64::from(x.abs_diff(y)))
+                .sum();
+            let mean = diff as f64 / ia.as_raw().len() as f64;
+            assert!(mean < 2.0, "{}: mean difference {mean}", va.name);
+        }
+    }
+
+    #[test]
+    fn cover_grayscale_webp_and_png_variants() {
+        let mut square = variant("square", 120);
+        square.fit = Fit::Cover;
+        square.format = OutputFormat::Webp;
+        square.grayscale = true;
+        square.sharpen = 1.0;
+        let mut strip = variant("strip", 0);
+        strip.width = Some(300);
+        strip.height = Some(50);
+        strip.fit = Fit::Exact;
+        strip.format = OutputFormat::Png;
+        let out = process(&jpeg(800, 600), &spec_with(vec![square, strip])).expect("process");
+        let by_name = |n: &str| out.variants.iter().find(|v| v.name == n).expect(n);
+
+        let sq = by_name("square");
+        assert_eq!(
+            (sq.width, sq.height, sq.content_type),
+            (120, 120, "image/webp")
+        );
+        let pixels = decode_rgb(&sq.data);
+        assert!(pixels
+            .pixels()
+            .all(|p| p[0].abs_diff(p[1]) <= 2 && p[1].abs_diff(p[2]) <= 2));
+
+        let st = by_name("strip");
+        assert_eq!((st.width, st.height, st.extension), (300, 50, "png"));
+        assert_eq!(decode_rgb(&st.data).dimensions(), (300, 50));
+    }
+
+    #[test]
+    fn smaller_variants_are_resized_from_larger_ones_without_visible_loss() {
+        let data = jpeg(1600, 1200);
+        let cascade = process(
+            &data,
+            &spec_with(vec![variant("thumb", 100), variant("preview", 500)]),
+        )
+        .expect("cascade");
+        let direct = process(&data, &spec_with(vec![variant("thumb", 100)])).expect("direct");
+        let (a, b) = (
+            decode_rgb(&cascade.variants[1].data),
+            decode_rgb(&direct.variants[0].data),
+        );
+        assert_eq!(a.dimensions(), (100, 75));
+        let worst = a
+            .as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(&x, &y)| x.abs_diff(y))
+            .max()
+            .unwrap_or(0);
+        assert!(worst < 24, "largest pixel difference {worst}");
     }
 }

@@ -1,11 +1,14 @@
-//! Resizing with fast_image_resize (SIMD convolution, Lanczos3).
+//! Pixels and resizing with fast_image_resize (SIMD convolution, Lanczos3; alpha is
+//! premultiplied for the convolution and divided back after it).
 
-use fast_image_resize::images::Image;
+use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::DynamicImage;
 
+use super::variant::Rect;
 use super::PipelineError;
 
-/// Pixels in one of the layouts the encoder takes.
+/// 8-bit pixels, rows packed, in one of three layouts.
 #[derive(Debug, Clone)]
 pub struct Pixels {
     pub width: u32,
@@ -22,6 +25,14 @@ pub enum Layout {
 }
 
 impl Layout {
+    pub fn channels(self) -> usize {
+        match self {
+            Layout::Luma => 1,
+            Layout::Rgb => 3,
+            Layout::Rgba => 4,
+        }
+    }
+
     fn pixel_type(self) -> PixelType {
         match self {
             Layout::Luma => PixelType::U8,
@@ -31,28 +42,51 @@ impl Layout {
     }
 }
 
-/// The size of the image fitted inside a `long_edge` square, never larger than the source.
-pub fn fit_long_edge(width: u32, height: u32, long_edge: u32) -> (u32, u32) {
-    let long = width.max(height);
-    if long <= long_edge {
-        return (width, height);
+impl Pixels {
+    /// The smallest layout that keeps the image: grey stays grey, alpha is kept.
+    pub fn from_image(image: DynamicImage) -> Self {
+        let (width, height) = (image.width(), image.height());
+        let (layout, data) = match image {
+            DynamicImage::ImageLuma8(buf) => (Layout::Luma, buf.into_raw()),
+            DynamicImage::ImageRgb8(buf) => (Layout::Rgb, buf.into_raw()),
+            DynamicImage::ImageRgba8(buf) => (Layout::Rgba, buf.into_raw()),
+            other if other.color().has_alpha() => (Layout::Rgba, other.into_rgba8().into_raw()),
+            other if !other.color().has_color() => (Layout::Luma, other.into_luma8().into_raw()),
+            other => (Layout::Rgb, other.into_rgb8().into_raw()),
+        };
+        Pixels {
+            width,
+            height,
+            layout,
+            data,
+        }
     }
-    let scale = f64::from(long_edge) / f64::from(long);
-    let w = ((f64::from(width) * scale).round() as u32).clamp(1, long_edge);
-    let h = ((f64::from(height) * scale).round() as u32).clamp(1, long_edge);
-    (w, h)
+
+    /// Bytes of pixel data.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
 }
 
-pub fn resize(src: &Pixels, width: u32, height: u32) -> Result<Pixels, PipelineError> {
-    if (width, height) == (src.width, src.height) {
+/// Resamples the `crop` region of `src` to `width` × `height`.
+pub fn resize(src: &Pixels, crop: Rect, width: u32, height: u32) -> Result<Pixels, PipelineError> {
+    if (width, height) == (src.width, src.height) && crop == Rect::whole(src.width, src.height) {
         return Ok(src.clone());
     }
     let pixel_type = src.layout.pixel_type();
-    let src_view =
-        fast_image_resize::images::ImageRef::new(src.width, src.height, &src.data, pixel_type)
-            .map_err(|e| PipelineError::Internal(format!("resize source: {e}")))?;
+    let src_view = ImageRef::new(src.width, src.height, &src.data, pixel_type)
+        .map_err(|e| PipelineError::Internal(format!("resize source: {e}")))?;
+    // Scaling the crop to a reduced source can overshoot its edge by a rounding error.
+    let (sw, sh) = (f64::from(src.width), f64::from(src.height));
+    let crop = Rect {
+        width: crop.width.min(sw - crop.x),
+        height: crop.height.min(sh - crop.y),
+        ..crop
+    };
     let mut dst = Image::new(width, height, pixel_type);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+        .crop(crop.x, crop.y, crop.width, crop.height);
     Resizer::new()
         .resize(&src_view, &mut dst, &options)
         .map_err(|e| PipelineError::Internal(format!("resize: {e}")))?;

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{retry, InFlight, WorkerContext};
+use super::{retry, WorkerContext};
 use crate::db::{
     self, attempts::AttemptRef, models::Photo, models::Variant, photos::Completion, DbError,
 };
@@ -42,6 +42,9 @@ pub enum JobError {
     /// The original is gone from storage; nothing to retry.
     #[error("original {0} is missing from storage")]
     OriginalMissing(String),
+    /// The worker is shutting down and the grace period is over.
+    #[error("interrupted by shutdown")]
+    Interrupted,
 }
 
 impl JobError {
@@ -64,7 +67,7 @@ pub enum Outcome {
     Retry,
     /// Out of attempts; dead-lettered.
     Dead,
-    /// Given back unfinished (PostgreSQL unreachable).
+    /// Given back unfinished (PostgreSQL unreachable, or shutdown).
     HandedBack,
     /// The photo was already final (a duplicate delivery) or is gone.
     Skipped,
@@ -106,25 +109,24 @@ pub async fn handle(ctx: &WorkerContext, delivery: Delivery) {
         }
     };
     let entry = delivery.entry_id;
-    ctx.track(
-        &entry,
-        InFlight {
-            photo_id,
-            attempt: None,
-        },
-    );
+    // The attempt this delivery opened, once it has opened one.
+    let mut attempt = None;
     let result = tokio::select! {
-        r = run(ctx, &entry, photo_id) => r,
+        r = run(ctx, &entry, photo_id, &mut attempt) => r,
         never = keep_claim(ctx, &entry) => match never {},
     };
     let result = match result {
         Err(e) if e.db_unreachable() => {
-            let attempt = ctx.attempt_of(&entry);
-            give_back(ctx, &entry, photo_id, attempt, e).await
+            tracing::warn!(error = %e, "database unreachable; job handed back");
+            ctx.db_down.store(true, Ordering::Relaxed);
+            give_back(ctx, &entry, photo_id, attempt).await
+        }
+        Err(JobError::Interrupted) => {
+            tracing::info!("shutdown grace period over; job handed back");
+            give_back(ctx, &entry, photo_id, attempt).await
         }
         other => other,
     };
-    ctx.untrack(&entry);
     ctx.metrics
         .job_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -155,7 +157,12 @@ async fn keep_claim(ctx: &WorkerContext, entry: &str) -> std::convert::Infallibl
     }
 }
 
-async fn run(ctx: &WorkerContext, entry: &str, photo_id: Uuid) -> Result<Outcome, JobError> {
+async fn run(
+    ctx: &WorkerContext,
+    entry: &str,
+    photo_id: Uuid,
+    opened: &mut Option<AttemptRef>,
+) -> Result<Outcome, JobError> {
     let started = {
         let mut conn = db::conn(&ctx.pool).await?;
         db::photos::start(&mut conn, photo_id, ctx.consumer.name()).await?
@@ -164,13 +171,7 @@ async fn run(ctx: &WorkerContext, entry: &str, photo_id: Uuid) -> Result<Outcome
         ctx.queue.ack(entry).await?;
         return Ok(Outcome::Skipped);
     };
-    ctx.track(
-        entry,
-        InFlight {
-            photo_id,
-            attempt: Some(attempt),
-        },
-    );
+    *opened = Some(attempt);
     let max = ctx.config.retry.max_attempts as i32;
     if photo.attempts > max {
         // Earlier deliveries died without recording an outcome (a crash or a kill).
@@ -186,7 +187,11 @@ async fn run(ctx: &WorkerContext, entry: &str, photo_id: Uuid) -> Result<Outcome
     }
     tracing::debug!(attempt = photo.attempts, "processing");
 
-    match execute(ctx, &photo).await {
+    let executed = tokio::select! {
+        r = execute(ctx, &photo) => r,
+        _ = ctx.interrupt.cancelled() => Err(JobError::Interrupted),
+    };
+    match executed {
         Ok(done) => {
             let mut conn = db::conn(&ctx.pool).await?;
             db::photos::complete(&mut conn, photo_id, &done, attempt).await?;
@@ -200,7 +205,7 @@ async fn run(ctx: &WorkerContext, entry: &str, photo_id: Uuid) -> Result<Outcome
             ctx.queue.ack(entry).await?;
             Ok(Outcome::Failed)
         }
-        Err(e) if e.db_unreachable() => Err(e),
+        Err(e) if e.db_unreachable() || matches!(e, JobError::Interrupted) => Err(e),
         Err(e) if photo.attempts >= max => {
             let reason = format!("gave up after {max} attempts; last error: {e}");
             bury(ctx, entry, photo_id, &reason, attempt).await
@@ -234,18 +239,16 @@ async fn bury(
     Ok(Outcome::Dead)
 }
 
-/// PostgreSQL is unreachable: give the job back to the stream and pause the worker.
+/// Gives the job back to the stream unfinished, to be delivered again at once; its attempt
+/// does not count.
 async fn give_back(
     ctx: &WorkerContext,
     entry: &str,
     photo_id: Uuid,
     attempt: Option<AttemptRef>,
-    error: JobError,
 ) -> Result<Outcome, JobError> {
-    tracing::warn!(error = %error, "database unreachable; job handed back");
-    ctx.db_down.store(true, Ordering::Relaxed);
     if let Some(attempt) = attempt {
-        // Best effort: the database is likely still down. The next start closes the attempt.
+        // Best effort: the database may be down. The next start closes the attempt.
         if let Ok(mut conn) = db::conn(&ctx.pool).await {
             let _ = db::photos::hand_back(&mut conn, photo_id, attempt).await;
         }

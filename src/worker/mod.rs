@@ -6,19 +6,17 @@
 pub mod job;
 pub mod retry;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use uuid::Uuid;
 
 use crate::config::Config;
-use crate::db::{self, attempts::AttemptRef, DbPool};
+use crate::db::{self, DbPool};
 use crate::metrics::Metrics;
 use crate::pipeline::Spec;
 use crate::queue::{Consumer, Delivery, Queue};
@@ -30,13 +28,6 @@ const READ_RETRY_DELAY: Duration = Duration::from_millis(500);
 const DB_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Retries moved onto the stream per round of the promoter.
 const PROMOTE_BATCH: usize = 500;
-
-/// A job being worked on: its entry, photo and (once started) attempt.
-#[derive(Debug, Clone, Copy)]
-pub struct InFlight {
-    pub photo_id: Uuid,
-    pub attempt: Option<AttemptRef>,
-}
 
 /// What a job needs; cheap to clone.
 #[derive(Clone)]
@@ -53,8 +44,10 @@ pub struct WorkerContext {
     pub cpu_slots: Arc<Semaphore>,
     /// Set by a job that found PostgreSQL unreachable; the loop pauses until it answers.
     pub db_down: Arc<AtomicBool>,
-    /// Entry id → job, for hand-back on shutdown.
-    pub in_flight: Arc<Mutex<HashMap<String, InFlight>>>,
+    /// Cancelled when the shutdown grace period is over: jobs still fetching, processing or
+    /// storing stop there and hand themselves back. Database writes are never cut short (a
+    /// transaction dropped half-way would hold its row locks until the connection closes).
+    pub interrupt: CancellationToken,
 }
 
 impl WorkerContext {
@@ -77,30 +70,13 @@ impl WorkerContext {
             metrics,
             cpu_slots: Arc::new(Semaphore::new(concurrency)),
             db_down: Arc::new(AtomicBool::new(false)),
-            in_flight: Arc::new(Mutex::new(HashMap::new())),
+            interrupt: CancellationToken::new(),
         }
-    }
-
-    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
-        // A panic while holding this lock cannot leave the map inconsistent.
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn track(&self, entry_id: &str, job: InFlight) {
-        self.in_flight().insert(entry_id.to_owned(), job);
-    }
-
-    pub(crate) fn attempt_of(&self, entry_id: &str) -> Option<AttemptRef> {
-        self.in_flight().get(entry_id).and_then(|j| j.attempt)
-    }
-
-    pub(crate) fn untrack(&self, entry_id: &str) {
-        self.in_flight().remove(entry_id);
     }
 }
 
 /// Runs until `shutdown` is cancelled, then finishes the jobs in flight within the grace
-/// period, hands back the rest, and returns.
+/// period, interrupts the rest (they hand themselves back), and returns.
 pub async fn run(ctx: WorkerContext, concurrency: usize, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut running = JoinSet::new();
@@ -204,9 +180,8 @@ pub async fn run(ctx: WorkerContext, concurrency: usize, shutdown: CancellationT
     })
     .await;
     if drained.is_err() {
-        running.abort_all();
+        ctx.interrupt.cancel();
         while running.join_next().await.is_some() {}
-        hand_back_all(&ctx).await;
     }
     let _ = promoter.await;
     tracing::info!("worker stopped");
@@ -237,26 +212,6 @@ async fn wait_for_db(ctx: &WorkerContext, shutdown: &CancellationToken) -> bool 
         tokio::select! {
             _ = shutdown.cancelled() => return false,
             _ = tokio::time::sleep(DB_PROBE_INTERVAL) => {}
-        }
-    }
-}
-
-/// Gives back every job still in flight after the grace period, to be delivered again at
-/// once. If that fails, the entries stay pending and are taken over after the visibility
-/// timeout: nothing is lost either way.
-async fn hand_back_all(ctx: &WorkerContext) {
-    let jobs: Vec<(String, InFlight)> = ctx.in_flight().drain().collect();
-    for (entry_id, job) in jobs {
-        if let Some(attempt) = job.attempt {
-            if let Ok(mut conn) = db::conn(&ctx.pool).await {
-                let _ = db::photos::hand_back(&mut conn, job.photo_id, attempt).await;
-            }
-        }
-        match ctx.queue.hand_back(&entry_id, job.photo_id).await {
-            Ok(()) => tracing::info!(job_id = %job.photo_id, "handed back unfinished job"),
-            Err(e) => {
-                tracing::warn!(job_id = %job.photo_id, error = %e, "hand-back failed; the job will be taken over")
-            }
         }
     }
 }
