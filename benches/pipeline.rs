@@ -1,40 +1,203 @@
-//! The whole pipeline (sniff, decode, resize to every default variant, encode, EXIF) on real
-//! camera photos from the shared corpus. Run with `cargo bench --bench pipeline`.
+//! The image pipeline, stage by stage, on real camera photos from the shared corpus and on
+//! the 12 MP and 24 MP sets of `../shared/bench/make-big-corpus.sh` (looked for under
+//! `PHOTOQ_BENCH_BIG`, default `/tmp/corpus/big`; skipped with a note when absent).
+//!
+//!   cargo bench --bench pipeline                 every group
+//!   cargo bench --bench pipeline -- decode/      one group (criterion filter)
+//!
+//! Groups: `decode` (libjpeg-turbo at scale 1, 1/2, 1/4, 1/8, and zune-jpeg at full size
+//! for comparison), `resize` (Lanczos3 to the preview from the scale photoq decodes at, and
+//! to the thumbnail from the preview), `encode` (the 1280 px preview: libjpeg-turbo as
+//! photoq does it, with and without Huffman optimisation, and jpeg-encoder), `exif`, and
+//! `process` (everything, default variants).
 
-use std::path::Path;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use photoq::config::Config;
-use photoq::pipeline::{process, Spec};
+use photoq::pipeline::decode::{self, Decoded};
+use photoq::pipeline::resize::{self, Layout, Pixels};
+use photoq::pipeline::variant::Rect;
+use photoq::pipeline::{encode, exif, process, SourceFormat, Spec};
 
-/// Photos of a few sizes: 640x480, 3264x2448 (8 MP), 4032x3024 (12 MP).
-const PHOTOS: &[&str] = &[
+/// Corpus photos: 640x480, 3264x2448 (8 MP), 4032x3024 (12 MP).
+const CORPUS: &[&str] = &[
     "jpg/gps/DSCN0010.jpg",
     "jpg/hdr/iphone_hdr_YES.jpg",
     "jpg/tests/42_IndexError.jpg",
 ];
+/// One photo of each big set.
+const BIG: &[&str] = &["12mp/01_42_IndexError_f0.jpg", "24mp/01_42_IndexError.jpg"];
 
-fn bench(c: &mut Criterion) {
-    let config = match Config::defaults() {
-        Ok(c) => c,
-        Err(e) => panic!("default configuration: {e}"),
-    };
-    let spec = Spec::from_config(&config);
+fn photos() -> Vec<(String, Vec<u8>)> {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/exif-samples");
-    let mut group = c.benchmark_group("pipeline");
+    let big = std::env::var_os("PHOTOQ_BENCH_BIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/corpus/big"));
+    let mut out = Vec::new();
+    for path in CORPUS
+        .iter()
+        .map(|r| corpus.join(r))
+        .chain(BIG.iter().map(|r| big.join(r)))
+    {
+        match std::fs::read(&path) {
+            Ok(data) => {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                out.push((name.unwrap_or_default(), data));
+            }
+            Err(_) => eprintln!("skipping {}: not found", path.display()),
+        }
+    }
+    out
+}
+
+fn spec() -> Spec {
+    match Config::defaults() {
+        Ok(c) => Spec::from_config(&c),
+        Err(e) => panic!("default configuration: {e}"),
+    }
+}
+
+fn decode_at(data: &[u8], spec: &Spec, reduction: f64) -> Decoded {
+    match decode::decode(data, SourceFormat::Jpeg, &spec.limits, |_, _, _| reduction) {
+        Ok(d) => d,
+        Err(e) => panic!("decode: {e}"),
+    }
+}
+
+fn bench_decode(c: &mut Criterion) {
+    let spec = spec();
+    let mut group = c.benchmark_group("decode");
     group.sample_size(10);
-    for rel in PHOTOS {
-        let Ok(data) = std::fs::read(corpus.join(rel)) else {
-            eprintln!("skipping {rel}: corpus not found");
-            continue;
-        };
-        group.throughput(Throughput::Elements(1));
-        group.bench_function(*rel, |b| {
-            b.iter(|| process(&data, &spec).map(|p| p.variants.len()))
+    group.throughput(Throughput::Elements(1));
+    for (name, data) in photos() {
+        for denominator in [1u32, 2, 4, 8] {
+            let id = BenchmarkId::new(&name, format!("turbo-1/{denominator}"));
+            group.bench_function(id, |b| {
+                b.iter(|| decode_at(black_box(&data), &spec, f64::from(denominator)))
+            });
+        }
+        group.bench_function(BenchmarkId::new(&name, "zune-1/1"), |b| {
+            b.iter(|| {
+                let mut d = zune_jpeg::JpegDecoder::new(zune_core::bytestream::ZCursor::new(
+                    black_box(&data),
+                ));
+                d.decode().map(|p| p.len())
+            })
         });
     }
     group.finish();
 }
 
-criterion_group!(benches, bench);
+fn bench_resize(c: &mut Criterion) {
+    let spec = spec();
+    let mut group = c.benchmark_group("resize");
+    group.sample_size(10);
+    for (name, data) in photos() {
+        // The source photoq resizes the preview from: decoded at the scale it would choose.
+        let full = decode_at(&data, &spec, 1.0).pixels;
+        let reduction = f64::from(full.width.max(full.height)) / 1280.0;
+        let source = decode_at(&data, &spec, reduction).pixels;
+        let (pw, ph) = fit(full.width, full.height, 1280);
+        let preview = resize_to(&source, pw, ph);
+        let (tw, th) = fit(full.width, full.height, 256);
+        group.bench_function(BenchmarkId::new(&name, "to-preview"), |b| {
+            b.iter(|| resize_to(black_box(&source), pw, ph))
+        });
+        group.bench_function(BenchmarkId::new(&name, "preview-to-thumbnail"), |b| {
+            b.iter(|| resize_to(black_box(&preview), tw, th))
+        });
+    }
+    group.finish();
+}
+
+fn bench_encode(c: &mut Criterion) {
+    let spec = spec();
+    let mut group = c.benchmark_group("encode");
+    group.sample_size(20);
+    let Some((name, data)) = photos().into_iter().nth(2) else {
+        return;
+    };
+    let full = decode_at(&data, &spec, 1.0).pixels;
+    let (pw, ph) = fit(full.width, full.height, 1280);
+    let preview = resize_to(&full, pw, ph);
+    let label = format!("{name}-preview-{pw}x{ph}");
+    group.bench_function(BenchmarkId::new(&label, "turbo-optimised"), |b| {
+        b.iter(|| encode::jpeg(black_box(&preview), 80))
+    });
+    group.bench_function(BenchmarkId::new(&label, "turbo-plain"), |b| {
+        b.iter(|| {
+            let mut c = turbojpeg::Compressor::new().map_err(|e| e.to_string())?;
+            c.set_quality(80).map_err(|e| e.to_string())?;
+            c.set_subsamp(turbojpeg::Subsamp::Sub2x2)
+                .map_err(|e| e.to_string())?;
+            let image = turbojpeg::Image {
+                pixels: preview.data.as_slice(),
+                width: pw as usize,
+                pitch: pw as usize * 3,
+                height: ph as usize,
+                format: turbojpeg::PixelFormat::RGB,
+            };
+            c.compress_to_vec(image).map_err(|e| e.to_string())
+        })
+    });
+    group.bench_function(BenchmarkId::new(&label, "jpeg-encoder"), |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            jpeg_encoder::Encoder::new(&mut out, 80)
+                .encode(
+                    black_box(&preview.data),
+                    pw as u16,
+                    ph as u16,
+                    jpeg_encoder::ColorType::Rgb,
+                )
+                .map(|()| out.len())
+        })
+    });
+    group.finish();
+}
+
+fn bench_exif_and_process(c: &mut Criterion) {
+    let spec = spec();
+    let mut group = c.benchmark_group("exif");
+    for (name, data) in photos() {
+        group.bench_function(&name, |b| b.iter(|| exif::extract(black_box(&data))));
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("process");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(1));
+    for (name, data) in photos() {
+        group.bench_function(&name, |b| {
+            b.iter(|| process(black_box(&data), &spec).map(|p| p.variants.len()))
+        });
+    }
+    group.finish();
+}
+
+fn fit(width: u32, height: u32, edge: u32) -> (u32, u32) {
+    let scale = (f64::from(edge) / f64::from(width.max(height))).min(1.0);
+    (
+        (f64::from(width) * scale).round() as u32,
+        (f64::from(height) * scale).round() as u32,
+    )
+}
+
+fn resize_to(src: &Pixels, width: u32, height: u32) -> Pixels {
+    assert_eq!(src.layout, Layout::Rgb);
+    match resize::resize(src, Rect::whole(src.width, src.height), width, height) {
+        Ok(p) => p,
+        Err(e) => panic!("resize: {e}"),
+    }
+}
+
+criterion_group!(
+    benches,
+    bench_decode,
+    bench_resize,
+    bench_encode,
+    bench_exif_and_process
+);
 criterion_main!(benches);

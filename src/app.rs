@@ -46,6 +46,8 @@ pub struct Roles {
     pub api: bool,
     /// Worker concurrency, if this process runs workers.
     pub workers: Option<usize>,
+    /// Workers skip the image work and storage (benchmarking the queue and bookkeeping).
+    pub no_op: bool,
 }
 
 /// A started photoq: its address (if it serves HTTP) and the handle to stop it.
@@ -94,7 +96,7 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
 
     if let Some(concurrency) = roles.workers {
         let consumer = Consumer::new(&config.redis, queue.clone(), consumer_name())?;
-        let ctx = WorkerContext::new(
+        let mut ctx = WorkerContext::new(
             pool.clone(),
             queue.clone(),
             consumer,
@@ -103,6 +105,7 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
             metrics.clone(),
             concurrency,
         );
+        ctx.no_op = roles.no_op;
         tasks.push(tokio::spawn(worker::run(
             ctx,
             concurrency,
@@ -178,14 +181,17 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         Command::Serve => Roles {
             api: true,
             workers: None,
+            no_op: false,
         },
         Command::Work(args) => Roles {
             api: false,
             workers: Some(concurrency(args.concurrency)),
+            no_op: args.no_op,
         },
         Command::All(args) => Roles {
             api: true,
             workers: Some(concurrency(args.concurrency)),
+            no_op: args.no_op,
         },
         Command::Migrate => {
             db::create_database_if_missing(&config.database.url).await?;

@@ -81,6 +81,11 @@ pub struct WorkArgs {
     /// Jobs processed at once (default: worker.concurrency from the configuration).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: Option<u32>,
+    /// For benchmarking the queue and bookkeeping alone: skip the image work and storage.
+    /// Each job is still started, completed and acknowledged, and every state change is
+    /// recorded in PostgreSQL (the photo ends `completed` with no variants).
+    #[arg(long)]
+    pub no_op: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,7 +121,8 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Work(WorkArgs {
-                concurrency: Some(4)
+                concurrency: Some(4),
+                no_op: false,
             })
         ));
         assert!(Cli::try_parse_from(["photoq", "work", "--concurrency", "0"]).is_err());

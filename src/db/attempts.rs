@@ -2,6 +2,7 @@
 
 use chrono::Utc;
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -9,16 +10,20 @@ use super::models::{Attempt, AttemptOutcome};
 use super::schema::photo_attempts;
 use super::DbError;
 
-/// Closes attempts left `running` by a worker that died, then opens attempt `n`.
-pub async fn open(
+/// Closes attempts left `running` by workers that died, then opens the given attempts
+/// (photo, attempt number), all by `worker`. Returns each photo's new attempt id.
+pub async fn open_many(
     conn: &mut AsyncPgConnection,
-    photo_id: Uuid,
-    n: i32,
+    opening: &[(Uuid, i32)],
     worker: &str,
-) -> Result<i64, DbError> {
+) -> Result<Vec<(Uuid, i64)>, DbError> {
+    if opening.is_empty() {
+        return Ok(Vec::new());
+    }
     let now = Utc::now();
+    let ids: Vec<Uuid> = opening.iter().map(|(id, _)| *id).collect();
     diesel::update(photo_attempts::table)
-        .filter(photo_attempts::photo_id.eq(photo_id))
+        .filter(photo_attempts::photo_id.eq_any(&ids))
         .filter(photo_attempts::outcome.eq(AttemptOutcome::Running.as_str()))
         .set((
             photo_attempts::outcome.eq(AttemptOutcome::Interrupted.as_str()),
@@ -26,15 +31,21 @@ pub async fn open(
         ))
         .execute(conn)
         .await?;
+    let rows: Vec<_> = opening
+        .iter()
+        .map(|&(photo_id, n)| {
+            (
+                photo_attempts::photo_id.eq(photo_id),
+                photo_attempts::attempt.eq(n),
+                photo_attempts::worker.eq(worker),
+                photo_attempts::started_at.eq(now),
+            )
+        })
+        .collect();
     Ok(diesel::insert_into(photo_attempts::table)
-        .values((
-            photo_attempts::photo_id.eq(photo_id),
-            photo_attempts::attempt.eq(n),
-            photo_attempts::worker.eq(worker),
-            photo_attempts::started_at.eq(now),
-        ))
-        .returning(photo_attempts::id)
-        .get_result(conn)
+        .values(&rows)
+        .returning((photo_attempts::photo_id, photo_attempts::id))
+        .get_results(conn)
         .await?)
 }
 
@@ -61,6 +72,30 @@ pub async fn close(
         ))
         .execute(conn)
         .await?;
+    Ok(())
+}
+
+/// Closes these attempts as completed, in one statement.
+pub async fn close_completed(
+    conn: &mut AsyncPgConnection,
+    attempts: &[AttemptRef],
+) -> Result<(), DbError> {
+    let ids: Vec<i64> = attempts.iter().map(|a| a.id).collect();
+    let ms: Vec<i64> = attempts
+        .iter()
+        .map(|a| a.started.elapsed().as_millis() as i64)
+        .collect();
+    diesel::sql_query(
+        "UPDATE photo_attempts AS a \
+         SET outcome = $1, error = NULL, finished_at = $2, duration_ms = v.ms \
+         FROM unnest($3::int8[], $4::int8[]) AS v(id, ms) WHERE a.id = v.id",
+    )
+    .bind::<Text, _>(AttemptOutcome::Completed.as_str())
+    .bind::<Timestamptz, _>(Utc::now())
+    .bind::<Array<BigInt>, _>(ids)
+    .bind::<Array<BigInt>, _>(ms)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

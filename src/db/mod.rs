@@ -44,6 +44,9 @@ pub enum DbError {
     Query(#[from] DieselError),
     #[error("database set-up failed: {0}")]
     Setup(String),
+    /// The database answered in a way the schema rules out (a bug).
+    #[error("database invariant broken: {0}")]
+    Invariant(String),
 }
 
 impl DbError {

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, Integer, Jsonb, Text, Timestamptz};
 use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -124,18 +125,36 @@ pub async fn variant(
         .optional()?)
 }
 
-/// Marks a photo `processing`, counts the attempt and opens its log entry. Returns `None`
-/// when the photo is missing or already final: the job has nothing left to do.
-pub async fn start(
+/// Locks the photo rows in id order, so that transactions touching several photos never
+/// wait on each other in a cycle.
+async fn lock_in_order(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> Result<(), DbError> {
+    photos::table
+        .select(photos::id)
+        .filter(photos::id.eq_any(ids))
+        .order(photos::id)
+        .for_update()
+        .load::<Uuid>(conn)
+        .await?;
+    Ok(())
+}
+
+/// Marks photos `processing`, counts their attempt and opens its log entry, in one
+/// transaction. Photos missing or already final are left out of the answer: their jobs
+/// have nothing left to do.
+pub async fn start_many(
     conn: &mut AsyncPgConnection,
-    id: Uuid,
+    ids: &[Uuid],
     worker: &str,
-) -> Result<Option<(Photo, AttemptRef)>, DbError> {
+) -> Result<Vec<(Photo, AttemptRef)>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let started = std::time::Instant::now();
     conn.transaction::<_, DbError, _>(async |conn| {
+        lock_in_order(conn, ids).await?;
         let now = Utc::now();
-        let photo = diesel::update(photos::table)
-            .filter(photos::id.eq(id))
+        let photos: Vec<Photo> = diesel::update(photos::table)
+            .filter(photos::id.eq_any(ids))
             .filter(
                 photos::state
                     .eq_any([PhotoState::Queued.as_str(), PhotoState::Processing.as_str()]),
@@ -148,20 +167,23 @@ pub async fn start(
                 photos::next_attempt_at.eq(None::<DateTime<Utc>>),
             ))
             .returning(Photo::as_returning())
-            .get_result(conn)
-            .await
-            .optional()?;
-        let Some(photo) = photo else {
-            return Ok(None);
-        };
-        let attempt_id = attempts::open(conn, id, photo.attempts, worker).await?;
-        Ok(Some((
-            photo,
-            AttemptRef {
-                id: attempt_id,
-                started,
-            },
-        )))
+            .get_results(conn)
+            .await?;
+        let opening: Vec<(Uuid, i32)> = photos.iter().map(|p| (p.id, p.attempts)).collect();
+        let opened: std::collections::HashMap<Uuid, i64> =
+            attempts::open_many(conn, &opening, worker)
+                .await?
+                .into_iter()
+                .collect();
+        photos
+            .into_iter()
+            .map(|photo| {
+                let id = opened.get(&photo.id).copied().ok_or_else(|| {
+                    DbError::Invariant(format!("no attempt opened for photo {}", photo.id))
+                })?;
+                Ok((photo, AttemptRef { id, started }))
+            })
+            .collect()
     })
     .await
 }
@@ -175,43 +197,57 @@ pub struct Completion {
     pub variants: Vec<Variant>,
 }
 
-/// Records the results and marks the photo `completed`, in one transaction. Idempotent:
-/// variants are upserted, so running the same job twice leaves the same rows.
-pub async fn complete(
+/// Records the results of several jobs and marks their photos `completed`, in one
+/// transaction. Idempotent: variants are upserted, so running the same job twice leaves
+/// the same rows.
+pub async fn complete_many(
     conn: &mut AsyncPgConnection,
-    id: Uuid,
-    done: &Completion,
-    attempt: AttemptRef,
+    done: &[(Uuid, &Completion, AttemptRef)],
 ) -> Result<(), DbError> {
+    if done.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = done.iter().map(|(id, _, _)| *id).collect();
+    let widths: Vec<i32> = done.iter().map(|(_, c, _)| c.width).collect();
+    let heights: Vec<i32> = done.iter().map(|(_, c, _)| c.height).collect();
+    let exifs: Vec<&serde_json::Value> = done.iter().map(|(_, c, _)| &c.exif).collect();
+    let all_variants: Vec<&Variant> = done.iter().flat_map(|(_, c, _)| &c.variants).collect();
+    let attempts: Vec<AttemptRef> = done.iter().map(|(_, _, a)| *a).collect();
     conn.transaction::<_, DbError, _>(async |conn| {
-        diesel::insert_into(variants::table)
-            .values(&done.variants)
-            .on_conflict((variants::photo_id, variants::name))
-            .do_update()
-            .set((
-                variants::storage_key.eq(excluded(variants::storage_key)),
-                variants::content_type.eq(excluded(variants::content_type)),
-                variants::width.eq(excluded(variants::width)),
-                variants::height.eq(excluded(variants::height)),
-                variants::bytes.eq(excluded(variants::bytes)),
-                variants::etag.eq(excluded(variants::etag)),
-            ))
-            .execute(conn)
-            .await?;
-        let now = Utc::now();
-        diesel::update(photos::table.find(id))
-            .set((
-                photos::state.eq(PhotoState::Completed.as_str()),
-                photos::width.eq(done.width),
-                photos::height.eq(done.height),
-                photos::exif.eq(&done.exif),
-                photos::error.eq(None::<String>),
-                photos::completed_at.eq(now),
-                photos::updated_at.eq(now),
-            ))
-            .execute(conn)
-            .await?;
-        attempts::close(conn, attempt, AttemptOutcome::Completed, None).await
+        lock_in_order(conn, &ids).await?;
+        if !all_variants.is_empty() {
+            diesel::insert_into(variants::table)
+                .values(all_variants)
+                .on_conflict((variants::photo_id, variants::name))
+                .do_update()
+                .set((
+                    variants::storage_key.eq(excluded(variants::storage_key)),
+                    variants::content_type.eq(excluded(variants::content_type)),
+                    variants::width.eq(excluded(variants::width)),
+                    variants::height.eq(excluded(variants::height)),
+                    variants::bytes.eq(excluded(variants::bytes)),
+                    variants::etag.eq(excluded(variants::etag)),
+                ))
+                .execute(conn)
+                .await?;
+        }
+        diesel::sql_query(
+            "UPDATE photos AS p \
+             SET state = $1, width = v.width, height = v.height, exif = v.exif, error = NULL, \
+                 completed_at = $2, updated_at = $2 \
+             FROM unnest($3::uuid[], $4::int4[], $5::int4[], $6::jsonb[]) \
+                  AS v(id, width, height, exif) \
+             WHERE p.id = v.id",
+        )
+        .bind::<Text, _>(PhotoState::Completed.as_str())
+        .bind::<Timestamptz, _>(Utc::now())
+        .bind::<Array<diesel::sql_types::Uuid>, _>(&ids)
+        .bind::<Array<Integer>, _>(widths)
+        .bind::<Array<Integer>, _>(heights)
+        .bind::<Array<Jsonb>, _>(exifs)
+        .execute(conn)
+        .await?;
+        attempts::close_completed(conn, &attempts).await
     })
     .await
 }

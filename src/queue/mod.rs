@@ -196,8 +196,17 @@ impl Queue {
     }
 
     pub async fn ack(&self, entry_id: &str) -> Result<(), QueueError> {
+        self.ack_many(&[entry_id]).await
+    }
+
+    /// Acknowledges several entries with one command.
+    pub async fn ack_many(&self, entry_ids: &[impl AsRef<str>]) -> Result<(), QueueError> {
+        if entry_ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = entry_ids.iter().map(AsRef::as_ref).collect();
         let mut conn = self.conn.get().await?;
-        let _: i64 = conn.xack(&self.keys.jobs, GROUP, &[entry_id]).await?;
+        let _: i64 = conn.xack(&self.keys.jobs, GROUP, &ids).await?;
         Ok(())
     }
 

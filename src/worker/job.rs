@@ -16,6 +16,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::commit::{CommitError, Finished};
 use super::{retry, WorkerContext};
 use crate::db::{
     self, attempts::AttemptRef, models::Photo, models::Variant, photos::Completion, DbError,
@@ -45,6 +46,8 @@ pub enum JobError {
     /// The worker is shutting down and the grace period is over.
     #[error("interrupted by shutdown")]
     Interrupted,
+    #[error(transparent)]
+    Commit(#[from] CommitError),
 }
 
 impl JobError {
@@ -54,7 +57,11 @@ impl JobError {
     }
 
     fn db_unreachable(&self) -> bool {
-        matches!(self, JobError::Db(e) if e.is_transient())
+        match self {
+            JobError::Db(e) => e.is_transient(),
+            JobError::Commit(e) => matches!(e, CommitError::Unreachable(_)),
+            _ => false,
+        }
     }
 }
 
@@ -69,8 +76,6 @@ pub enum Outcome {
     Dead,
     /// Given back unfinished (PostgreSQL unreachable, or shutdown).
     HandedBack,
-    /// The photo was already final (a duplicate delivery) or is gone.
-    Skipped,
 }
 
 impl Outcome {
@@ -81,49 +86,103 @@ impl Outcome {
             Outcome::Retry => "retry",
             Outcome::Dead => "dead",
             Outcome::HandedBack => "handed_back",
-            Outcome::Skipped => "skipped",
         }
     }
 }
 
-impl Delivery {
-    /// The photo id, or `-` for a malformed entry; for log lines.
-    pub fn job_id(&self) -> String {
-        self.job
-            .as_ref()
-            .map(|j| j.photo_id.to_string())
-            .unwrap_or_else(|_| "-".into())
-    }
+/// A delivery whose photo is recorded as started: ready to run.
+pub struct Started {
+    pub entry: String,
+    pub photo: Photo,
+    pub attempt: AttemptRef,
 }
 
-pub async fn handle(ctx: &WorkerContext, delivery: Delivery) {
-    let started = Instant::now();
-    let photo_id = match delivery.job {
-        Ok(job) => job.photo_id,
-        Err(reason) => {
-            tracing::warn!(%reason, "malformed entry dropped");
-            if let Err(e) = ctx.queue.ack(&delivery.entry_id).await {
-                tracing::warn!(error = %e, "ack failed");
+/// Starts a read batch: drops malformed entries, records the start of every photo in one
+/// transaction, and acknowledges entries whose photos are already final (duplicates).
+/// Returns the jobs to run. If PostgreSQL is unreachable the entries are handed back and
+/// the worker pauses; on any other error they stay pending, to be taken over later.
+pub async fn start_all(ctx: &WorkerContext, deliveries: Vec<Delivery>) -> Vec<Started> {
+    let mut done_with = Vec::new();
+    let mut entries = std::collections::HashMap::new();
+    for d in deliveries {
+        match d.job {
+            Ok(job) => {
+                if let Some(twin) = entries.insert(job.photo_id, d.entry_id) {
+                    // The same photo twice in one read: one entry is enough (if this worker
+                    // dies, the one kept stays pending and is taken over).
+                    done_with.push(twin);
+                }
             }
-            return;
+            Err(reason) => {
+                tracing::warn!(entry = %d.entry_id, %reason, "malformed entry dropped");
+                done_with.push(d.entry_id);
+            }
         }
+    }
+    let ids: Vec<Uuid> = entries.keys().copied().collect();
+    let started = match db::conn(&ctx.pool).await {
+        Ok(mut conn) => db::photos::start_many(&mut conn, &ids, ctx.consumer.name()).await,
+        Err(e) => Err(e),
     };
-    let entry = delivery.entry_id;
-    // The attempt this delivery opened, once it has opened one.
-    let mut attempt = None;
+    let mut ready = Vec::with_capacity(ids.len());
+    match started {
+        Ok(started) => {
+            for (photo, attempt) in started {
+                if let Some(entry) = entries.remove(&photo.id) {
+                    ready.push(Started {
+                        entry,
+                        photo,
+                        attempt,
+                    });
+                }
+            }
+            // Left: photos missing or already final; nothing to do.
+            for (photo_id, entry) in entries {
+                tracing::debug!(job_id = %photo_id, "photo already final; entry acknowledged");
+                ctx.metrics.jobs.with_label_values(&["skipped"]).inc();
+                done_with.push(entry);
+            }
+        }
+        Err(e) if e.is_transient() => {
+            tracing::warn!(error = %e, jobs = entries.len(), "database unreachable; jobs handed back");
+            ctx.db_down.store(true, Ordering::Relaxed);
+            for (photo_id, entry) in entries {
+                if let Err(e) = ctx.queue.hand_back(&entry, photo_id).await {
+                    tracing::warn!(job_id = %photo_id, error = %e, "hand-back failed; the job will be taken over");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = entries.len(), "could not start jobs; they stay pending");
+        }
+    }
+    if let Err(e) = ctx.queue.ack_many(&done_with).await {
+        tracing::warn!(error = %e, "ack failed");
+    }
+    ready
+}
+
+pub async fn handle(ctx: &WorkerContext, job: Started) {
+    let started = Instant::now();
+    let Started {
+        entry,
+        photo,
+        attempt,
+    } = job;
+    let photo_id = photo.id;
     let result = tokio::select! {
-        r = run(ctx, &entry, photo_id, &mut attempt) => r,
+        r = run(ctx, &entry, photo, attempt) => r,
         never = keep_claim(ctx, &entry) => match never {},
     };
     let result = match result {
         Err(e) if e.db_unreachable() => {
             tracing::warn!(error = %e, "database unreachable; job handed back");
             ctx.db_down.store(true, Ordering::Relaxed);
-            give_back(ctx, &entry, photo_id, attempt).await
+            give_back(ctx, &entry, photo_id, Some(attempt)).await
         }
         Err(JobError::Interrupted) => {
             tracing::info!("shutdown grace period over; job handed back");
-            give_back(ctx, &entry, photo_id, attempt).await
+            give_back(ctx, &entry, photo_id, Some(attempt)).await
         }
         other => other,
     };
@@ -160,18 +219,10 @@ async fn keep_claim(ctx: &WorkerContext, entry: &str) -> std::convert::Infallibl
 async fn run(
     ctx: &WorkerContext,
     entry: &str,
-    photo_id: Uuid,
-    opened: &mut Option<AttemptRef>,
+    photo: Photo,
+    attempt: AttemptRef,
 ) -> Result<Outcome, JobError> {
-    let started = {
-        let mut conn = db::conn(&ctx.pool).await?;
-        db::photos::start(&mut conn, photo_id, ctx.consumer.name()).await?
-    };
-    let Some((photo, attempt)) = started else {
-        ctx.queue.ack(entry).await?;
-        return Ok(Outcome::Skipped);
-    };
-    *opened = Some(attempt);
+    let photo_id = photo.id;
     let max = ctx.config.retry.max_attempts as i32;
     if photo.attempts > max {
         // Earlier deliveries died without recording an outcome (a crash or a kill).
@@ -193,9 +244,14 @@ async fn run(
     };
     match executed {
         Ok(done) => {
-            let mut conn = db::conn(&ctx.pool).await?;
-            db::photos::complete(&mut conn, photo_id, &done, attempt).await?;
-            ctx.queue.ack(entry).await?;
+            ctx.committer
+                .commit(Finished {
+                    entry: entry.to_owned(),
+                    photo_id,
+                    done,
+                    attempt,
+                })
+                .await?;
             Ok(Outcome::Completed)
         }
         Err(e) if e.is_permanent() => {
@@ -259,6 +315,14 @@ async fn give_back(
 
 /// Fetches the original, runs the pipeline and stores the variants.
 async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobError> {
+    if ctx.no_op {
+        return Ok(Completion {
+            width: 0,
+            height: 0,
+            exif: serde_json::Value::Null,
+            variants: Vec::new(),
+        });
+    }
     let original = match ctx.storage.get(&photo.original_key).await {
         Ok(b) => b,
         Err(StorageError::NotFound(key)) => return Err(JobError::OriginalMissing(key)),

@@ -3,6 +3,7 @@
 //! PostgreSQL is down; on shutdown, finish or hand back what is in flight. Knows nothing of
 //! HTTP.
 
+pub mod commit;
 pub mod job;
 pub mod retry;
 
@@ -48,6 +49,10 @@ pub struct WorkerContext {
     /// storing stop there and hand themselves back. Database writes are never cut short (a
     /// transaction dropped half-way would hold its row locks until the connection closes).
     pub interrupt: CancellationToken,
+    /// Skip the image work and storage: jobs only go through the queue and bookkeeping.
+    pub no_op: bool,
+    /// Records finished jobs in groups.
+    pub committer: commit::Committer,
 }
 
 impl WorkerContext {
@@ -60,7 +65,9 @@ impl WorkerContext {
         metrics: Metrics,
         concurrency: usize,
     ) -> Self {
+        let committer = commit::Committer::spawn(pool.clone(), queue.clone(), concurrency);
         WorkerContext {
+            committer,
             pool,
             queue,
             consumer: Arc::new(consumer),
@@ -71,6 +78,7 @@ impl WorkerContext {
             cpu_slots: Arc::new(Semaphore::new(concurrency)),
             db_down: Arc::new(AtomicBool::new(false)),
             interrupt: CancellationToken::new(),
+            no_op: false,
         }
     }
 }
@@ -136,31 +144,32 @@ pub async fn run(ctx: WorkerContext, concurrency: usize, shutdown: CancellationT
                 }
             }
         };
-        let mut first = Some(first);
-        let mut deliveries = deliveries.into_iter();
-        while let Some(delivery) = deliveries.next() {
-            // Free: only this loop takes permits, and it saw them available.
-            let permit = match first
-                .take()
-                .map(Ok)
-                .unwrap_or_else(|| slots.clone().try_acquire_owned())
-            {
-                Ok(p) => p,
-                Err(_) => {
-                    hand_back_unstarted(
-                        &ctx,
-                        std::iter::once(delivery).chain(deliveries).collect(),
-                    )
-                    .await;
-                    break;
-                }
-            };
+        // A permit for each entry (only this loop takes permits, and it saw them free);
+        // entries beyond them go back at once.
+        let mut permits = std::iter::once(first).chain(std::iter::from_fn(|| {
+            slots.clone().try_acquire_owned().ok()
+        }));
+        let mut accepted = Vec::with_capacity(deliveries.len());
+        let mut extra = Vec::new();
+        for delivery in deliveries {
+            match permits.next() {
+                Some(permit) => accepted.push((delivery, permit)),
+                None => extra.push(delivery),
+            }
+        }
+        drop(permits);
+        if !extra.is_empty() {
+            hand_back_unstarted(&ctx, extra).await;
+        }
+        let (accepted, mut permits): (Vec<_>, Vec<_>) = accepted.into_iter().unzip();
+        for started in job::start_all(&ctx, accepted).await {
+            let Some(permit) = permits.pop() else { break };
             let ctx = ctx.clone();
             let span =
-                tracing::info_span!("job", job_id = %delivery.job_id(), entry = %delivery.entry_id);
+                tracing::info_span!("job", job_id = %started.photo.id, entry = %started.entry);
             running.spawn(
                 async move {
-                    job::handle(&ctx, delivery).await;
+                    job::handle(&ctx, started).await;
                     drop(permit);
                 }
                 .instrument(span),

@@ -106,6 +106,7 @@ impl Builder {
             Roles {
                 api: true,
                 workers: self.workers,
+                no_op: false,
             },
         )
         .await
