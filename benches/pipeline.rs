@@ -12,6 +12,7 @@
 //! `process` (everything, default variants).
 
 use std::hint::black_box;
+use std::time::Duration;
 use std::path::{Path, PathBuf};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -52,6 +53,12 @@ fn photos() -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// Short warm-up and measurement: the whole file runs in a few minutes.
+fn quick<M: criterion::measurement::Measurement>(group: &mut criterion::BenchmarkGroup<'_, M>) {
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+}
+
 fn spec() -> Spec {
     match Config::defaults() {
         Ok(c) => Spec::from_config(&c),
@@ -70,6 +77,7 @@ fn bench_decode(c: &mut Criterion) {
     let spec = spec();
     let mut group = c.benchmark_group("decode");
     group.sample_size(10);
+    quick(&mut group);
     group.throughput(Throughput::Elements(1));
     for (name, data) in photos() {
         for denominator in [1u32, 2, 4, 8] {
@@ -94,6 +102,7 @@ fn bench_resize(c: &mut Criterion) {
     let spec = spec();
     let mut group = c.benchmark_group("resize");
     group.sample_size(10);
+    quick(&mut group);
     for (name, data) in photos() {
         // The source photoq resizes the preview from: decoded at the scale it would choose.
         let full = decode_at(&data, &spec, 1.0).pixels;
@@ -116,6 +125,7 @@ fn bench_encode(c: &mut Criterion) {
     let spec = spec();
     let mut group = c.benchmark_group("encode");
     group.sample_size(20);
+    quick(&mut group);
     let Some((name, data)) = photos().into_iter().nth(2) else {
         return;
     };
@@ -161,6 +171,7 @@ fn bench_encode(c: &mut Criterion) {
 fn bench_exif_and_process(c: &mut Criterion) {
     let spec = spec();
     let mut group = c.benchmark_group("exif");
+    quick(&mut group);
     for (name, data) in photos() {
         group.bench_function(&name, |b| b.iter(|| exif::extract(black_box(&data))));
     }
@@ -168,6 +179,7 @@ fn bench_exif_and_process(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("process");
     group.sample_size(10);
+    quick(&mut group);
     group.throughput(Throughput::Elements(1));
     for (name, data) in photos() {
         group.bench_function(&name, |b| {

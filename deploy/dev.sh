@@ -4,7 +4,8 @@
 #   deploy/dev.sh all    PostgreSQL and Redis up (installed if missing), then `photoq all`
 #                        on the defaults: API on 127.0.0.1:8080, storage under ./data.
 #   deploy/dev.sh test   PostgreSQL and Redis up, then fmt, clippy and the whole test suite.
-#   deploy/dev.sh services   only make sure PostgreSQL and Redis are installed and running.
+#   deploy/dev.sh services   only make sure PostgreSQL, Redis and the build tools (cmake,
+#                        nasm, a C compiler) are installed and running.
 #
 # Debian or Ubuntu with Rust (rustup) is assumed. Builds go to $CARGO_TARGET_DIR, by default
 # ~/.cache/photoq/target, so they stay incremental across clones.
@@ -74,6 +75,16 @@ ensure_redis() {
   fi
 }
 
+# libjpeg-turbo is built from source into photoq (cmake, with NASM for its SIMD code);
+# libwebp is compiled by its crate with the C compiler.
+ensure_build_tools() {
+  local missing=()
+  command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+  command -v nasm >/dev/null 2>&1 || missing+=(nasm)
+  command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
 ensure_rust_tools() {
   if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
     rustup component add rustfmt clippy
@@ -84,16 +95,19 @@ case "${1:-}" in
   services)
     ensure_postgres
     ensure_redis
+    ensure_build_tools
     ;;
   all)
     ensure_postgres
     ensure_redis
+    ensure_build_tools
     shift
     exec cargo run --release -- all "$@"
     ;;
   test)
     ensure_postgres
     ensure_redis
+    ensure_build_tools
     ensure_rust_tools
     say "cargo fmt --check"
     cargo fmt --check
