@@ -137,6 +137,15 @@ impl Rig {
         pid
     }
 
+    /// Panics if a process started by this run has exited (a bad flag, a crash).
+    fn assert_alive(&mut self) {
+        for p in &mut self.procs {
+            if let Ok(Some(status)) = p.try_wait() {
+                panic!("photoq process {} exited: {status}", p.id());
+            }
+        }
+    }
+
     fn config(&self) -> Config {
         let mut config = Config::defaults().expect("defaults");
         config.database.url = self.database_url();
@@ -315,6 +324,7 @@ async fn images(a: Args) {
                 break;
             }
             assert!(clock.elapsed() < TIMEOUT, "timed out");
+            rig.assert_alive();
             tokio::time::sleep(POLL).await;
         }
         let list: Value = http
@@ -418,6 +428,15 @@ async fn no_op(a: Args) {
         a.count,
         clock.elapsed().as_secs_f64()
     );
+    // Planner statistics for the freshly filled tables, as autovacuum keeps them on a
+    // database in service (it would only get to them a minute later).
+    {
+        let mut conn = photoq::db::conn(&pool).await.expect("conn");
+        diesel::sql_query("ANALYZE photos, photo_attempts")
+            .execute(&mut conn)
+            .await
+            .expect("analyze");
+    }
 
     let conc = a.concurrency.to_string();
     let workers: Vec<u32> = (0..a.workers)
@@ -443,6 +462,7 @@ async fn no_op(a: Args) {
             break;
         }
         assert!(clock.elapsed() < TIMEOUT, "timed out at {} jobs", done.n);
+        rig.assert_alive();
         tokio::time::sleep(POLL).await;
     }
     let wall = clock.elapsed();

@@ -12,8 +12,8 @@
 //! `process` (everything, default variants).
 
 use std::hint::black_box;
-use std::time::Duration;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use photoq::config::Config;

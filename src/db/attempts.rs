@@ -21,16 +21,23 @@ pub async fn open_many(
         return Ok(Vec::new());
     }
     let now = Utc::now();
-    let ids: Vec<Uuid> = opening.iter().map(|(id, _)| *id).collect();
-    diesel::update(photo_attempts::table)
-        .filter(photo_attempts::photo_id.eq_any(&ids))
-        .filter(photo_attempts::outcome.eq(AttemptOutcome::Running.as_str()))
-        .set((
-            photo_attempts::outcome.eq(AttemptOutcome::Interrupted.as_str()),
-            photo_attempts::finished_at.eq(now),
-        ))
-        .execute(conn)
-        .await?;
+    // Only a photo on its second attempt or later can have an attempt left running.
+    let again: Vec<Uuid> = opening
+        .iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(id, _)| *id)
+        .collect();
+    if !again.is_empty() {
+        diesel::update(photo_attempts::table)
+            .filter(photo_attempts::photo_id.eq_any(&again))
+            .filter(photo_attempts::outcome.eq(AttemptOutcome::Running.as_str()))
+            .set((
+                photo_attempts::outcome.eq(AttemptOutcome::Interrupted.as_str()),
+                photo_attempts::finished_at.eq(now),
+            ))
+            .execute(conn)
+            .await?;
+    }
     let rows: Vec<_> = opening
         .iter()
         .map(|&(photo_id, n)| {

@@ -71,6 +71,16 @@ impl DbError {
 }
 
 impl DbError {
+    /// True when PostgreSQL broke a lock cycle by aborting this transaction; running it
+    /// again is the remedy.
+    pub fn is_deadlock(&self) -> bool {
+        matches!(
+            self,
+            DbError::Query(DieselError::DatabaseError(DatabaseErrorKind::Unknown, info))
+                if info.message().contains("deadlock detected")
+        )
+    }
+
     /// True when the error is a unique violation of the named constraint.
     pub fn violates(&self, constraint: &str) -> bool {
         matches!(

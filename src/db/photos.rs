@@ -125,18 +125,23 @@ pub async fn variant(
         .optional()?)
 }
 
-/// Locks the photo rows in id order, so that transactions touching several photos never
-/// wait on each other in a cycle.
-async fn lock_in_order(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> Result<(), DbError> {
-    photos::table
-        .select(photos::id)
-        .filter(photos::id.eq_any(ids))
-        .order(photos::id)
-        .for_update()
-        .load::<Uuid>(conn)
-        .await?;
+/// Steers the rest of the transaction to primary-key lookups. The batch statements touch a
+/// few hundred rows by id; on a table of modest size the planner otherwise prefers a
+/// sequential scan or a hash of the whole table, which costs more than the update itself.
+async fn prefer_key_lookups(conn: &mut AsyncPgConnection) -> Result<(), DbError> {
+    diesel::sql_query(
+        "SELECT set_config('enable_seqscan', 'off', true), \
+                set_config('enable_hashjoin', 'off', true), \
+                set_config('enable_mergejoin', 'off', true)",
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
+
+/// Times a transaction over several photos is run again when PostgreSQL aborts it to
+/// break a deadlock (two workers holding the same photo twice, in different orders).
+const DEADLOCK_TRIES: usize = 3;
 
 /// Marks photos `processing`, counts their attempt and opens its log entry, in one
 /// transaction. Photos missing or already final are left out of the answer: their jobs
@@ -150,8 +155,24 @@ pub async fn start_many(
         return Ok(Vec::new());
     }
     let started = std::time::Instant::now();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match start_many_once(conn, ids, worker, started).await {
+            Err(e) if e.is_deadlock() && tries < DEADLOCK_TRIES => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn start_many_once(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    worker: &str,
+    started: std::time::Instant,
+) -> Result<Vec<(Photo, AttemptRef)>, DbError> {
     conn.transaction::<_, DbError, _>(async |conn| {
-        lock_in_order(conn, ids).await?;
+        prefer_key_lookups(conn).await?;
         let now = Utc::now();
         let photos: Vec<Photo> = diesel::update(photos::table)
             .filter(photos::id.eq_any(ids))
@@ -213,43 +234,65 @@ pub async fn complete_many(
     let exifs: Vec<&serde_json::Value> = done.iter().map(|(_, c, _)| &c.exif).collect();
     let all_variants: Vec<&Variant> = done.iter().flat_map(|(_, c, _)| &c.variants).collect();
     let attempts: Vec<AttemptRef> = done.iter().map(|(_, _, a)| *a).collect();
-    conn.transaction::<_, DbError, _>(async |conn| {
-        lock_in_order(conn, &ids).await?;
-        if !all_variants.is_empty() {
-            diesel::insert_into(variants::table)
-                .values(all_variants)
-                .on_conflict((variants::photo_id, variants::name))
-                .do_update()
-                .set((
-                    variants::storage_key.eq(excluded(variants::storage_key)),
-                    variants::content_type.eq(excluded(variants::content_type)),
-                    variants::width.eq(excluded(variants::width)),
-                    variants::height.eq(excluded(variants::height)),
-                    variants::bytes.eq(excluded(variants::bytes)),
-                    variants::etag.eq(excluded(variants::etag)),
-                ))
-                .execute(conn)
-                .await?;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let result = conn
+            .transaction::<_, DbError, _>(async |conn| {
+                prefer_key_lookups(conn).await?;
+                complete_rows(conn, &ids, &widths, &heights, &exifs, &all_variants).await?;
+                attempts::close_completed(conn, &attempts).await
+            })
+            .await;
+        match result {
+            Err(e) if e.is_deadlock() && tries < DEADLOCK_TRIES => continue,
+            other => return other,
         }
-        diesel::sql_query(
-            "UPDATE photos AS p \
-             SET state = $1, width = v.width, height = v.height, exif = v.exif, error = NULL, \
-                 completed_at = $2, updated_at = $2 \
-             FROM unnest($3::uuid[], $4::int4[], $5::int4[], $6::jsonb[]) \
-                  AS v(id, width, height, exif) \
-             WHERE p.id = v.id",
-        )
-        .bind::<Text, _>(PhotoState::Completed.as_str())
-        .bind::<Timestamptz, _>(Utc::now())
-        .bind::<Array<diesel::sql_types::Uuid>, _>(&ids)
-        .bind::<Array<Integer>, _>(widths)
-        .bind::<Array<Integer>, _>(heights)
-        .bind::<Array<Jsonb>, _>(exifs)
-        .execute(conn)
-        .await?;
-        attempts::close_completed(conn, &attempts).await
-    })
-    .await
+    }
+}
+
+/// The writes of `complete_many`, inside its transaction.
+async fn complete_rows(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    widths: &[i32],
+    heights: &[i32],
+    exifs: &[&serde_json::Value],
+    all_variants: &[&Variant],
+) -> Result<(), DbError> {
+    if !all_variants.is_empty() {
+        diesel::insert_into(variants::table)
+            .values(all_variants.to_vec())
+            .on_conflict((variants::photo_id, variants::name))
+            .do_update()
+            .set((
+                variants::storage_key.eq(excluded(variants::storage_key)),
+                variants::content_type.eq(excluded(variants::content_type)),
+                variants::width.eq(excluded(variants::width)),
+                variants::height.eq(excluded(variants::height)),
+                variants::bytes.eq(excluded(variants::bytes)),
+                variants::etag.eq(excluded(variants::etag)),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    diesel::sql_query(
+        "UPDATE photos AS p \
+         SET state = $1, width = v.width, height = v.height, exif = v.exif, error = NULL, \
+             completed_at = $2, updated_at = $2 \
+         FROM unnest($3::uuid[], $4::int4[], $5::int4[], $6::jsonb[]) \
+              AS v(id, width, height, exif) \
+         WHERE p.id = v.id",
+    )
+    .bind::<Text, _>(PhotoState::Completed.as_str())
+    .bind::<Timestamptz, _>(Utc::now())
+    .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
+    .bind::<Array<Integer>, _>(widths)
+    .bind::<Array<Integer>, _>(heights)
+    .bind::<Array<Jsonb>, _>(exifs)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Moves a photo to a final or waiting state and closes its attempt, in one transaction.
