@@ -1,7 +1,9 @@
-//! One job: process one photo, record the result, then acknowledge the entry.
+//! Jobs: a read batch is started together (`start_all`, one transaction), then each job
+//! processes its photo, records the result and acknowledges its entry (`handle`).
 //!
 //! How an attempt ends:
-//! - completed: results committed, entry acknowledged;
+//! - completed: results committed together with the other jobs finishing at the same time
+//!   (`commit.rs`), entries acknowledged after the commit;
 //! - failed (the input is at fault): photo `failed`, acknowledged;
 //! - transient error (storage, database, timeout, crash): photo back to `queued` with a retry
 //!   scheduled after a backoff, acknowledged; after the last attempt, `dead` and dead-lettered;
