@@ -189,6 +189,78 @@ async fn variants_carry_etag_and_answer_304() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_variants_are_made_stored_and_served_in_their_format() {
+    let app = TestApp::builder()
+        .config(
+            "[variants.avatar]\nwidth = 96\nheight = 96\nfit = \"cover\"\nformat = \"webp\"\n\
+             quality = 70\nsharpen = 0.5\n\
+             [variants.strip]\nwidth = 300\nheight = 40\nfit = \"exact\"\nformat = \"png\"\n\
+             grayscale = true\n\
+             [variants.wide]\nwidth = 500\n",
+        )
+        .start()
+        .await;
+    let body = app
+        .upload_ok(vec![(
+            "a.jpg".into(),
+            encode(image::ImageFormat::Jpeg, 1200, 800),
+        )])
+        .await;
+    app.wait_batch(body["batch_id"].as_str().unwrap()).await;
+    let photo = app
+        .get_json(body["photos"][0]["url"].as_str().unwrap())
+        .await;
+    assert_eq!(photo["state"], "completed", "{photo}");
+    let variants = photo["variants"].as_array().unwrap();
+    let find = |name: &str| {
+        variants
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {photo}"))
+    };
+    for (name, content_type, size, format) in [
+        ("avatar", "image/webp", (96, 96), image::ImageFormat::WebP),
+        ("strip", "image/png", (300, 40), image::ImageFormat::Png),
+        ("wide", "image/jpeg", (500, 333), image::ImageFormat::Jpeg),
+        (
+            "thumbnail",
+            "image/jpeg",
+            (256, 171),
+            image::ImageFormat::Jpeg,
+        ),
+        (
+            "preview",
+            "image/jpeg",
+            (1200, 800),
+            image::ImageFormat::Jpeg,
+        ),
+    ] {
+        let v = find(name);
+        assert_eq!(v["content_type"], content_type, "{name}");
+        assert_eq!(
+            (v["width"].as_u64(), v["height"].as_u64()),
+            (Some(size.0), Some(size.1))
+        );
+        let res = app.get(v["url"].as_str().unwrap()).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], content_type, "{name}");
+        let bytes = res.bytes().await.unwrap();
+        assert_eq!(image::guess_format(&bytes).unwrap(), format, "{name}");
+        let img = image::load_from_memory(&bytes).unwrap();
+        assert_eq!(
+            (u64::from(img.width()), u64::from(img.height())),
+            size,
+            "{name}"
+        );
+        if name == "strip" {
+            let rgb = img.to_rgb8();
+            assert!(rgb.pixels().all(|p| p[0] == p[1] && p[1] == p[2]), "grey");
+        }
+    }
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn photo_list_pages_by_cursor_and_filters() {
     let app = TestApp::start().await;
     let small = read(corpus_dir().join("jpg/Kodak_CX7530.jpg"));

@@ -152,3 +152,30 @@ async fn all_serves_processes_and_stops_on_sigterm() {
     assert!(status.success(), "exit status {status}");
     cluster.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_op_workers_record_every_state_but_make_nothing() {
+    let cluster = Cluster::new("pqcli");
+    let key = cluster.key();
+    let (_api, base) = cluster.serve().await;
+    let client = Client::new(&base, &key);
+    let _worker = cluster.spawn(&["work", "--no-op", "--concurrency", "4"], &[]);
+    let photo = read(corpus_dir().join("jpg/Canon_40D.jpg"));
+    let files: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| (format!("{i}.jpg"), photo.clone()))
+        .collect();
+    let body = client.upload(&files).await;
+    let batch = client.wait_batch(body["batch_id"].as_str().unwrap()).await;
+    assert_eq!(batch["completed"], 12, "{batch}");
+    for p in body["photos"].as_array().unwrap() {
+        let photo = client.get(p["url"].as_str().unwrap()).await;
+        assert_eq!(photo["state"], "completed");
+        assert!(photo["variants"].as_array().unwrap().is_empty(), "{photo}");
+        let history = photo["history"].as_array().unwrap();
+        assert_eq!(history.len(), 1, "{photo}");
+        assert_eq!(history[0]["outcome"], "completed");
+        assert!(history[0]["duration_ms"].is_u64());
+    }
+    assert!(cluster.stored("variants").is_empty(), "no variant stored");
+    cluster.cleanup().await;
+}
