@@ -7,9 +7,12 @@ use prometheus::{
 pub const PHOTOS_UPLOADED: &str = "photoq_photos_uploaded_total";
 pub const JOBS: &str = "photoq_jobs_total";
 pub const JOB_SECONDS: &str = "photoq_job_duration_seconds";
+pub const COMMIT_GROUP_JOBS: &str = "photoq_commit_group_jobs";
 
 /// Buckets for job durations, seconds.
 const JOB_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+/// Buckets for the number of jobs recorded by one group commit.
+const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -20,6 +23,8 @@ pub struct Metrics {
     pub jobs: IntCounterVec,
     /// Wall time of a job, from read to ack.
     pub job_seconds: Histogram,
+    /// Jobs recorded together by each group commit of a worker.
+    pub commit_group_jobs: Histogram,
 }
 
 impl Metrics {
@@ -31,7 +36,12 @@ impl Metrics {
             HistogramOpts::new(JOB_SECONDS, "Job wall time in seconds")
                 .buckets(JOB_BUCKETS.to_vec()),
         )?;
+        let commit_group_jobs = Histogram::with_opts(
+            HistogramOpts::new(COMMIT_GROUP_JOBS, "Jobs recorded by one group commit")
+                .buckets(GROUP_BUCKETS.to_vec()),
+        )?;
         registry.register(Box::new(photos_uploaded.clone()))?;
+        registry.register(Box::new(commit_group_jobs.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
         registry.register(Box::new(job_seconds.clone()))?;
         Ok(Metrics {
@@ -39,6 +49,7 @@ impl Metrics {
             photos_uploaded,
             jobs,
             job_seconds,
+            commit_group_jobs,
         })
     }
 

@@ -17,17 +17,16 @@ pub enum RenderError {
     Failed { failed: usize, total: usize },
 }
 
-/// What a run did.
+/// What a successful run did.
 #[derive(Debug, Clone, Copy)]
 pub struct Summary {
     pub files: usize,
-    pub failed: usize,
     pub elapsed: Duration,
 }
 
 impl Summary {
     pub fn images_per_second(&self) -> f64 {
-        (self.files - self.failed) as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+        self.files as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
 }
 
@@ -59,18 +58,16 @@ pub fn run(
     for f in &failures {
         eprintln!("{f}");
     }
-    let summary = Summary {
-        files: files.len(),
-        failed: failures.len(),
-        elapsed: started.elapsed(),
-    };
-    if summary.failed > 0 {
+    if !failures.is_empty() {
         return Err(RenderError::Failed {
-            failed: summary.failed,
-            total: summary.files,
+            failed: failures.len(),
+            total: files.len(),
         });
     }
-    Ok(summary)
+    Ok(Summary {
+        files: files.len(),
+        elapsed: started.elapsed(),
+    })
 }
 
 fn render_one(spec: &Spec, file: &Path, out: &Path) -> Result<(), String> {

@@ -372,5 +372,9 @@ async fn health_readiness_and_metrics() {
         metrics.contains("photoq_jobs_total{outcome=\"completed\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("photoq_commit_group_jobs_count 1"),
+        "one group commit recorded the one job: {metrics}"
+    );
     app.finish().await;
 }

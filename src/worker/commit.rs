@@ -6,6 +6,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::db::{self, attempts::AttemptRef, photos::Completion, DbPool};
+use crate::metrics::Metrics;
 use crate::queue::Queue;
 
 /// A job whose results are stored and wait to be recorded.
@@ -35,9 +36,9 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the committing task. It ends when every handle is dropped.
-    pub fn spawn(pool: DbPool, queue: Queue, max_group: usize) -> Self {
+    pub fn spawn(pool: DbPool, queue: Queue, metrics: Metrics, max_group: usize) -> Self {
         let (tx, rx) = mpsc::channel(max_group.max(1));
-        tokio::spawn(run(pool, queue, rx, max_group.max(1)));
+        tokio::spawn(run(pool, queue, metrics, rx, max_group.max(1)));
         Committer { tx }
     }
 
@@ -55,9 +56,16 @@ impl Committer {
     }
 }
 
-async fn run(pool: DbPool, queue: Queue, mut rx: mpsc::Receiver<Request>, max_group: usize) {
+async fn run(
+    pool: DbPool,
+    queue: Queue,
+    metrics: Metrics,
+    mut rx: mpsc::Receiver<Request>,
+    max_group: usize,
+) {
     let mut group = Vec::with_capacity(max_group);
     while rx.recv_many(&mut group, max_group).await > 0 {
+        metrics.commit_group_jobs.observe(group.len() as f64);
         let result = commit_group(&pool, &queue, &group).await;
         if let Err(e) = &result {
             tracing::warn!(error = %e, jobs = group.len(), "group commit failed");

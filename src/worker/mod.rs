@@ -65,7 +65,8 @@ impl WorkerContext {
         metrics: Metrics,
         concurrency: usize,
     ) -> Self {
-        let committer = commit::Committer::spawn(pool.clone(), queue.clone(), concurrency);
+        let committer =
+            commit::Committer::spawn(pool.clone(), queue.clone(), metrics.clone(), concurrency);
         WorkerContext {
             committer,
             pool,
