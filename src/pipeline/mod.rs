@@ -146,7 +146,7 @@ pub struct Processed {
     pub variants: Vec<EncodedVariant>,
 }
 
-/// A variant's geometry, both as displayed and in the file's stored orientation.
+/// A variant and its geometry in the file's stored orientation.
 struct Planned<'a> {
     spec: &'a VariantSpec,
     stored: Geometry,
