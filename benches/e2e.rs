@@ -15,14 +15,17 @@
 //! same path (read, start recorded, completion recorded, acknowledged) without image work.
 //! It prints jobs/s from the first start to the last completion, as recorded in PostgreSQL.
 //!
-//! PostgreSQL and Redis are taken from `PHOTOQ_BENCH_PG` (server URL without a database,
-//! default postgres://postgres@127.0.0.1:5432) and `PHOTOQ_BENCH_REDIS` (default
-//! redis://127.0.0.1:6379). Each run uses its own database, key prefix and storage
+//! The processes are started by the integration tests' harness (`tests/common/cluster.rs`):
+//! PostgreSQL and Redis come from `PHOTOQ_TEST_DATABASE_URL` (server URL without a
+//! database, default postgres://postgres@127.0.0.1:5432) and `PHOTOQ_TEST_REDIS_URL`
+//! (default redis://127.0.0.1:6379). Each run uses its own database, key prefix and storage
 //! directory and removes them at the end.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -33,7 +36,7 @@ use photoq::db::models::{Batch, NewPhoto};
 use serde_json::Value;
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_photoq");
+use common::cluster::{Client, Cluster, Proc};
 /// Photos per upload request (the default upload limit).
 const BATCH: usize = 50;
 /// Upload requests in flight at once.
@@ -81,112 +84,22 @@ fn args() -> Args {
     a
 }
 
-/// A run's database, prefix and storage, and the processes started on them.
-struct Rig {
-    name: String,
-    pg_server: String,
-    redis_url: String,
-    storage: PathBuf,
-    procs: Vec<Child>,
+/// Panics if one of the processes has exited (a bad flag, a crash).
+fn assert_alive(procs: &mut [Proc]) {
+    for p in procs {
+        if let Ok(Some(status)) = p.child.try_wait() {
+            panic!("photoq process {} exited: {status}", p.pid());
+        }
+    }
 }
 
-impl Rig {
-    fn new() -> Self {
-        let name = format!("pqbench_{}", &Uuid::new_v4().simple().to_string()[..10]);
-        Rig {
-            storage: std::env::temp_dir().join(&name),
-            pg_server: std::env::var("PHOTOQ_BENCH_PG")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into()),
-            redis_url: std::env::var("PHOTOQ_BENCH_REDIS")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-            name,
-            procs: Vec::new(),
-        }
-    }
-
-    fn database_url(&self) -> String {
-        format!("{}/{}", self.pg_server, self.name)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .env("PHOTOQ_DATABASE_URL", self.database_url())
-            .env("PHOTOQ_REDIS_URL", &self.redis_url)
-            .env("PHOTOQ_REDIS_PREFIX", &self.name)
-            .env("PHOTOQ_STORAGE_ROOT", &self.storage)
-            .env("PHOTOQ_LOG", "warn")
-            .stdout(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.cmd(args).stdout(Stdio::piped()).output().expect("run");
-        assert!(out.status.success(), "photoq {args:?} failed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn spawn(&mut self, args: &[&str], env: &[(&str, String)]) -> u32 {
-        let mut c = self.cmd(args);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let child = c.spawn().expect("spawn photoq");
-        let pid = child.id();
-        self.procs.push(child);
-        pid
-    }
-
-    /// Panics if a process started by this run has exited (a bad flag, a crash).
-    fn assert_alive(&mut self) {
-        for p in &mut self.procs {
-            if let Ok(Some(status)) = p.try_wait() {
-                panic!("photoq process {} exited: {status}", p.id());
-            }
-        }
-    }
-
-    fn config(&self) -> Config {
-        let mut config = Config::defaults().expect("defaults");
-        config.database.url = self.database_url();
-        config.redis.url = self.redis_url.clone();
-        config.redis.prefix = self.name.clone();
-        config
-    }
-
-    async fn cleanup(&mut self) {
-        for p in &mut self.procs {
-            let _ = Command::new("kill")
-                .args(["-TERM", &p.id().to_string()])
-                .status();
-        }
-        for p in &mut self.procs {
-            let _ = p.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.storage);
-        if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{}:*", self.name))
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap_or_default();
-                for k in keys {
-                    let _: redis::RedisResult<()> =
-                        redis::cmd("DEL").arg(k).query_async(&mut conn).await;
-                }
-            }
-        }
-        let admin = format!("{}/postgres", self.pg_server);
-        if let Ok(mut conn) = AsyncPgConnection::establish(&admin).await {
-            let _ = diesel::sql_query(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .execute(&mut conn)
-            .await;
-        }
-    }
+/// The configuration the cluster's processes run with, for the harness's own connections.
+fn config_of(cluster: &Cluster) -> Config {
+    let mut config = Config::defaults().expect("defaults");
+    config.database.url = cluster.database_url();
+    config.redis.url = cluster.redis_url.clone();
+    config.redis.prefix = cluster.name.clone();
+    config
 }
 
 /// Peak resident set (VmHWM) of a live process, in MiB.
@@ -195,27 +108,6 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
-}
-
-async fn wait_ready(base: &str) {
-    let http = reqwest::Client::new();
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "api not ready");
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn photo_files(dir: Option<PathBuf>) -> Vec<(String, Vec<u8>)> {
@@ -253,54 +145,30 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn images(a: Args) {
-    let mut rig = Rig::new();
-    rig.run(&["migrate"]);
-    let key = rig
-        .run(&["keys", "create", "--name", "bench"])
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    rig.spawn(&["serve"], &[("PHOTOQ_BIND", format!("127.0.0.1:{port}"))]);
+    let cluster = Cluster::new("pqbench");
+    let key = cluster.key();
+    let (api, base) = cluster.serve().await;
+    let client = Client::new(&base, &key);
     let conc = a.concurrency.to_string();
-    let workers: Vec<u32> = (0..a.workers)
-        .map(|_| rig.spawn(&["work", "--concurrency", &conc], &[]))
+    let mut procs: Vec<Proc> = (0..a.workers)
+        .map(|_| cluster.spawn(&["work", "--concurrency", &conc], &[]))
         .collect();
-    wait_ready(&base).await;
+    let workers: Vec<u32> = procs.iter().map(Proc::pid).collect();
+    procs.push(api);
 
     let files = photo_files(a.dir);
     let started = Utc::now();
     let clock = Instant::now();
-    let http = reqwest::Client::new();
-    let chunks: Vec<Vec<usize>> = (0..a.count)
+    let batches: Vec<Vec<(String, Vec<u8>)>> = (0..a.count)
+        .map(|i| files[i % files.len()].clone())
         .collect::<Vec<_>>()
         .chunks(BATCH)
-        .map(<[usize]>::to_vec)
+        .map(<[_]>::to_vec)
         .collect();
     let mut batch_ids = Vec::new();
-    for group in chunks.chunks(UPLOADERS) {
-        let uploads = group.iter().map(|chunk| {
-            let mut form = reqwest::multipart::Form::new();
-            for &i in chunk {
-                let (name, data) = &files[i % files.len()];
-                let part = reqwest::multipart::Part::bytes(data.clone())
-                    .file_name(name.clone())
-                    .mime_str("image/jpeg")
-                    .unwrap();
-                form = form.part("file", part);
-            }
-            http.post(format!("{base}/v1/photos"))
-                .bearer_auth(&key)
-                .multipart(form)
-                .send()
-        });
-        for res in futures_util::future::join_all(uploads).await {
-            let res = res.expect("upload");
-            assert_eq!(res.status(), 202, "upload refused");
-            let body: Value = res.json().await.unwrap();
+    for group in batches.chunks(UPLOADERS) {
+        let uploads = group.iter().map(|batch| client.upload(batch));
+        for body in futures_util::future::join_all(uploads).await {
             batch_ids.push(body["batch_id"].as_str().unwrap().to_owned());
         }
     }
@@ -310,36 +178,23 @@ async fn images(a: Args) {
     let mut photos: Vec<Value> = Vec::new();
     for id in &batch_ids {
         loop {
-            let b: Value = http
-                .get(format!("{base}/v1/batches/{id}"))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let b = client.get(&format!("/v1/batches/{id}")).await;
             if b["queued"] == 0 && b["processing"] == 0 {
                 assert_eq!(b["completed"], b["total"], "not all completed: {b}");
                 break;
             }
             assert!(clock.elapsed() < TIMEOUT, "timed out");
-            rig.assert_alive();
+            assert_alive(&mut procs);
             tokio::time::sleep(POLL).await;
         }
-        let list: Value = http
-            .get(format!("{base}/v1/photos?batch={id}&limit=100"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = client
+            .get(&format!("/v1/photos?batch={id}&limit=100"))
+            .await;
         photos.extend(list["photos"].as_array().cloned().unwrap_or_default());
     }
     let rss: Vec<f64> = workers.iter().filter_map(|&p| peak_rss_mib(p)).collect();
-    rig.cleanup().await;
+    drop(procs);
+    cluster.cleanup().await;
 
     assert_eq!(photos.len(), a.count, "every photo listed");
     let time = |v: &Value, k: &str| -> DateTime<Utc> {
@@ -379,9 +234,9 @@ async fn images(a: Args) {
 }
 
 async fn no_op(a: Args) {
-    let mut rig = Rig::new();
-    rig.run(&["migrate"]);
-    let config = rig.config();
+    let cluster = Cluster::new("pqbench");
+    cluster.run(&["migrate"]);
+    let config = config_of(&cluster);
     let pool = photoq::db::connect(&config.database).await.expect("db");
     let queue = photoq::queue::Queue::new(&config.redis).expect("redis");
     queue.ensure_group().await.expect("group");
@@ -439,11 +294,11 @@ async fn no_op(a: Args) {
     }
 
     let conc = a.concurrency.to_string();
-    let workers: Vec<u32> = (0..a.workers)
-        .map(|_| rig.spawn(&["work", "--no-op", "--concurrency", &conc], &[]))
+    let mut procs: Vec<Proc> = (0..a.workers)
+        .map(|_| cluster.spawn(&["work", "--no-op", "--concurrency", &conc], &[]))
         .collect();
     let clock = Instant::now();
-    let mut conn = AsyncPgConnection::establish(&rig.database_url())
+    let mut conn = AsyncPgConnection::establish(&cluster.database_url())
         .await
         .expect("db");
     #[derive(diesel::QueryableByName)]
@@ -462,7 +317,7 @@ async fn no_op(a: Args) {
             break;
         }
         assert!(clock.elapsed() < TIMEOUT, "timed out at {} jobs", done.n);
-        rig.assert_alive();
+        assert_alive(&mut procs);
         tokio::time::sleep(POLL).await;
     }
     let wall = clock.elapsed();
@@ -485,14 +340,15 @@ async fn no_op(a: Args) {
     .get_result(&mut conn)
     .await
     .expect("window");
-    let rss: Vec<String> = workers
+    let rss: Vec<String> = procs
         .iter()
-        .filter_map(|&p| peak_rss_mib(p))
+        .filter_map(|p| peak_rss_mib(p.pid()))
         .map(|r| format!("{r:.0}"))
         .collect();
     drop(conn);
     drop(pool);
-    rig.cleanup().await;
+    drop(procs);
+    cluster.cleanup().await;
 
     let secs = w.secs.unwrap_or(f64::NAN);
     println!(

@@ -137,20 +137,7 @@ fn bench_encode(c: &mut Criterion) {
         b.iter(|| encode::jpeg(black_box(&preview), 80))
     });
     group.bench_function(BenchmarkId::new(&label, "turbo-plain"), |b| {
-        b.iter(|| {
-            let mut c = turbojpeg::Compressor::new().map_err(|e| e.to_string())?;
-            c.set_quality(80).map_err(|e| e.to_string())?;
-            c.set_subsamp(turbojpeg::Subsamp::Sub2x2)
-                .map_err(|e| e.to_string())?;
-            let image = turbojpeg::Image {
-                pixels: preview.data.as_slice(),
-                width: pw as usize,
-                pitch: pw as usize * 3,
-                height: ph as usize,
-                format: turbojpeg::PixelFormat::RGB,
-            };
-            c.compress_to_vec(image).map_err(|e| e.to_string())
-        })
+        b.iter(|| encode::jpeg_with(black_box(&preview), 80, false))
     });
     group.bench_function(BenchmarkId::new(&label, "jpeg-encoder"), |b| {
         b.iter(|| {
