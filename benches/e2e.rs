@@ -274,7 +274,7 @@ async fn no_op(a: Args) {
                 .await
                 .expect("insert");
         }
-        photoq::dispatch::publish(&pool, &queue, &ids)
+        photoq::dispatch::publish_new(&pool, &queue, &ids)
             .await
             .expect("publish");
     }

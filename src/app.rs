@@ -90,7 +90,8 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
     tasks.push(tokio::spawn(dispatch::run_reconciler(
         pool.clone(),
         queue.clone(),
-        config.reconciler.clone(),
+        config.clone(),
+        metrics.clone(),
         shutdown.clone(),
     )));
 
@@ -294,7 +295,7 @@ async fn dlq(config: &Config, cmd: DlqCommand) -> Result<(), StartError> {
             include_failed,
         } => {
             let queue = Queue::new(&config.redis)?;
-            let filter = db::photos::RedriveFilter {
+            let filter = db::jobs::RedriveFilter {
                 owner: None,
                 batch,
                 photo,

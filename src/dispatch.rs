@@ -1,16 +1,21 @@
 //! Getting jobs from PostgreSQL onto the stream: publishing after an upload commits, the
-//! reconciler that re-publishes what Redis lost, and redrives of dead letters.
+//! reconciler that publishes again every job whose stream entry is gone, and redrives of
+//! dead letters. Redis is called only between PostgreSQL statements, never while a
+//! transaction holds row locks.
 
 use std::time::Duration;
 
-use chrono::Utc;
-use diesel_async::AsyncConnection;
+use diesel_async::RunQueryDsl;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::ReconcilerConfig;
-use crate::db::{self, photos::RedriveFilter, DbError, DbPool};
-use crate::queue::{Queue, QueueError};
+use crate::config::Config;
+use crate::db::{self, jobs::RedriveFilter, DbError, DbPool};
+use crate::metrics::Metrics;
+use crate::queue::{EntryStatus, Queue, QueueError};
+
+/// The advisory lock that lets one process at a time run a reconciliation round.
+const RECONCILER_LOCK: i64 = 7_283_642;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -18,8 +23,6 @@ pub enum DispatchError {
     Db(#[from] DbError),
     #[error(transparent)]
     Queue(#[from] QueueError),
-    #[error("redis changed epoch while publishing; retrying next round")]
-    EpochChanged,
 }
 
 impl From<diesel::result::Error> for DispatchError {
@@ -28,74 +31,237 @@ impl From<diesel::result::Error> for DispatchError {
     }
 }
 
-/// Puts committed photos' jobs on the stream and records the epoch they went into. If this
-/// fails, the reconciler publishes them after its grace period.
-pub async fn publish(pool: &DbPool, queue: &Queue, ids: &[Uuid]) -> Result<(), DispatchError> {
-    if ids.is_empty() {
+/// Puts jobs on the stream and records each photo's entry (for those still `queued` with
+/// the entry `seen` before: `None` for never published). If this fails, the reconciler
+/// publishes them after `reconciler.grace_secs`.
+pub async fn publish(
+    pool: &DbPool,
+    queue: &Queue,
+    jobs: &[(Uuid, Option<String>)],
+) -> Result<(), DispatchError> {
+    if jobs.is_empty() {
         return Ok(());
     }
-    let epoch = queue.enqueue(ids).await?;
+    let ids: Vec<Uuid> = jobs.iter().map(|(id, _)| *id).collect();
+    let entries = queue.enqueue(&ids).await?;
+    let published: Vec<(Uuid, Option<String>, String)> = jobs
+        .iter()
+        .cloned()
+        .zip(entries)
+        .map(|((id, seen), entry)| (id, seen, entry))
+        .collect();
     let mut conn = db::conn(pool).await?;
-    db::photos::mark_published(&mut conn, ids, &epoch).await?;
+    db::jobs::mark_published(&mut conn, &published).await?;
     Ok(())
 }
 
-/// One round of reconciliation: every unfinished photo whose job is not in Redis's current
-/// epoch is published again (or re-scheduled, if its retry is not due yet), exactly once:
-/// the rows are locked (`FOR UPDATE SKIP LOCKED`) while they are published and marked, so
-/// several processes can run this at once. Returns how many jobs were published.
-pub async fn reconcile_once(
-    pool: &DbPool,
-    queue: &Queue,
-    config: &ReconcilerConfig,
-) -> Result<usize, DispatchError> {
-    queue.ensure_group().await?;
-    let epoch = queue.epoch().await?;
-    let grace = Duration::from_secs(config.grace_secs);
-    let mut conn = db::conn(pool).await?;
-    conn.transaction::<_, DispatchError, _>(async |conn| {
-        let rows = db::photos::lock_unpublished(conn, &epoch, grace, config.batch_size).await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let now = Utc::now();
-        let mut due = Vec::new();
-        for (id, next_attempt_at) in &rows {
-            match next_attempt_at {
-                Some(at) if *at > now => queue.schedule(*id, at.timestamp_millis()).await?,
-                _ => due.push(*id),
-            }
-        }
-        if !due.is_empty() && queue.enqueue(&due).await? != epoch {
-            return Err(DispatchError::EpochChanged);
-        }
-        let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
-        db::photos::mark_published(conn, &ids, &epoch).await?;
-        Ok(ids.len())
-    })
-    .await
+/// Photos never published before.
+fn fresh(ids: &[Uuid]) -> Vec<(Uuid, Option<String>)> {
+    ids.iter().map(|id| (*id, None)).collect()
 }
 
-/// Runs reconciliation rounds until `shutdown`: back to back while there is a backlog,
-/// otherwise every `interval_secs`.
+/// Publishes newly committed photos (see [`publish`]).
+pub async fn publish_new(pool: &DbPool, queue: &Queue, ids: &[Uuid]) -> Result<(), DispatchError> {
+    publish(pool, queue, &fresh(ids)).await
+}
+
+/// What one reconciliation round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    /// Photos looked at.
+    pub checked: usize,
+    /// Jobs published again (their entry was gone).
+    pub published: usize,
+    /// Lifeless attempts put back in the queue.
+    pub requeued: usize,
+    /// Lifeless attempts that were the last allowed: photos now dead.
+    pub buried: usize,
+    /// False when another process held the reconciler's lock.
+    pub ran: bool,
+}
+
+/// Keeps the reconciler's place between rounds: rounds walk the unfinished photos by id,
+/// one batch a round, and start over at the end.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    cursor: Option<Uuid>,
+}
+
+impl Reconciler {
+    /// True when the last round stopped part-way through the unfinished photos.
+    pub fn mid_walk(&self) -> bool {
+        self.cursor.is_some()
+    }
+
+    /// One round, under a PostgreSQL advisory lock so that one process at a time runs it
+    /// (the others skip the round). Looks at the next batch of unfinished photos and, per
+    /// photo, asks Redis about its entry:
+    /// - `queued` longer than `reconciler.grace_secs` since it was uploaded, published or
+    ///   due, and its entry gone (or never published): published again;
+    /// - `processing` for longer than `worker.visibility_timeout_secs` and its entry no
+    ///   longer pending with any consumer: its attempt is reclaimed (back to `queued`, or
+    ///   `dead` if it was the last allowed) and the job published again.
+    ///
+    /// Every change is a guarded transition (`db::jobs`), so a photo that moved on in the
+    /// meantime is left alone, and a job published twice runs once.
+    pub async fn round(
+        &mut self,
+        pool: &DbPool,
+        queue: &Queue,
+        config: &Config,
+    ) -> Result<Round, DispatchError> {
+        let mut conn = db::conn(pool).await?;
+        let locked: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+            .bind::<diesel::sql_types::BigInt, _>(RECONCILER_LOCK)
+            .get_result(&mut *conn)
+            .await
+            .map_err(DbError::from)?;
+        if !locked.locked {
+            return Ok(Round::default());
+        }
+        let result = self.locked_round(pool, queue, config).await;
+        let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+            .bind::<diesel::sql_types::BigInt, _>(RECONCILER_LOCK)
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            // Never hand a connection that may still hold the lock back to the pool.
+            let _ = db::DbConn::take(conn);
+        }
+        result
+    }
+
+    async fn locked_round(
+        &mut self,
+        pool: &DbPool,
+        queue: &Queue,
+        config: &Config,
+    ) -> Result<Round, DispatchError> {
+        queue.ensure_group().await?;
+        let rc = &config.reconciler;
+        let overdue = {
+            let mut conn = db::conn(pool).await?;
+            db::jobs::overdue(
+                &mut conn,
+                self.cursor,
+                Duration::from_secs(rc.grace_secs),
+                Duration::from_secs(config.worker.visibility_timeout_secs),
+                rc.batch_size,
+            )
+            .await?
+        };
+        self.cursor = if (overdue.len() as i64) < rc.batch_size {
+            None
+        } else {
+            overdue.last().map(|o| o.id)
+        };
+        let mut round = Round {
+            checked: overdue.len(),
+            ran: true,
+            ..Round::default()
+        };
+        let known: Vec<&str> = overdue
+            .iter()
+            .filter_map(|o| o.entry_id.as_deref())
+            .collect();
+        let mut statuses = queue.entry_status(&known).await?.into_iter();
+        let mut republish: Vec<(Uuid, Option<String>)> = Vec::new();
+        let mut lifeless: Vec<(Uuid, i64, Option<String>)> = Vec::new();
+        for o in &overdue {
+            let status = match o.entry_id {
+                Some(_) => statuses.next().unwrap_or(EntryStatus::Gone),
+                None => EntryStatus::Gone,
+            };
+            match (o.state.as_str(), o.attempt_id) {
+                ("processing", Some(attempt)) if status != EntryStatus::Pending => {
+                    lifeless.push((o.id, attempt, o.entry_id.clone()))
+                }
+                ("queued", _) if matches!(status, EntryStatus::Gone | EntryStatus::Orphaned) => {
+                    republish.push((o.id, o.entry_id.clone()))
+                }
+                _ => {}
+            }
+        }
+        if !lifeless.is_empty() {
+            let pairs: Vec<(Uuid, i64)> = lifeless.iter().map(|(id, a, _)| (*id, *a)).collect();
+            let max = config.retry.max_attempts as i32;
+            let reclaimed = {
+                let mut conn = db::conn(pool).await?;
+                db::jobs::reclaim_many(&mut conn, &pairs, max).await?
+            };
+            for (id, dead) in reclaimed {
+                if dead {
+                    round.buried += 1;
+                    let reason =
+                        format!("gave up after {max} attempts; the last ended without an outcome");
+                    queue.dead_letter(None, id, &reason).await?;
+                    tracing::warn!(job_id = %id, "lifeless last attempt: photo dead");
+                } else {
+                    round.requeued += 1;
+                    let seen = lifeless
+                        .iter()
+                        .find(|(l, _, _)| *l == id)
+                        .and_then(|(_, _, e)| e.clone());
+                    tracing::warn!(job_id = %id, "lifeless attempt reclaimed; job published again");
+                    republish.push((id, seen));
+                }
+            }
+        }
+        round.published = republish.len();
+        publish(pool, queue, &republish).await?;
+        Ok(round)
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    locked: bool,
+}
+
+/// Runs reconciliation rounds until `shutdown`: back to back until a walk over the
+/// unfinished photos is complete, then every `reconciler.interval_secs`.
 pub async fn run_reconciler(
     pool: DbPool,
     queue: Queue,
-    config: ReconcilerConfig,
+    config: std::sync::Arc<Config>,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let interval = Duration::from_secs(config.interval_secs);
+    let interval = Duration::from_secs(config.reconciler.interval_secs);
+    let mut reconciler = Reconciler::default();
     loop {
-        let wait = match reconcile_once(&pool, &queue, &config).await {
-            Ok(n) if n as i64 >= config.batch_size => Duration::ZERO,
-            Ok(n) => {
-                if n > 0 {
-                    tracing::info!(published = n, "reconciler re-published jobs");
+        let wait = match reconciler.round(&pool, &queue, &config).await {
+            Ok(r) => {
+                if r.published > 0 || r.buried > 0 {
+                    tracing::info!(
+                        checked = r.checked,
+                        published = r.published,
+                        requeued = r.requeued,
+                        buried = r.buried,
+                        "reconciler published jobs whose entries were gone"
+                    );
                 }
-                interval
+                metrics
+                    .reconciled
+                    .with_label_values(&["published"])
+                    .inc_by(r.published as u64);
+                metrics
+                    .reconciled
+                    .with_label_values(&["buried"])
+                    .inc_by(r.buried as u64);
+                if r.ran && reconciler.mid_walk() {
+                    Duration::ZERO
+                } else {
+                    interval
+                }
             }
             Err(e) => {
-                tracing::debug!(error = %e, "reconciler round failed");
+                tracing::warn!(error = %e, "reconciler round failed; trying again next round");
+                metrics
+                    .background_failures
+                    .with_label_values(&["reconciler"])
+                    .inc();
                 interval
             }
         };
@@ -115,9 +281,9 @@ pub async fn redrive(
 ) -> Result<Vec<Uuid>, DispatchError> {
     let ids = {
         let mut conn = db::conn(pool).await?;
-        db::photos::requeue(&mut conn, filter).await?
+        db::jobs::redrive(&mut conn, filter).await?
     };
-    if let Err(e) = publish(pool, queue, &ids).await {
+    if let Err(e) = publish_new(pool, queue, &ids).await {
         tracing::warn!(error = %e, count = ids.len(), "redriven jobs left to the reconciler");
     }
     Ok(ids)

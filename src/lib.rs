@@ -2,7 +2,7 @@
 //!
 //! Data flow, one module per step: `api` (HTTP) → `db` (PostgreSQL, the source of truth)
 //! → `queue` (Redis Streams) → `worker` → `pipeline` (pure image work) → `storage`.
-//! `app` wires them together for the `serve`, `work` and `all` roles.
+//! `state` is the job state machine every step obeys. `app` wires them together for the `serve`, `work` and `all` roles.
 
 pub mod api;
 pub mod app;
@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod queue;
 pub mod render;
+pub mod state;
 pub mod storage;
 pub mod telemetry;
 pub mod worker;

@@ -8,6 +8,9 @@ pub const PHOTOS_UPLOADED: &str = "photoq_photos_uploaded_total";
 pub const JOBS: &str = "photoq_jobs_total";
 pub const JOB_SECONDS: &str = "photoq_job_duration_seconds";
 pub const COMMIT_GROUP_JOBS: &str = "photoq_commit_group_jobs";
+pub const STALE_DELIVERIES: &str = "photoq_stale_deliveries_total";
+pub const RECONCILED: &str = "photoq_reconciled_jobs_total";
+pub const BACKGROUND_FAILURES: &str = "photoq_background_failures_total";
 
 /// Buckets for job durations, seconds.
 const JOB_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -19,12 +22,23 @@ pub struct Metrics {
     registry: Registry,
     /// Photos accepted by `POST /v1/photos`.
     pub photos_uploaded: IntCounter,
-    /// Jobs ended, by outcome: completed, failed, skipped, retry.
+    /// Jobs ended, by outcome: completed, failed, retry, dead, handed_back, stale (the
+    /// delivery or the attempt was superseded; nothing recorded), pending (the outcome
+    /// could not be recorded; the entry is delivered again), panicked, abandoned (the task
+    /// ended without an outcome, e.g. the runtime stopped).
     pub jobs: IntCounterVec,
     /// Wall time of a job, from read to ack.
     pub job_seconds: Histogram,
     /// Jobs recorded together by each group commit of a worker.
     pub commit_group_jobs: Histogram,
+    /// Deliveries and attempts that changed nothing, by stage: start (duplicate entry,
+    /// photo final or running elsewhere), finish (the attempt was taken over).
+    pub stale_deliveries: IntCounterVec,
+    /// Jobs the reconciler acted on: published (their entry was gone), buried (a lifeless
+    /// last attempt).
+    pub reconciled: IntCounterVec,
+    /// Failed rounds of background tasks: reconciler, promoter, pruner.
+    pub background_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -40,16 +54,37 @@ impl Metrics {
             HistogramOpts::new(COMMIT_GROUP_JOBS, "Jobs recorded by one group commit")
                 .buckets(GROUP_BUCKETS.to_vec()),
         )?;
+        let stale_deliveries = IntCounterVec::new(
+            Opts::new(
+                STALE_DELIVERIES,
+                "Deliveries or attempts that changed nothing, by stage",
+            ),
+            &["stage"],
+        )?;
+        let reconciled = IntCounterVec::new(
+            Opts::new(RECONCILED, "Jobs the reconciler acted on, by action"),
+            &["action"],
+        )?;
+        let background_failures = IntCounterVec::new(
+            Opts::new(BACKGROUND_FAILURES, "Failed rounds of background tasks"),
+            &["task"],
+        )?;
         registry.register(Box::new(photos_uploaded.clone()))?;
         registry.register(Box::new(commit_group_jobs.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
         registry.register(Box::new(job_seconds.clone()))?;
+        registry.register(Box::new(stale_deliveries.clone()))?;
+        registry.register(Box::new(reconciled.clone()))?;
+        registry.register(Box::new(background_failures.clone()))?;
         Ok(Metrics {
             registry,
             photos_uploaded,
             jobs,
             job_seconds,
             commit_group_jobs,
+            stale_deliveries,
+            reconciled,
+            background_failures,
         })
     }
 
@@ -57,5 +92,37 @@ impl Metrics {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// Counts a job's outcome exactly once: set it with [`JobOutcome::set`]; a job dropped
+/// without one is counted when the guard drops: `panicked` while its task unwinds,
+/// `abandoned` when it was cancelled.
+pub struct JobOutcome {
+    metrics: Metrics,
+    outcome: Option<&'static str>,
+}
+
+impl JobOutcome {
+    pub fn new(metrics: &Metrics) -> Self {
+        JobOutcome {
+            metrics: metrics.clone(),
+            outcome: None,
+        }
+    }
+
+    pub fn set(&mut self, outcome: &'static str) {
+        self.outcome = Some(outcome);
+    }
+}
+
+impl Drop for JobOutcome {
+    fn drop(&mut self) {
+        let outcome = self.outcome.unwrap_or(if std::thread::panicking() {
+            "panicked"
+        } else {
+            "abandoned"
+        });
+        self.metrics.jobs.with_label_values(&[outcome]).inc();
     }
 }

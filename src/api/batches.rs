@@ -10,6 +10,15 @@ use super::models::{BatchView, PhotoRef, StateCounts};
 use super::AppState;
 use crate::db;
 
+/// Answers 404 unless `owner` owns the batch.
+pub(super) async fn owned(state: &AppState, owner: Uuid, batch: Uuid) -> Result<(), ApiError> {
+    let mut conn = db::conn(&state.pool).await?;
+    db::batches::get(&mut conn, owner, batch)
+        .await?
+        .map(drop)
+        .ok_or(ApiError::NotFound("batch"))
+}
+
 /// Get a batch
 ///
 /// Per-state counts, the overall state and every photo's state.

@@ -8,7 +8,7 @@ use super::error::ApiError;
 use super::models::{DeadLetterQuery, PhotoPage, PhotoRef, RedriveRequest, RedriveResponse};
 use super::photos::page;
 use super::AppState;
-use crate::db::{models::PhotoState, photos::RedriveFilter};
+use crate::db::{jobs::RedriveFilter, models::PhotoState};
 use crate::dispatch;
 
 /// List dead letters
@@ -36,15 +36,20 @@ pub async fn list_dead_letters(
 
 /// Redrive dead letters
 ///
-/// Puts the caller's dead photos (all, or one batch's; optionally failed ones too) back in
-/// the queue with a fresh attempt budget.
+/// Puts the caller's dead photos back in the queue with a fresh attempt budget: one
+/// batch's with `{"batch": "…"}`, all of them with `{}`; `"include_failed": true` takes
+/// failed photos too. The body is required JSON: a malformed one, an unknown field or
+/// another Content-Type is a 400 and redrives nothing.
 #[api_v2_operation(tags(DeadLetters))]
 pub async fn redrive(
     state: web::Data<AppState>,
     caller: Caller,
-    body: Option<Json<RedriveRequest>>,
+    body: Json<RedriveRequest>,
 ) -> Result<AcceptedJson<RedriveResponse>, ApiError> {
-    let req = body.map(Json::into_inner).unwrap_or_default();
+    let req = body.into_inner();
+    if let Some(batch) = req.batch {
+        super::batches::owned(&state, caller.owner, batch).await?;
+    }
     let filter = RedriveFilter {
         owner: Some(caller.owner),
         batch: req.batch,

@@ -150,7 +150,29 @@ impl From<StorageError> for ApiError {
     }
 }
 
-/// Turns actix's extractor errors (bad path, query or JSON) into our body.
-pub fn extractor_error(err: impl std::fmt::Display) -> actix_web::Error {
-    ApiError::bad_request(err.to_string()).into()
+/// A malformed path: `bad_path`.
+pub fn path_error(err: actix_web::error::PathError) -> actix_web::Error {
+    bad("bad_path", format!("malformed path: {err}"))
+}
+
+/// A malformed query string, or one with a parameter the route does not take: `bad_query`.
+pub fn query_error(err: actix_web::error::QueryPayloadError) -> actix_web::Error {
+    bad("bad_query", format!("malformed query: {err}"))
+}
+
+/// A JSON body of the wrong Content-Type (`bad_content_type`), or malformed, or with a
+/// field the route does not take (`bad_json`).
+pub fn json_error(err: actix_web::error::JsonPayloadError) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError;
+    match err {
+        JsonPayloadError::ContentType => bad(
+            "bad_content_type",
+            "the body must be JSON, sent with Content-Type: application/json".into(),
+        ),
+        other => bad("bad_json", format!("malformed JSON body: {other}")),
+    }
+}
+
+fn bad(code: &'static str, message: String) -> actix_web::Error {
+    ApiError::BadRequest { code, message }.into()
 }

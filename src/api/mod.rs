@@ -23,7 +23,7 @@ use crate::db::DbPool;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::storage::Storage;
-use error::{extractor_error, ApiError};
+use error::{json_error, path_error, query_error, ApiError};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -35,6 +35,8 @@ pub struct AppState {
     pub metrics: Metrics,
 }
 
+/// Largest JSON body accepted (the JSON routes take a few small fields).
+const JSON_BODY_LIMIT: usize = 64 * 1024;
 /// One line per request: request line, status, response bytes, milliseconds.
 const ACCESS_LOG_FORMAT: &str = "%r %s %b %Dms";
 /// Where the OpenAPI document and Swagger UI are served.
@@ -95,9 +97,13 @@ pub fn app(
         .wrap(actix_web::middleware::Logger::new(ACCESS_LOG_FORMAT))
         .wrap_api_with_spec(spec())
         .app_data(actix_web::web::Data::new(state))
-        .app_data(actix_web::web::PathConfig::default().error_handler(|e, _| extractor_error(e)))
-        .app_data(actix_web::web::QueryConfig::default().error_handler(|e, _| extractor_error(e)))
-        .app_data(actix_web::web::JsonConfig::default().error_handler(|e, _| extractor_error(e)))
+        .app_data(actix_web::web::PathConfig::default().error_handler(|e, _| path_error(e)))
+        .app_data(actix_web::web::QueryConfig::default().error_handler(|e, _| query_error(e)))
+        .app_data(
+            actix_web::web::JsonConfig::default()
+                .limit(JSON_BODY_LIMIT)
+                .error_handler(|e, _| json_error(e)),
+        )
         .service(
             web::scope("/v1")
                 .service(

@@ -229,6 +229,7 @@ impl StateCounts {
 }
 
 #[derive(Debug, Deserialize, Apiv2Schema)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only photos of this batch.
     pub batch: Option<Uuid>,
@@ -241,6 +242,7 @@ pub struct ListQuery {
 }
 
 #[derive(Debug, Deserialize, Apiv2Schema)]
+#[serde(deny_unknown_fields)]
 pub struct DeadLetterQuery {
     /// Only photos of this batch.
     pub batch: Option<Uuid>,
@@ -250,7 +252,7 @@ pub struct DeadLetterQuery {
     pub limit: Option<i64>,
 }
 
-/// Which dead letters to put back in the queue; no field means all of the caller's.
+/// Which dead letters to put back in the queue; `{}` means all of the caller's.
 #[derive(Debug, Default, Deserialize, Apiv2Schema)]
 #[serde(deny_unknown_fields)]
 pub struct RedriveRequest {

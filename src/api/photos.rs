@@ -9,7 +9,7 @@ use super::binary::ImageBytes;
 use super::error::ApiError;
 use super::models::{ListQuery, PhotoPage, PhotoRef, PhotoView};
 use super::AppState;
-use crate::db::{self, models::PhotoState, photos::ListFilter, photos::RedriveFilter};
+use crate::db::{self, jobs::RedriveFilter, models::PhotoState, photos::ListFilter};
 use crate::dispatch;
 
 /// Page size when `limit` is not given, and the largest allowed.
@@ -85,6 +85,9 @@ pub(super) async fn page(
         return Err(ApiError::bad_request(format!(
             "limit must be 1..={MAX_PAGE}"
         )));
+    }
+    if let Some(batch) = batch {
+        super::batches::owned(state, owner, batch).await?;
     }
     let after = cursor
         .as_deref()

@@ -214,7 +214,7 @@ pub async fn upload(
     }
 
     let ids: Vec<Uuid> = photos.iter().map(|p| p.id).collect();
-    let publish = crate::dispatch::publish(&state.pool, &state.queue, &ids);
+    let publish = crate::dispatch::publish_new(&state.pool, &state.queue, &ids);
     let timeout = Duration::from_secs(state.config.redis.response_timeout_secs);
     match tokio::time::timeout(timeout, publish).await {
         Ok(Ok(())) => {}

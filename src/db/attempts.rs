@@ -1,6 +1,6 @@
 //! The attempt log of each photo.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -10,38 +10,44 @@ use super::models::{Attempt, AttemptOutcome};
 use super::schema::photo_attempts;
 use super::DbError;
 
-/// Closes attempts left `running` by workers that died, then opens the given attempts
-/// (photo, attempt number), all by `worker`. Returns each photo's new attempt id.
+/// Closes the attempts of these photos still `running`: their workers stopped (the photo
+/// was taken over or reclaimed).
+pub async fn interrupt_running(
+    conn: &mut AsyncPgConnection,
+    photo_ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    if photo_ids.is_empty() {
+        return Ok(());
+    }
+    diesel::update(photo_attempts::table)
+        .filter(photo_attempts::photo_id.eq_any(photo_ids))
+        .filter(photo_attempts::outcome.eq(AttemptOutcome::Running.as_str()))
+        .set((
+            photo_attempts::outcome.eq(AttemptOutcome::Interrupted.as_str()),
+            photo_attempts::finished_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Opens attempts (photo, attempt id, attempt number), all run by `worker`. The ids were
+/// taken from the table's sequence when the photos were started.
 pub async fn open_many(
     conn: &mut AsyncPgConnection,
-    opening: &[(Uuid, i32)],
+    opening: &[(Uuid, i64, i32)],
     worker: &str,
-) -> Result<Vec<(Uuid, i64)>, DbError> {
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
     if opening.is_empty() {
-        return Ok(Vec::new());
-    }
-    let now = Utc::now();
-    // Only a photo on its second attempt or later can have an attempt left running.
-    let again: Vec<Uuid> = opening
-        .iter()
-        .filter(|(_, n)| *n > 1)
-        .map(|(id, _)| *id)
-        .collect();
-    if !again.is_empty() {
-        diesel::update(photo_attempts::table)
-            .filter(photo_attempts::photo_id.eq_any(&again))
-            .filter(photo_attempts::outcome.eq(AttemptOutcome::Running.as_str()))
-            .set((
-                photo_attempts::outcome.eq(AttemptOutcome::Interrupted.as_str()),
-                photo_attempts::finished_at.eq(now),
-            ))
-            .execute(conn)
-            .await?;
+        return Ok(());
     }
     let rows: Vec<_> = opening
         .iter()
-        .map(|&(photo_id, n)| {
+        .map(|&(photo_id, id, n)| {
             (
+                photo_attempts::id.eq(id),
                 photo_attempts::photo_id.eq(photo_id),
                 photo_attempts::attempt.eq(n),
                 photo_attempts::worker.eq(worker),
@@ -49,16 +55,17 @@ pub async fn open_many(
             )
         })
         .collect();
-    Ok(diesel::insert_into(photo_attempts::table)
+    diesel::insert_into(photo_attempts::table)
         .values(&rows)
-        .returning((photo_attempts::photo_id, photo_attempts::id))
-        .get_results(conn)
-        .await?)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// An attempt in progress, as the worker knows it.
 #[derive(Debug, Clone, Copy)]
 pub struct AttemptRef {
+    /// The `photo_attempts` row, also held in `photos.attempt_id` while it runs.
     pub id: i64,
     pub started: std::time::Instant,
 }

@@ -4,6 +4,7 @@
 pub mod attempts;
 pub mod batches;
 pub mod idempotency;
+pub mod jobs;
 pub mod keys;
 pub mod models;
 pub mod photos;
@@ -24,14 +25,6 @@ use crate::config::DatabaseConfig;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
-/// Messages of PostgreSQL errors that pass: a shut-down or restarting server, a cancelled
-/// statement.
-const TRANSIENT_MESSAGES: &[&str] = &[
-    "terminating connection",
-    "the database system is",
-    "canceling statement due to statement timeout",
-];
-
 pub type DbPool = Pool<AsyncPgConnection>;
 pub type DbConn = Object<AsyncPgConnection>;
 
@@ -50,34 +43,33 @@ pub enum DbError {
 }
 
 impl DbError {
-    /// True when retrying later may succeed (the database, not the request, is at fault).
+    /// True when retrying later may succeed (the database, not the request, is at fault):
+    /// PostgreSQL unreachable, the connection lost, the server shutting down or starting,
+    /// a statement cancelled by its timeout, or a transaction to be rerun. Decided by
+    /// SQLSTATE (see vendor/diesel-async/PATCH.md), never by message text.
     pub fn is_transient(&self) -> bool {
         match self {
             DbError::Unavailable(_) => true,
-            DbError::Query(DieselError::DatabaseError(kind, info)) => match kind {
+            DbError::Query(DieselError::DatabaseError(kind, _)) => matches!(
+                kind,
                 DatabaseErrorKind::ClosedConnection
-                | DatabaseErrorKind::SerializationFailure
-                | DatabaseErrorKind::UnableToSendCommand => true,
-                // Server going down or starting up, or a statement timeout.
-                DatabaseErrorKind::Unknown => TRANSIENT_MESSAGES
-                    .iter()
-                    .any(|m| info.message().contains(m)),
-                _ => false,
-            },
+                    | DatabaseErrorKind::SerializationFailure
+                    | DatabaseErrorKind::UnableToSendCommand
+            ),
             DbError::Query(DieselError::BrokenTransactionManager) => true,
             _ => false,
         }
     }
-}
 
-impl DbError {
-    /// True when PostgreSQL broke a lock cycle by aborting this transaction; running it
-    /// again is the remedy.
-    pub fn is_deadlock(&self) -> bool {
+    /// True when PostgreSQL aborted the transaction to be run again: a deadlock or a
+    /// serialization failure (SQLSTATE class 40).
+    pub fn is_conflict(&self) -> bool {
         matches!(
             self,
-            DbError::Query(DieselError::DatabaseError(DatabaseErrorKind::Unknown, info))
-                if info.message().contains("deadlock detected")
+            DbError::Query(DieselError::DatabaseError(
+                DatabaseErrorKind::SerializationFailure,
+                _
+            ))
         )
     }
 
@@ -164,9 +156,11 @@ pub async fn create_database_if_missing(url: &str) -> Result<(), DbError> {
             tracing::info!(database = %name, "created database");
             Ok(())
         }
-        // Another process created it first.
+        // Another process created it first (42P04 duplicate_database is not mapped to a
+        // kind; the database is there if we can now connect to it).
         Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Ok(()),
-        Err(DieselError::DatabaseError(_, info)) if info.message().contains("already exists") => {
+        Err(e) if AsyncPgConnection::establish(url).await.is_ok() => {
+            tracing::debug!(error = %e, "database created concurrently");
             Ok(())
         }
         Err(e) => Err(DbError::Setup(format!("create database {name}: {e}"))),

@@ -6,48 +6,7 @@ use uuid::Uuid;
 
 use super::schema::{api_keys, batches, photo_attempts, photos, variants};
 
-/// Where a photo is in its life. Stored as text (see the `photos_state_check` constraint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PhotoState {
-    Queued,
-    Processing,
-    Completed,
-    Failed,
-    Dead,
-}
-
-impl PhotoState {
-    pub const ALL: [PhotoState; 5] = [
-        PhotoState::Queued,
-        PhotoState::Processing,
-        PhotoState::Completed,
-        PhotoState::Failed,
-        PhotoState::Dead,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PhotoState::Queued => "queued",
-            PhotoState::Processing => "processing",
-            PhotoState::Completed => "completed",
-            PhotoState::Failed => "failed",
-            PhotoState::Dead => "dead",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    /// Completed, failed and dead photos are not worked on again (until redriven).
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            PhotoState::Completed | PhotoState::Failed | PhotoState::Dead
-        )
-    }
-}
+pub use crate::state::{AttemptOutcome, PhotoState};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = api_keys, check_for_backend(diesel::pg::Pg))]
@@ -68,7 +27,7 @@ pub struct Batch {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Identifiable)]
 #[diesel(table_name = photos, check_for_backend(diesel::pg::Pg))]
 pub struct Photo {
     pub id: Uuid,
@@ -89,8 +48,10 @@ pub struct Photo {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
-    pub published_epoch: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
+    pub entry_id: Option<String>,
+    pub published_at: Option<DateTime<Utc>>,
+    pub attempt_id: Option<i64>,
 }
 
 impl Photo {
@@ -111,36 +72,6 @@ pub struct NewPhoto {
     pub bytes: i64,
     pub sha256: String,
     pub original_key: String,
-}
-
-/// How an attempt ended; stored as text (see `photo_attempts_outcome_check`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    Running,
-    Completed,
-    Failed,
-    /// A transient error; another attempt is scheduled.
-    Retry,
-    /// The last attempt allowed; the photo is dead.
-    Dead,
-    /// The worker died or lost the job mid-way; noticed at the next attempt.
-    Interrupted,
-    /// The worker stopped (shutdown, database outage) and handed the job back unfinished.
-    HandedBack,
-}
-
-impl AttemptOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptOutcome::Running => "running",
-            AttemptOutcome::Completed => "completed",
-            AttemptOutcome::Failed => "failed",
-            AttemptOutcome::Retry => "retry",
-            AttemptOutcome::Dead => "dead",
-            AttemptOutcome::Interrupted => "interrupted",
-            AttemptOutcome::HandedBack => "handed_back",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

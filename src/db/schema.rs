@@ -39,8 +39,10 @@ diesel::table! {
         updated_at -> Timestamptz,
         started_at -> Nullable<Timestamptz>,
         completed_at -> Nullable<Timestamptz>,
-        published_epoch -> Nullable<Text>,
         next_attempt_at -> Nullable<Timestamptz>,
+        entry_id -> Nullable<Text>,
+        published_at -> Nullable<Timestamptz>,
+        attempt_id -> Nullable<Int8>,
     }
 }
 

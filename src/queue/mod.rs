@@ -1,10 +1,14 @@
 //! The Redis Streams transport: stream and group names, enqueue, consume, ack, the delayed
 //! set of scheduled retries, take-over of abandoned entries, hand-back and dead letters.
 //!
-//! Redis is a fast, losable transport; PostgreSQL holds the truth (see `db`). Redis keeps an
-//! *epoch*, a random id written with the first job; when Redis comes back without its data
-//! the epoch is gone, a new one is written, and the reconciler re-publishes every unfinished
-//! job whose recorded epoch differs.
+//! Redis is a fast, losable transport; PostgreSQL holds the truth (see `db` and `state`).
+//! Each photo row records the entry its job was published as; the reconciler (`dispatch`)
+//! asks Redis about those entries one by one and publishes again any job whose entry is
+//! gone, whatever the reason (a flushed or failed-over Redis, a deleted or trimmed stream).
+//! Acknowledged entries are deleted, so the stream holds only work not yet done.
+//!
+//! Every key of a prefix carries the same hash tag (`{prefix}:jobs`, ...), so the scripts,
+//! which touch several keys at once, also run on a Redis Cluster.
 
 mod scripts;
 
@@ -12,9 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
-};
+use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Value};
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -25,8 +27,9 @@ use crate::config::RedisConfig;
 pub const GROUP: &str = "workers";
 /// The one field of a job entry.
 const FIELD_PHOTO_ID: &str = "photo_id";
-/// Dead-letter entries kept (approximately) for operators.
-const DEAD_STREAM_MAXLEN: usize = 100_000;
+/// Dead-letter entries kept (approximately) for operators; older ones are trimmed. The
+/// dead photos themselves stay in PostgreSQL until redriven.
+const DEAD_STREAM_MAXLEN: usize = 10_000;
 /// Attempts to connect before a command gives up (each with the connection timeout).
 const CONNECT_RETRIES: usize = 1;
 
@@ -36,7 +39,8 @@ pub enum QueueError {
     Redis(#[from] redis::RedisError),
 }
 
-/// Names of every key photoq keeps in Redis, all under the configured prefix.
+/// Names of every key photoq keeps in Redis, all under the configured prefix, which is
+/// their hash tag: one prefix lives in one Redis Cluster slot.
 #[derive(Debug, Clone)]
 pub struct Keys {
     /// The job stream (consumer group [`GROUP`]).
@@ -45,17 +49,14 @@ pub struct Keys {
     pub delayed: String,
     /// Dead-letter stream, for operators.
     pub dead: String,
-    /// The epoch of this Redis's data (see the module docs).
-    pub epoch: String,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
         Keys {
-            jobs: format!("{prefix}:jobs"),
-            delayed: format!("{prefix}:delayed"),
-            dead: format!("{prefix}:dead"),
-            epoch: format!("{prefix}:epoch"),
+            jobs: format!("{{{prefix}}}:jobs"),
+            delayed: format!("{{{prefix}}}:delayed"),
+            dead: format!("{{{prefix}}}:dead"),
         }
     }
 }
@@ -71,6 +72,8 @@ pub struct Job {
 pub struct Delivery {
     pub entry_id: String,
     pub job: Result<Job, String>,
+    /// How many times Redis has delivered this entry, this time included.
+    pub deliveries: u32,
 }
 
 impl Delivery {
@@ -78,8 +81,22 @@ impl Delivery {
         Delivery {
             job: parse_job(entry.map.get(FIELD_PHOTO_ID)),
             entry_id: entry.id,
+            deliveries: 1,
         }
     }
+}
+
+/// Where a published entry stands, as far as Redis knows (see [`Queue::entry_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryStatus {
+    /// Not in the stream (acknowledged, trimmed, or lost with Redis's data).
+    Gone,
+    /// In the stream, not delivered yet.
+    Waiting,
+    /// In the stream, delivered, but pending with no consumer.
+    Orphaned,
+    /// Delivered and pending with a consumer.
+    Pending,
 }
 
 /// A Redis connection made on first use, so photoq starts (and accepts uploads) while Redis
@@ -151,23 +168,13 @@ impl Queue {
         }
     }
 
-    /// The current epoch, written first if Redis has none.
-    pub async fn epoch(&self) -> Result<String, QueueError> {
+    /// Puts jobs on the stream in one round trip; returns each one's entry id, in order.
+    pub async fn enqueue(&self, photo_ids: &[Uuid]) -> Result<Vec<String>, QueueError> {
+        if photo_ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self.conn.get().await?;
-        Ok(scripts::EPOCH
-            .key(&self.keys.epoch)
-            .arg(Uuid::new_v4().to_string())
-            .invoke_async(&mut conn)
-            .await?)
-    }
-
-    /// Puts jobs on the stream in one round trip; returns the epoch they were published in.
-    pub async fn enqueue(&self, photo_ids: &[Uuid]) -> Result<String, QueueError> {
-        let mut conn = self.conn.get().await?;
-        let mut invocation = scripts::ENQUEUE.key(&self.keys.epoch);
-        invocation
-            .key(&self.keys.jobs)
-            .arg(Uuid::new_v4().to_string());
+        let mut invocation = scripts::ENQUEUE.key(&self.keys.jobs);
         for id in photo_ids {
             invocation.arg(id.to_string());
         }
@@ -199,35 +206,39 @@ impl Queue {
         self.ack_many(&[entry_id]).await
     }
 
-    /// Acknowledges several entries with one command.
+    /// Acknowledges and deletes several entries in one round trip.
     pub async fn ack_many(&self, entry_ids: &[impl AsRef<str>]) -> Result<(), QueueError> {
         if entry_ids.is_empty() {
             return Ok(());
         }
-        let ids: Vec<&str> = entry_ids.iter().map(AsRef::as_ref).collect();
         let mut conn = self.conn.get().await?;
-        let _: i64 = conn.xack(&self.keys.jobs, GROUP, &ids).await?;
+        let mut invocation = scripts::ACK.key(&self.keys.jobs);
+        invocation.arg(GROUP);
+        for id in entry_ids {
+            invocation.arg(id.as_ref());
+        }
+        let _: i64 = invocation.invoke_async(&mut conn).await?;
         Ok(())
     }
 
     /// Puts the job back at the end of the stream and acknowledges the old entry, atomically:
-    /// it is delivered again at once, to whichever worker reads next.
-    pub async fn hand_back(&self, entry_id: &str, photo_id: Uuid) -> Result<(), QueueError> {
+    /// it is delivered again at once, to whichever worker reads next. Returns the new entry.
+    pub async fn hand_back(&self, entry_id: &str, photo_id: Uuid) -> Result<String, QueueError> {
         let mut conn = self.conn.get().await?;
-        let _: Value = scripts::HAND_BACK
+        Ok(scripts::HAND_BACK
             .key(&self.keys.jobs)
             .arg(GROUP)
             .arg(entry_id)
             .arg(photo_id.to_string())
             .invoke_async(&mut conn)
-            .await?;
-        Ok(())
+            .await?)
     }
 
-    /// Records a dead letter for operators and acknowledges the entry, atomically.
+    /// Records a dead letter for operators and, if the job came from an entry, acknowledges
+    /// it, atomically.
     pub async fn dead_letter(
         &self,
-        entry_id: &str,
+        entry_id: Option<&str>,
         photo_id: Uuid,
         reason: &str,
     ) -> Result<(), QueueError> {
@@ -236,13 +247,54 @@ impl Queue {
             .key(&self.keys.jobs)
             .key(&self.keys.dead)
             .arg(GROUP)
-            .arg(entry_id)
+            .arg(entry_id.unwrap_or(""))
             .arg(photo_id.to_string())
             .arg(reason)
             .arg(DEAD_STREAM_MAXLEN)
             .invoke_async(&mut conn)
             .await?;
         Ok(())
+    }
+
+    /// Where each of these entries stands (one answer per entry, in order).
+    pub async fn entry_status(&self, entry_ids: &[&str]) -> Result<Vec<EntryStatus>, QueueError> {
+        if entry_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.get().await?;
+        let mut invocation = scripts::ENTRY_STATUS.key(&self.keys.jobs);
+        invocation.arg(GROUP);
+        for id in entry_ids {
+            invocation.arg(*id);
+        }
+        let codes: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+        Ok(codes
+            .into_iter()
+            .map(|c| match c {
+                3 => EntryStatus::Pending,
+                2 => EntryStatus::Orphaned,
+                1 => EntryStatus::Waiting,
+                _ => EntryStatus::Gone,
+            })
+            .collect())
+    }
+
+    /// Removes consumers that hold no entries and have been idle for `idle` (their workers
+    /// are gone); returns how many.
+    pub async fn prune_consumers(&self, idle: Duration) -> Result<u64, QueueError> {
+        let mut conn = self.conn.get().await?;
+        Ok(scripts::PRUNE_CONSUMERS
+            .key(&self.keys.jobs)
+            .arg(GROUP)
+            .arg(idle.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    /// Entries in the job stream (waiting or in flight).
+    pub async fn stream_len(&self) -> Result<u64, QueueError> {
+        let mut conn = self.conn.get().await?;
+        Ok(conn.xlen(&self.keys.jobs).await?)
     }
 
     pub async fn ping(&self) -> Result<(), QueueError> {
@@ -325,49 +377,70 @@ impl Consumer {
     }
 
     /// Takes over up to `count` entries that other consumers left unacknowledged for longer
-    /// than `min_idle` (their worker is presumed dead).
+    /// than `min_idle` (their worker is presumed dead), with their delivery counts.
     pub async fn take_over(
         &self,
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<Delivery>, QueueError> {
         let mut conn = self.queue.conn.get().await?;
-        let reply: Result<StreamAutoClaimReply, _> = conn
-            .xautoclaim_options(
-                &self.queue.keys.jobs,
-                GROUP,
-                &self.name,
-                min_idle.as_millis() as u64,
-                "0-0",
-                StreamAutoClaimOptions::default().count(count),
-            )
+        let reply: Result<Vec<(String, String, u32)>, _> = scripts::TAKE_OVER
+            .key(&self.queue.keys.jobs)
+            .arg(GROUP)
+            .arg(&self.name)
+            .arg(min_idle.as_millis() as u64)
+            .arg(count)
+            .invoke_async(&mut conn)
             .await;
         let reply = match reply {
-            Err(e) if e.code() == Some("NOGROUP") => return Ok(Vec::new()),
+            Err(e) if e.code() == Some("NOGROUP") || is_nogroup(&e) => return Ok(Vec::new()),
             other => other?,
         };
         Ok(reply
-            .claimed
             .into_iter()
-            .map(Delivery::from_entry)
+            .map(|(entry_id, photo, deliveries)| Delivery {
+                job: parse_job(Some(&Value::BulkString(photo.into_bytes()))),
+                entry_id,
+                deliveries,
+            })
             .collect())
     }
 
-    /// Renews this consumer's claim on an entry it is still working on, so it is not taken
-    /// over; does not count as a delivery.
-    pub async fn heartbeat(&self, entry_id: &str) -> Result<(), QueueError> {
+    /// Acknowledges and deletes those of `entry_ids` this consumer still holds; entries
+    /// another consumer has taken over are left to it.
+    pub async fn release(&self, entry_ids: &[impl AsRef<str>]) -> Result<(), QueueError> {
+        if entry_ids.is_empty() {
+            return Ok(());
+        }
         let mut conn = self.queue.conn.get().await?;
-        let _: Value = redis::cmd("XCLAIM")
-            .arg(&self.queue.keys.jobs)
-            .arg(GROUP)
-            .arg(&self.name)
-            .arg(0)
-            .arg(entry_id)
-            .arg("JUSTID")
-            .query_async(&mut conn)
-            .await?;
+        let mut invocation = scripts::RELEASE.key(&self.queue.keys.jobs);
+        invocation.arg(GROUP).arg(&self.name);
+        for id in entry_ids {
+            invocation.arg(id.as_ref());
+        }
+        let _: i64 = invocation.invoke_async(&mut conn).await?;
         Ok(())
     }
+
+    /// Renews this consumer's claim on an entry it is still working on, so it is not taken
+    /// over; does not count as a delivery. False when another consumer has taken the entry
+    /// over meanwhile: this worker's attempt is stale.
+    pub async fn heartbeat(&self, entry_id: &str) -> Result<bool, QueueError> {
+        let mut conn = self.queue.conn.get().await?;
+        let renewed: i64 = scripts::HEARTBEAT
+            .key(&self.queue.keys.jobs)
+            .arg(GROUP)
+            .arg(&self.name)
+            .arg(entry_id)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(renewed == 1)
+    }
+}
+
+/// Errors raised inside a script carry the command's error text, not its code.
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.to_string().contains("NOGROUP")
 }
 
 fn parse_job(value: Option<&Value>) -> Result<Job, String> {

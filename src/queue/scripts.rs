@@ -1,32 +1,38 @@
 //! Lua scripts: each runs atomically in Redis, so several processes can share the keys.
+//! Every script touches only keys of one prefix, which share one hash tag (see `Keys`), so
+//! they run unchanged on a Redis Cluster.
+//!
+//! Acknowledging an entry also deletes it (XACK + XDEL): the stream holds only jobs not yet
+//! done, and its length stays near the work in flight however many jobs have passed.
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Reads the epoch from KEYS[1], writing ARGV[1] there first if there is none.
-const EPOCH_PRELUDE: &str = r"
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  redis.call('SET', KEYS[1], ARGV[1])
-  epoch = ARGV[1]
-end
-";
-
-/// KEYS: epoch. ARGV: a fresh id. Returns the epoch, writing the fresh id if there is none.
-pub static EPOCH: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{EPOCH_PRELUDE}return epoch")));
-
-/// KEYS: epoch, jobs. ARGV: a fresh id, then photo ids. Adds one entry per photo and returns
-/// the epoch they were published in.
+/// KEYS: jobs. ARGV: photo ids. Adds one entry per photo; returns the entry ids in order.
 pub static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r"{EPOCH_PRELUDE}
-for i = 2, #ARGV do
-  redis.call('XADD', KEYS[2], '*', 'photo_id', ARGV[i])
+    Script::new(
+        r"
+local ids = {}
+for i = 1, #ARGV do
+  ids[i] = redis.call('XADD', KEYS[1], '*', 'photo_id', ARGV[i])
 end
-return epoch"
-    ))
+return ids
+",
+    )
+});
+
+/// KEYS: jobs. ARGV: group, entry ids. Acknowledges and deletes the entries.
+pub static ACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local ids = {}
+for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+if #ids == 0 then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+return redis.call('XDEL', KEYS[1], unpack(ids))
+",
+    )
 });
 
 /// KEYS: delayed, jobs. ARGV: now (ms), limit. Moves due retries onto the stream.
@@ -43,22 +49,156 @@ return #due
     )
 });
 
-/// KEYS: jobs. ARGV: group, entry id, photo id. Re-adds the job and acknowledges the entry.
+/// KEYS: jobs. ARGV: group, entry id, photo id. Re-adds the job, acknowledges and deletes
+/// the old entry; returns the new entry's id.
 pub static HAND_BACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-redis.call('XADD', KEYS[1], '*', 'photo_id', ARGV[3])
-return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+local id = redis.call('XADD', KEYS[1], '*', 'photo_id', ARGV[3])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return id
 ",
     )
 });
 
-/// KEYS: jobs, dead. ARGV: group, entry id, photo id, reason, max length of the dead stream.
+/// KEYS: jobs, dead. ARGV: group, entry id ('' for none), photo id, reason, max length of
+/// the dead stream. Records a dead letter, and acknowledges and deletes the entry.
 pub static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'photo_id', ARGV[3], 'reason', ARGV[4])
-return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[2] ~= '' then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+end
+return 1
+",
+    )
+});
+
+/// KEYS: jobs. ARGV: group, consumer, min idle (ms), count. Takes over entries idle that
+/// long (XAUTOCLAIM, which also drops entries deleted from the stream from the pending
+/// list) and returns {entry id, photo id or '', deliveries} for each.
+pub static TAKE_OVER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local reply = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[4])
+local out = {}
+for _, entry in ipairs(reply[2]) do
+  local id, fields, photo = entry[1], entry[2], ''
+  if fields then
+    for i = 1, #fields, 2 do
+      if fields[i] == 'photo_id' then photo = fields[i + 1] end
+    end
+  end
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  local n = 1
+  if p[1] then n = p[1][4] end
+  out[#out + 1] = {id, photo, n}
+end
+return out
+",
+    )
+});
+
+/// KEYS: jobs. ARGV: group, consumer, entry id. Renews the consumer's claim on the entry if
+/// it still holds it; returns 1, or 0 when another consumer has taken it over (or it is
+/// no longer pending).
+pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if not p[1] or p[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+",
+    )
+});
+
+/// KEYS: jobs. ARGV: group, idle (ms). Removes consumers that hold no entries and have
+/// been idle that long (workers that are gone); returns how many.
+pub static PRUNE_CONSUMERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+local removed = 0
+for _, c in ipairs(consumers) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if tonumber(info['pending']) == 0 and tonumber(info['idle']) >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed = removed + 1
+  end
+end
+return removed
+",
+    )
+});
+
+/// KEYS: jobs. ARGV: group, entry ids. For each entry: 3 when it is pending with a
+/// consumer, 1 when it waits in the stream to be delivered, 2 when it is in the stream,
+/// was delivered and is pending with nobody, 0 when it is gone. One XPENDING and at most
+/// one XRANGE per entry: never a scan.
+pub static ENTRY_STATUS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local last = nil
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if ok then
+  for _, g in ipairs(groups) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if info['name'] == ARGV[1] then last = info['last-delivered-id'] end
+  end
+end
+local function seq(id)
+  local ms, n = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(n)
+end
+local out = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local status = 0
+  local pending = false
+  if last then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+    pending = p[1] ~= nil
+  end
+  if pending then
+    status = 3
+  elseif #redis.call('XRANGE', KEYS[1], id, id) > 0 then
+    status = 1
+    if last then
+      local a1, a2 = seq(id)
+      local b1, b2 = seq(last)
+      if a1 < b1 or (a1 == b1 and a2 <= b2) then status = 2 end
+    end
+  end
+  out[#out + 1] = status
+end
+return out
+",
+    )
+});
+
+/// KEYS: jobs. ARGV: group, consumer, entry ids. Acknowledges and deletes those of the
+/// entries this consumer still holds (a stale attempt must not acknowledge an entry that
+/// another consumer has taken over). Returns how many.
+pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local released = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    released = released + 1
+  end
+end
+return released
 ",
     )
 });

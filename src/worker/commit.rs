@@ -5,9 +5,11 @@
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::db::{self, attempts::AttemptRef, photos::Completion, DbPool};
+use std::sync::Arc;
+
+use crate::db::{self, attempts::AttemptRef, jobs::Completion, DbPool};
 use crate::metrics::Metrics;
-use crate::queue::Queue;
+use crate::queue::{Consumer, Queue};
 
 /// A job whose results are stored and wait to be recorded.
 pub struct Finished {
@@ -26,7 +28,16 @@ pub enum CommitError {
     Failed(String),
 }
 
-type Request = (Finished, oneshot::Sender<Result<(), CommitError>>);
+/// What became of a finished job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Its results are recorded and its entry acknowledged.
+    Recorded,
+    /// Its attempt had been taken over or reclaimed: nothing recorded.
+    Stale,
+}
+
+type Request = (Finished, oneshot::Sender<Result<Committed, CommitError>>);
 
 /// The handle jobs send their results through; cheap to clone.
 #[derive(Clone)]
@@ -36,15 +47,26 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the committing task. It ends when every handle is dropped.
-    pub fn spawn(pool: DbPool, queue: Queue, metrics: Metrics, max_group: usize) -> Self {
+    pub fn spawn(
+        pool: DbPool,
+        queue: Queue,
+        consumer: Arc<Consumer>,
+        metrics: Metrics,
+        max_group: usize,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(max_group.max(1));
-        tokio::spawn(run(pool, queue, metrics, rx, max_group.max(1)));
+        let sink = Sink {
+            pool,
+            queue,
+            consumer,
+        };
+        tokio::spawn(run(sink, metrics, rx, max_group.max(1)));
         Committer { tx }
     }
 
-    /// Records a finished job (photo `completed`, variants, attempt closed) and acknowledges
-    /// its entry; returns once the commit is durable.
-    pub async fn commit(&self, finished: Finished) -> Result<(), CommitError> {
+    /// Records a finished job (photo `completed`, variants, attempt closed) if its attempt
+    /// still holds the photo, and acknowledges its entry; returns once the commit is durable.
+    pub async fn commit(&self, finished: Finished) -> Result<Committed, CommitError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send((finished, reply))
@@ -56,27 +78,43 @@ impl Committer {
     }
 }
 
-async fn run(
+/// Where the committer records and acknowledges.
+struct Sink {
     pool: DbPool,
     queue: Queue,
-    metrics: Metrics,
-    mut rx: mpsc::Receiver<Request>,
-    max_group: usize,
-) {
+    consumer: Arc<Consumer>,
+}
+
+async fn run(sink: Sink, metrics: Metrics, mut rx: mpsc::Receiver<Request>, max_group: usize) {
     let mut group = Vec::with_capacity(max_group);
     while rx.recv_many(&mut group, max_group).await > 0 {
         metrics.commit_group_jobs.observe(group.len() as f64);
-        let result = commit_group(&pool, &queue, &group).await;
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, jobs = group.len(), "group commit failed");
-        }
-        for (_, reply) in group.drain(..) {
-            let _ = reply.send(result.clone());
+        match commit_group(&sink, &group).await {
+            Ok(recorded) => {
+                for (finished, reply) in group.drain(..) {
+                    let done = if recorded.contains(&finished.photo_id) {
+                        Committed::Recorded
+                    } else {
+                        Committed::Stale
+                    };
+                    let _ = reply.send(Ok(done));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = group.len(), "group commit failed");
+                for (_, reply) in group.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 }
 
-async fn commit_group(pool: &DbPool, queue: &Queue, group: &[Request]) -> Result<(), CommitError> {
+/// Commits the group; returns the photos recorded (the others' attempts were stale).
+async fn commit_group(
+    sink: &Sink,
+    group: &[Request],
+) -> Result<std::collections::HashSet<Uuid>, CommitError> {
     let db_error = |e: db::DbError| {
         if e.is_transient() {
             CommitError::Unreachable(e.to_string())
@@ -88,16 +126,32 @@ async fn commit_group(pool: &DbPool, queue: &Queue, group: &[Request]) -> Result
         .iter()
         .map(|(f, _)| (f.photo_id, &f.done, f.attempt))
         .collect();
-    let mut conn = db::conn(pool).await.map_err(db_error)?;
-    db::photos::complete_many(&mut conn, &done)
+    let mut conn = db::conn(&sink.pool).await.map_err(db_error)?;
+    let recorded: std::collections::HashSet<Uuid> = db::jobs::complete_many(&mut conn, &done)
         .await
-        .map_err(db_error)?;
+        .map_err(db_error)?
+        .into_iter()
+        .collect();
     drop(conn);
-    let entries: Vec<&str> = group.iter().map(|(f, _)| f.entry.as_str()).collect();
-    if let Err(e) = queue.ack_many(&entries).await {
+    let (acked, stale): (Vec<&Finished>, Vec<&Finished>) = group
+        .iter()
+        .map(|(f, _)| f)
+        .partition(|f| recorded.contains(&f.photo_id));
+    let acked: Vec<&str> = acked.iter().map(|f| f.entry.as_str()).collect();
+    if let Err(e) = sink.queue.ack_many(&acked).await {
         // The results are recorded; the entries are delivered again later and acknowledged
         // then without work (their photos are final).
-        tracing::warn!(error = %e, jobs = entries.len(), "ack after commit failed");
+        tracing::warn!(error = %e, jobs = acked.len(), "ack after commit failed");
     }
-    Ok(())
+    if !stale.is_empty() {
+        tracing::warn!(
+            jobs = stale.len(),
+            "attempts superseded while they ran; results dropped"
+        );
+        let entries: Vec<&str> = stale.iter().map(|f| f.entry.as_str()).collect();
+        if let Err(e) = sink.consumer.release(&entries).await {
+            tracing::warn!(error = %e, "release of stale entries failed");
+        }
+    }
+    Ok(recorded)
 }

@@ -1,13 +1,18 @@
 //! Jobs: a read batch is started together (`start_all`, one transaction), then each job
 //! processes its photo, records the result and acknowledges its entry (`handle`).
 //!
+//! Every record is a guarded transition (`crate::state`, `db::jobs`): a delivery whose
+//! photo is final or already running elsewhere, or an attempt that was taken over while
+//! it ran, records nothing and is counted as stale.
+//!
 //! How an attempt ends:
 //! - completed: results committed together with the other jobs finishing at the same time
 //!   (`commit.rs`), entries acknowledged after the commit;
 //! - failed (the input is at fault): photo `failed`, acknowledged;
 //! - transient error (storage, database, timeout, crash): photo back to `queued` with a retry
 //!   scheduled after a backoff, acknowledged; after the last attempt, `dead` and dead-lettered;
-//! - PostgreSQL unreachable: the job is handed back and the worker pauses;
+//! - PostgreSQL unreachable, or shutdown: the job is handed back (published again at once);
+//! - the claim on the entry lost to another worker: stops at a safe point, records nothing;
 //! - anything that fails while recording the outcome leaves the entry unacknowledged, to be
 //!   taken over after the visibility timeout.
 
@@ -18,11 +23,14 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::commit::{CommitError, Finished};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::commit::{CommitError, Committed, Finished};
 use super::{retry, WorkerContext};
-use crate::db::{
-    self, attempts::AttemptRef, models::Photo, models::Variant, photos::Completion, DbError,
-};
+use crate::db::jobs::{Completion, Delivered, Ending};
+use crate::db::{self, attempts::AttemptRef, models::Photo, models::Variant, DbError};
+use crate::metrics::JobOutcome;
 use crate::pipeline::{self, PipelineError};
 use crate::queue::{Delivery, QueueError};
 use crate::storage::{self, StorageError};
@@ -48,6 +56,9 @@ pub enum JobError {
     /// The worker is shutting down and the grace period is over.
     #[error("interrupted by shutdown")]
     Interrupted,
+    /// Another worker took the entry over (this one stopped renewing its claim in time).
+    #[error("the entry was taken over by another worker")]
+    Superseded,
     #[error(transparent)]
     Commit(#[from] CommitError),
 }
@@ -78,6 +89,8 @@ pub enum Outcome {
     Dead,
     /// Given back unfinished (PostgreSQL unreachable, or shutdown).
     HandedBack,
+    /// Nothing recorded: the attempt was taken over or reclaimed while it ran.
+    Stale,
 }
 
 impl Outcome {
@@ -88,6 +101,7 @@ impl Outcome {
             Outcome::Retry => "retry",
             Outcome::Dead => "dead",
             Outcome::HandedBack => "handed_back",
+            Outcome::Stale => "stale",
         }
     }
 }
@@ -100,19 +114,29 @@ pub struct Started {
 }
 
 /// Starts a read batch: drops malformed entries, records the start of every photo in one
-/// transaction, and acknowledges entries whose photos are already final (duplicates).
-/// Returns the jobs to run. If PostgreSQL is unreachable the entries are handed back and
-/// the worker pauses; on any other error they stay pending, to be taken over later.
+/// transaction (or its death, when its attempt budget is spent), and acknowledges entries
+/// that start nothing (duplicates, photos final or running elsewhere). Returns the jobs
+/// to run. If PostgreSQL is unreachable the entries are handed back and the worker pauses;
+/// on any other error they stay pending, to be taken over later.
 pub async fn start_all(ctx: &WorkerContext, deliveries: Vec<Delivery>) -> Vec<Started> {
     let mut done_with = Vec::new();
     let mut entries = std::collections::HashMap::new();
     for d in deliveries {
         match d.job {
             Ok(job) => {
-                if let Some(twin) = entries.insert(job.photo_id, d.entry_id) {
+                let delivered = Delivered {
+                    photo_id: job.photo_id,
+                    entry: d.entry_id,
+                    deliveries: i32::try_from(d.deliveries).unwrap_or(i32::MAX),
+                };
+                if let Some(twin) = entries.insert(job.photo_id, delivered) {
                     // The same photo twice in one read: one entry is enough (if this worker
                     // dies, the one kept stays pending and is taken over).
-                    done_with.push(twin);
+                    ctx.metrics
+                        .stale_deliveries
+                        .with_label_values(&["start"])
+                        .inc();
+                    done_with.push(twin.entry);
                 }
             }
             Err(reason) => {
@@ -121,41 +145,52 @@ pub async fn start_all(ctx: &WorkerContext, deliveries: Vec<Delivery>) -> Vec<St
             }
         }
     }
-    let ids: Vec<Uuid> = entries.keys().copied().collect();
+    let delivered: Vec<Delivered> = entries.values().cloned().collect();
+    let max = ctx.config.retry.max_attempts as i32;
     let started = match db::conn(&ctx.pool).await {
-        Ok(mut conn) => db::photos::start_many(&mut conn, &ids, ctx.consumer.name()).await,
+        Ok(mut conn) => db::jobs::start_many(&mut conn, &delivered, ctx.consumer.name(), max).await,
         Err(e) => Err(e),
     };
-    let mut ready = Vec::with_capacity(ids.len());
+    let mut ready = Vec::new();
     match started {
-        Ok(started) => {
-            for (photo, attempt) in started {
-                if let Some(entry) = entries.remove(&photo.id) {
+        Ok(starts) => {
+            for (photo, attempt) in starts.started {
+                if let Some(d) = entries.remove(&photo.id) {
                     ready.push(Started {
-                        entry,
+                        entry: d.entry,
                         photo,
                         attempt,
                     });
                 }
             }
-            // Left: photos missing or already final; nothing to do.
-            for (photo_id, entry) in entries {
-                tracing::debug!(job_id = %photo_id, "photo already final; entry acknowledged");
-                ctx.metrics.jobs.with_label_values(&["skipped"]).inc();
-                done_with.push(entry);
+            for (photo_id, reason) in starts.dead {
+                let Some(d) = entries.remove(&photo_id) else {
+                    continue;
+                };
+                let span = tracing::info_span!("job", job_id = %photo_id, entry = %d.entry);
+                bury_unstarted(ctx, &d, &reason).instrument(span).await;
+            }
+            // Left: duplicates, photos final or running elsewhere; nothing to do.
+            for (photo_id, d) in entries {
+                tracing::debug!(job_id = %photo_id, entry = %d.entry, "stale delivery acknowledged");
+                ctx.metrics
+                    .stale_deliveries
+                    .with_label_values(&["start"])
+                    .inc();
+                done_with.push(d.entry);
             }
         }
         Err(e) if e.is_transient() => {
             tracing::warn!(error = %e, jobs = entries.len(), "database unreachable; jobs handed back");
             ctx.db_down.store(true, Ordering::Relaxed);
-            for (photo_id, entry) in entries {
-                if let Err(e) = ctx.queue.hand_back(&entry, photo_id).await {
+            for (photo_id, d) in entries {
+                if let Err(e) = ctx.queue.hand_back(&d.entry, photo_id).await {
                     tracing::warn!(job_id = %photo_id, error = %e, "hand-back failed; the job will be taken over");
                 }
             }
         }
         Err(e) => {
-            tracing::warn!(error = %e, jobs = entries.len(), "could not start jobs; they stay pending");
+            tracing::error!(error = %e, jobs = entries.len(), "could not start jobs; they stay pending");
         }
     }
     if let Err(e) = ctx.queue.ack_many(&done_with).await {
@@ -164,7 +199,26 @@ pub async fn start_all(ctx: &WorkerContext, deliveries: Vec<Delivery>) -> Vec<St
     ready
 }
 
+/// A delivery whose photo's budget was spent before it could start: the photo is dead
+/// already; writes the dead letter and acknowledges the entry.
+async fn bury_unstarted(ctx: &WorkerContext, d: &Delivered, reason: &str) {
+    tracing::warn!(%reason, deliveries = d.deliveries, "attempt budget spent; job dead-lettered");
+    let mut outcome = JobOutcome::new(&ctx.metrics);
+    match ctx
+        .queue
+        .dead_letter(Some(&d.entry), d.photo_id, reason)
+        .await
+    {
+        Ok(()) => outcome.set(Outcome::Dead.label()),
+        Err(e) => {
+            tracing::warn!(error = %e, "dead letter not written; the entry stays pending");
+            outcome.set("pending");
+        }
+    }
+}
+
 pub async fn handle(ctx: &WorkerContext, job: Started) {
+    let mut counted = JobOutcome::new(&ctx.metrics);
     let started = Instant::now();
     let Started {
         entry,
@@ -172,19 +226,30 @@ pub async fn handle(ctx: &WorkerContext, job: Started) {
         attempt,
     } = job;
     let photo_id = photo.id;
+    let lost = CancellationToken::new();
     let result = tokio::select! {
-        r = run(ctx, &entry, photo, attempt) => r,
-        never = keep_claim(ctx, &entry) => match never {},
+        r = run(ctx, &entry, photo, attempt, &lost) => r,
+        never = keep_claim(ctx, &entry, &lost) => match never {},
     };
     let result = match result {
         Err(e) if e.db_unreachable() => {
             tracing::warn!(error = %e, "database unreachable; job handed back");
             ctx.db_down.store(true, Ordering::Relaxed);
-            give_back(ctx, &entry, photo_id, Some(attempt)).await
+            give_back(ctx, &entry, photo_id, attempt).await
         }
         Err(JobError::Interrupted) => {
             tracing::info!("shutdown grace period over; job handed back");
-            give_back(ctx, &entry, photo_id, Some(attempt)).await
+            give_back(ctx, &entry, photo_id, attempt).await
+        }
+        Err(JobError::Superseded) => {
+            tracing::warn!(
+                "entry taken over by another worker; this attempt stops, recording nothing"
+            );
+            ctx.metrics
+                .stale_deliveries
+                .with_label_values(&["finish"])
+                .inc();
+            Ok(Outcome::Stale)
         }
         other => other,
     };
@@ -198,24 +263,47 @@ pub async fn handle(ctx: &WorkerContext, job: Started) {
                 ms = started.elapsed().as_millis() as u64,
                 "job done"
             );
-            ctx.metrics.jobs.with_label_values(&[outcome.label()]).inc();
+            counted.set(outcome.label());
         }
         Err(e) => {
             tracing::warn!(error = %e, "could not record the outcome; the entry stays pending");
-            ctx.metrics.jobs.with_label_values(&["pending"]).inc();
+            counted.set("pending");
         }
     }
 }
 
 /// Renews the claim on the entry while the job runs, so no other worker takes it over.
-async fn keep_claim(ctx: &WorkerContext, entry: &str) -> std::convert::Infallible {
+/// When another worker has taken it over anyway, cancels `lost` (the job stops at its next
+/// safe point) and renews no more.
+async fn keep_claim(
+    ctx: &WorkerContext,
+    entry: &str,
+    lost: &CancellationToken,
+) -> std::convert::Infallible {
     let every = Duration::from_secs(ctx.config.worker.heartbeat_secs);
     loop {
         tokio::time::sleep(every).await;
-        if let Err(e) = ctx.consumer.heartbeat(entry).await {
-            tracing::warn!(error = %e, "heartbeat failed");
+        match ctx.consumer.heartbeat(entry).await {
+            Ok(true) => {}
+            Ok(false) => {
+                lost.cancel();
+                return std::future::pending().await;
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
     }
+}
+
+/// A stale record (the attempt was taken over): nothing changed; the entry is released if
+/// this worker still holds it.
+async fn stale(ctx: &WorkerContext, entry: &str) -> Result<Outcome, JobError> {
+    tracing::warn!("attempt superseded while it ran; its outcome is not recorded");
+    ctx.metrics
+        .stale_deliveries
+        .with_label_values(&["finish"])
+        .inc();
+    ctx.consumer.release(&[entry]).await?;
+    Ok(Outcome::Stale)
 }
 
 async fn run(
@@ -223,30 +311,21 @@ async fn run(
     entry: &str,
     photo: Photo,
     attempt: AttemptRef,
+    lost: &CancellationToken,
 ) -> Result<Outcome, JobError> {
     let photo_id = photo.id;
     let max = ctx.config.retry.max_attempts as i32;
-    if photo.attempts > max {
-        // Earlier deliveries died without recording an outcome (a crash or a kill).
-        let reason = format!(
-            "gave up after {max} attempts; the last ended without an outcome (worker crashed or was killed){}",
-            photo
-                .error
-                .as_deref()
-                .map(|e| format!("; last error: {e}"))
-                .unwrap_or_default()
-        );
-        return bury(ctx, entry, photo_id, &reason, attempt).await;
-    }
     tracing::debug!(attempt = photo.attempts, "processing");
 
     let executed = tokio::select! {
         r = execute(ctx, &photo) => r,
         _ = ctx.interrupt.cancelled() => Err(JobError::Interrupted),
+        _ = lost.cancelled() => Err(JobError::Superseded),
     };
     match executed {
         Ok(done) => {
-            ctx.committer
+            let committed = ctx
+                .committer
                 .commit(Finished {
                     entry: entry.to_owned(),
                     photo_id,
@@ -254,27 +333,49 @@ async fn run(
                     attempt,
                 })
                 .await?;
-            Ok(Outcome::Completed)
+            match committed {
+                Committed::Recorded => Ok(Outcome::Completed),
+                Committed::Stale => Ok(Outcome::Stale),
+            }
         }
         Err(e) if e.is_permanent() => {
             tracing::info!(error = %e, "photo cannot be processed");
-            let mut conn = db::conn(&ctx.pool).await?;
-            db::photos::fail(&mut conn, photo_id, &e.to_string(), attempt).await?;
+            let reason = e.to_string();
+            if !end(ctx, photo_id, attempt, Ending::Failed { reason: &reason }).await? {
+                return stale(ctx, entry).await;
+            }
             ctx.queue.ack(entry).await?;
             Ok(Outcome::Failed)
         }
-        Err(e) if e.db_unreachable() || matches!(e, JobError::Interrupted) => Err(e),
+        Err(e)
+            if e.db_unreachable() || matches!(e, JobError::Interrupted | JobError::Superseded) =>
+        {
+            Err(e)
+        }
         Err(e) if photo.attempts >= max => {
             let reason = format!("gave up after {max} attempts; last error: {e}");
-            bury(ctx, entry, photo_id, &reason, attempt).await
+            tracing::warn!(%reason, "job dead-lettered");
+            if !end(ctx, photo_id, attempt, Ending::Dead { reason: &reason }).await? {
+                return stale(ctx, entry).await;
+            }
+            ctx.queue
+                .dead_letter(Some(entry), photo_id, &reason)
+                .await?;
+            Ok(Outcome::Dead)
         }
         Err(e) => {
             let n = u32::try_from(photo.attempts).unwrap_or(1);
             let delay = retry::backoff(&ctx.config.retry, n, rand::random::<f64>());
             let due = chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
             tracing::warn!(error = %e, attempt = n, retry_in_ms = delay.as_millis() as u64, "attempt failed; retry scheduled");
-            let mut conn = db::conn(&ctx.pool).await?;
-            db::photos::retry_later(&mut conn, photo_id, &e.to_string(), due, attempt).await?;
+            let error = e.to_string();
+            let retry = Ending::Retry {
+                error: &error,
+                at: due,
+            };
+            if !end(ctx, photo_id, attempt, retry).await? {
+                return stale(ctx, entry).await;
+            }
             ctx.queue.schedule(photo_id, due.timestamp_millis()).await?;
             ctx.queue.ack(entry).await?;
             Ok(Outcome::Retry)
@@ -282,36 +383,36 @@ async fn run(
     }
 }
 
-/// Out of attempts: the photo ends `dead` and a dead letter is written.
-async fn bury(
+/// Records how the attempt ended; false when it was stale.
+async fn end(
     ctx: &WorkerContext,
-    entry: &str,
     photo_id: Uuid,
-    reason: &str,
     attempt: AttemptRef,
-) -> Result<Outcome, JobError> {
-    tracing::warn!(%reason, "job dead-lettered");
+    ending: Ending<'_>,
+) -> Result<bool, JobError> {
     let mut conn = db::conn(&ctx.pool).await?;
-    db::photos::kill(&mut conn, photo_id, reason, Some(attempt)).await?;
-    ctx.queue.dead_letter(entry, photo_id, reason).await?;
-    Ok(Outcome::Dead)
+    Ok(db::jobs::finish(&mut conn, photo_id, attempt, ending).await?)
 }
 
 /// Gives the job back to the stream unfinished, to be delivered again at once; its attempt
-/// does not count.
+/// does not count. Redis first: the photo then records the new entry.
 async fn give_back(
     ctx: &WorkerContext,
     entry: &str,
     photo_id: Uuid,
-    attempt: Option<AttemptRef>,
+    attempt: AttemptRef,
 ) -> Result<Outcome, JobError> {
-    if let Some(attempt) = attempt {
-        // Best effort: the database may be down. The next start closes the attempt.
-        if let Ok(mut conn) = db::conn(&ctx.pool).await {
-            let _ = db::photos::hand_back(&mut conn, photo_id, attempt).await;
+    let handed = ctx.queue.hand_back(entry, photo_id).await;
+    let new_entry = handed.as_ref().ok().map(String::as_str);
+    // Best effort: the database may be down. If so, the new entry finds the photo still
+    // `processing` under this attempt and the reconciler reclaims it.
+    if let Ok(mut conn) = db::conn(&ctx.pool).await {
+        let back = Ending::HandBack { entry: new_entry };
+        if let Err(e) = db::jobs::finish(&mut conn, photo_id, attempt, back).await {
+            tracing::warn!(error = %e, "hand-back not recorded; the reconciler will reclaim the attempt");
         }
     }
-    ctx.queue.hand_back(entry, photo_id).await?;
+    handed?;
     Ok(Outcome::HandedBack)
 }
 

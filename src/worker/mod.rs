@@ -7,10 +7,12 @@ pub mod commit;
 pub mod job;
 pub mod retry;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +31,8 @@ const READ_RETRY_DELAY: Duration = Duration::from_millis(500);
 const DB_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Retries moved onto the stream per round of the promoter.
 const PROMOTE_BATCH: usize = 500;
+/// How often a worker removes the consumers of workers that are gone.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What a job needs; cheap to clone.
 #[derive(Clone)]
@@ -65,13 +69,19 @@ impl WorkerContext {
         metrics: Metrics,
         concurrency: usize,
     ) -> Self {
-        let committer =
-            commit::Committer::spawn(pool.clone(), queue.clone(), metrics.clone(), concurrency);
+        let consumer = Arc::new(consumer);
+        let committer = commit::Committer::spawn(
+            pool.clone(),
+            queue.clone(),
+            consumer.clone(),
+            metrics.clone(),
+            concurrency,
+        );
         WorkerContext {
             committer,
             pool,
             queue,
-            consumer: Arc::new(consumer),
+            consumer,
             storage,
             spec: Arc::new(Spec::from_config(&config)),
             config,
@@ -93,6 +103,7 @@ pub async fn run(ctx: WorkerContext, concurrency: usize, shutdown: CancellationT
     let visibility = Duration::from_secs(cfg.visibility_timeout_secs);
     let reclaim_every = Duration::from_secs(cfg.reclaim_interval_secs);
     let mut last_reclaim: Option<Instant> = None;
+    let mut last_prune: Option<Instant> = None;
     let promoter = tokio::spawn(promote_retries(ctx.clone(), shutdown.clone()));
     if let Err(e) = ctx.queue.ensure_group().await {
         tracing::warn!(error = %e, "cannot create the consumer group yet; will retry");
@@ -170,13 +181,27 @@ pub async fn run(ctx: WorkerContext, concurrency: usize, shutdown: CancellationT
                 tracing::info_span!("job", job_id = %started.photo.id, entry = %started.entry);
             running.spawn(
                 async move {
-                    job::handle(&ctx, started).await;
+                    let ran = AssertUnwindSafe(job::handle(&ctx, started))
+                        .catch_unwind()
+                        .await;
+                    if let Err(panic) = ran {
+                        tracing::error!(
+                            panic = panic_message(&*panic),
+                            "job panicked; its entry stays pending and will be taken over"
+                        );
+                    }
                     drop(permit);
                 }
                 .instrument(span),
             );
         }
-        while running.try_join_next().is_some() {}
+        while let Some(ended) = running.try_join_next() {
+            log_task_end(ended);
+        }
+        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_INTERVAL) {
+            last_prune = Some(Instant::now());
+            prune_consumers(&ctx, visibility).await;
+        }
     }
 
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);
@@ -186,22 +211,63 @@ pub async fn run(ctx: WorkerContext, concurrency: usize, shutdown: CancellationT
         "worker stopping"
     );
     let drained = tokio::time::timeout(grace, async {
-        while running.join_next().await.is_some() {}
+        while let Some(ended) = running.join_next().await {
+            log_task_end(ended);
+        }
     })
     .await;
     if drained.is_err() {
         ctx.interrupt.cancel();
-        while running.join_next().await.is_some() {}
+        while let Some(ended) = running.join_next().await {
+            log_task_end(ended);
+        }
     }
     let _ = promoter.await;
     tracing::info!("worker stopped");
+}
+
+/// A job task that ended other than by returning: cancelled, or panicked outside the
+/// job's own guard.
+fn log_task_end(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended {
+        tracing::error!(error = %e, "job task ended abnormally");
+    }
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-text panic payload")
+}
+
+/// Removes the consumers of workers that are gone (they hold nothing and have not read for
+/// the visibility timeout).
+async fn prune_consumers(ctx: &WorkerContext, idle: Duration) {
+    match ctx.queue.prune_consumers(idle).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed consumers of workers that are gone"),
+        Err(e) => {
+            tracing::warn!(error = %e, "pruning consumers failed");
+            ctx.metrics
+                .background_failures
+                .with_label_values(&["pruner"])
+                .inc();
+        }
+    }
 }
 
 /// Gives back entries read but not started (shutdown came during the read).
 async fn hand_back_unstarted(ctx: &WorkerContext, deliveries: Vec<Delivery>) {
     for d in deliveries {
         let result = match &d.job {
-            Ok(job) => ctx.queue.hand_back(&d.entry_id, job.photo_id).await,
+            Ok(job) => ctx
+                .queue
+                .hand_back(&d.entry_id, job.photo_id)
+                .await
+                .map(drop),
             Err(_) => ctx.queue.ack(&d.entry_id).await,
         };
         if let Err(e) = result {
@@ -237,7 +303,13 @@ async fn promote_retries(ctx: WorkerContext, shutdown: CancellationToken) {
         {
             Ok(n) if n > 0 => tracing::debug!(count = n, "retries due moved onto the stream"),
             Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "promoting retries failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "promoting retries failed");
+                ctx.metrics
+                    .background_failures
+                    .with_label_values(&["promoter"])
+                    .inc();
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

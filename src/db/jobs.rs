@@ -1,0 +1,548 @@
+//! The transitions of `crate::state`, as guarded SQL: each statement updates a photo only
+//! when the row still holds what the transition expects (the state, the entry, the attempt),
+//! so a stale or duplicate delivery changes nothing. Every function here mirrors one arm of
+//! [`state::apply`](crate::state::apply); `tests/state_machine.rs` replays random event
+//! sequences on both and compares the rows.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{
+    Array, BigInt, Integer, Interval, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
+use diesel::upsert::excluded;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::attempts::{self, AttemptRef};
+use super::models::{Photo, Variant};
+use super::schema::{photos, variants};
+use super::DbError;
+use crate::state::{AttemptOutcome, PhotoState};
+
+/// Times a transaction over several photos is run again when PostgreSQL aborts it to break
+/// a deadlock (two workers holding the same photo twice, in different orders).
+const CONFLICT_TRIES: usize = 3;
+
+/// Steers the rest of the transaction to primary-key lookups. The batch statements touch a
+/// few hundred rows by id; on a table of modest size the planner otherwise prefers a
+/// sequential scan or a hash of the whole table, which costs more than the update itself.
+async fn prefer_key_lookups(conn: &mut AsyncPgConnection) -> Result<(), DbError> {
+    diesel::sql_query(
+        "SELECT set_config('enable_seqscan', 'off', true), \
+                set_config('enable_hashjoin', 'off', true), \
+                set_config('enable_mergejoin', 'off', true)",
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Awaits the transaction `$tx` (an expression making a future), again when PostgreSQL
+/// asks for it to be rerun (deadlock, serialization failure), up to `CONFLICT_TRIES` times.
+macro_rules! rerun_on_conflict {
+    ($tx:expr) => {{
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match $tx.await {
+                Err(e) if e.is_conflict() && tries < CONFLICT_TRIES => continue,
+                other => break other,
+            }
+        }
+    }};
+}
+
+/// One delivery a worker wants to start.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub photo_id: Uuid,
+    pub entry: String,
+    /// How many times Redis has delivered the entry (this delivery included).
+    pub deliveries: i32,
+}
+
+/// What starting a read batch did.
+#[derive(Debug, Default)]
+pub struct Starts {
+    /// Photos now `processing`, with their attempt.
+    pub started: Vec<(Photo, AttemptRef)>,
+    /// Photos whose budget was spent before this start: now `dead`, with the reason.
+    pub dead: Vec<(Uuid, String)>,
+}
+
+/// `Start` for several deliveries, in one transaction: each photo that is `queued`, or
+/// `processing` from this very entry (taken over from a worker that died), moves to
+/// `processing` with a new attempt, or to `dead` when its attempt budget is spent (by
+/// attempts recorded, or by Redis deliveries that never got as far as recording a start).
+/// Photos in any other state are left out: their deliveries are stale.
+pub async fn start_many(
+    conn: &mut AsyncPgConnection,
+    delivered: &[Delivered],
+    worker: &str,
+    max_attempts: i32,
+) -> Result<Starts, DbError> {
+    if delivered.is_empty() {
+        return Ok(Starts::default());
+    }
+    let started = std::time::Instant::now();
+    let ids: Vec<Uuid> = delivered.iter().map(|d| d.photo_id).collect();
+    let entries: Vec<&str> = delivered.iter().map(|d| d.entry.as_str()).collect();
+    let counts: Vec<i32> = delivered.iter().map(|d| d.deliveries).collect();
+    rerun_on_conflict!(conn.transaction::<_, DbError, _>(async |conn| {
+        prefer_key_lookups(conn).await?;
+        let now = Utc::now();
+        let dead: Vec<IdText> = diesel::sql_query(
+            "UPDATE photos AS p \
+                 SET state = 'dead', entry_id = v.entry, attempt_id = NULL, \
+                     next_attempt_at = NULL, completed_at = $5, updated_at = $5, \
+                     error = CASE WHEN p.attempts >= $4 \
+                       THEN 'gave up after ' || $4 || ' attempts; the last ended without an \
+                             outcome (worker crashed or was killed)' \
+                             || coalesce('; last error: ' || p.error, '') \
+                       ELSE 'delivered ' || v.n || ' times without a recorded start: the job \
+                             stops its worker before it can begin' END \
+                 FROM unnest($1::uuid[], $2::text[], $3::int4[]) AS v(id, entry, n) \
+                 WHERE p.id = v.id \
+                   AND (p.state = 'queued' OR (p.state = 'processing' AND p.entry_id = v.entry)) \
+                   AND (p.attempts >= $4 OR v.n > $4) \
+                 RETURNING p.id, p.error AS text",
+        )
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<Text>, _>(&entries)
+        .bind::<Array<Integer>, _>(&counts)
+        .bind::<Integer, _>(max_attempts)
+        .bind::<Timestamptz, _>(now)
+        .load(conn)
+        .await?;
+        let photos: Vec<Photo> = diesel::sql_query(
+            "UPDATE photos AS p \
+                 SET state = 'processing', attempts = p.attempts + 1, \
+                     attempt_id = nextval(pg_get_serial_sequence('photo_attempts', 'id')), \
+                     entry_id = v.entry, started_at = $5, updated_at = $5, \
+                     next_attempt_at = NULL \
+                 FROM unnest($1::uuid[], $2::text[], $3::int4[]) AS v(id, entry, n) \
+                 WHERE p.id = v.id \
+                   AND (p.state = 'queued' OR (p.state = 'processing' AND p.entry_id = v.entry)) \
+                   AND p.attempts < $4 AND v.n <= $4 \
+                 RETURNING p.*",
+        )
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<Text>, _>(&entries)
+        .bind::<Array<Integer>, _>(&counts)
+        .bind::<Integer, _>(max_attempts)
+        .bind::<Timestamptz, _>(now)
+        .load(conn)
+        .await?;
+        // Attempts still `running` of these photos belong to workers that stopped.
+        let touched: Vec<Uuid> = dead
+            .iter()
+            .map(|d| d.id)
+            .chain(photos.iter().map(|p| p.id))
+            .collect();
+        attempts::interrupt_running(conn, &touched, now).await?;
+        let opening: Vec<(Uuid, i64, i32)> = photos
+            .iter()
+            .filter_map(|p| p.attempt_id.map(|a| (p.id, a, p.attempts)))
+            .collect();
+        attempts::open_many(conn, &opening, worker, now).await?;
+        let started = photos
+            .into_iter()
+            .filter_map(|photo| {
+                let id = photo.attempt_id?;
+                Some((photo, AttemptRef { id, started }))
+            })
+            .collect();
+        Ok(Starts {
+            started,
+            dead: dead.into_iter().map(|d| (d.id, d.text)).collect(),
+        })
+    }))
+}
+
+#[derive(QueryableByName)]
+struct IdText {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = Text)]
+    text: String,
+}
+
+#[derive(QueryableByName)]
+struct IdOnly {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+}
+
+/// What a successful job records.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub width: i32,
+    pub height: i32,
+    pub exif: serde_json::Value,
+    pub variants: Vec<Variant>,
+}
+
+/// `Finish(Completed)` for several jobs, in one transaction: results and variants are
+/// recorded only for photos still `processing` under the attempt that made them. Returns
+/// the photos recorded; the others' results were stale and are dropped.
+pub async fn complete_many(
+    conn: &mut AsyncPgConnection,
+    done: &[(Uuid, &Completion, AttemptRef)],
+) -> Result<Vec<Uuid>, DbError> {
+    if done.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = done.iter().map(|(id, _, _)| *id).collect();
+    let attempt_ids: Vec<i64> = done.iter().map(|(_, _, a)| a.id).collect();
+    let widths: Vec<i32> = done.iter().map(|(_, c, _)| c.width).collect();
+    let heights: Vec<i32> = done.iter().map(|(_, c, _)| c.height).collect();
+    let exifs: Vec<&serde_json::Value> = done.iter().map(|(_, c, _)| &c.exif).collect();
+    rerun_on_conflict!(conn.transaction::<_, DbError, _>(async |conn| {
+        prefer_key_lookups(conn).await?;
+        let recorded: Vec<IdOnly> = diesel::sql_query(
+            "UPDATE photos AS p \
+                 SET state = 'completed', width = v.width, height = v.height, exif = v.exif, \
+                     error = NULL, attempt_id = NULL, completed_at = $1, updated_at = $1 \
+                 FROM unnest($2::uuid[], $3::int8[], $4::int4[], $5::int4[], $6::jsonb[]) \
+                      AS v(id, attempt_id, width, height, exif) \
+                 WHERE p.id = v.id AND p.state = 'processing' AND p.attempt_id = v.attempt_id \
+                 RETURNING p.id",
+        )
+        .bind::<Timestamptz, _>(Utc::now())
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<BigInt>, _>(&attempt_ids)
+        .bind::<Array<Integer>, _>(&widths)
+        .bind::<Array<Integer>, _>(&heights)
+        .bind::<Array<Jsonb>, _>(&exifs)
+        .load(conn)
+        .await?;
+        let recorded: std::collections::HashSet<Uuid> =
+            recorded.into_iter().map(|r| r.id).collect();
+        let rows: Vec<&Variant> = done
+            .iter()
+            .filter(|(id, _, _)| recorded.contains(id))
+            .flat_map(|(_, c, _)| &c.variants)
+            .collect();
+        upsert_variants(conn, &rows).await?;
+        let closing: Vec<AttemptRef> = done
+            .iter()
+            .filter(|(id, _, _)| recorded.contains(id))
+            .map(|(_, _, a)| *a)
+            .collect();
+        attempts::close_completed(conn, &closing).await?;
+        Ok(recorded.into_iter().collect())
+    }))
+}
+
+/// Variant rows, replacing those a previous run of the same photo wrote.
+async fn upsert_variants(conn: &mut AsyncPgConnection, rows: &[&Variant]) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    diesel::insert_into(variants::table)
+        .values(rows.to_vec())
+        .on_conflict((variants::photo_id, variants::name))
+        .do_update()
+        .set((
+            variants::storage_key.eq(excluded(variants::storage_key)),
+            variants::content_type.eq(excluded(variants::content_type)),
+            variants::width.eq(excluded(variants::width)),
+            variants::height.eq(excluded(variants::height)),
+            variants::bytes.eq(excluded(variants::bytes)),
+            variants::etag.eq(excluded(variants::etag)),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// How a worker ends one attempt other than by completing it.
+#[derive(Debug, Clone, Copy)]
+pub enum Ending<'a> {
+    /// The input is at fault: `failed`.
+    Failed { reason: &'a str },
+    /// A transient error: back to `queued`, the next attempt due at `at`.
+    Retry { error: &'a str, at: DateTime<Utc> },
+    /// Out of attempts: `dead`.
+    Dead { reason: &'a str },
+    /// Given back unfinished and published again as `entry` (if that worked): `queued`,
+    /// and the attempt does not count.
+    HandBack { entry: Option<&'a str> },
+}
+
+/// `Finish` other than completed: moves the photo only if it is still `processing` under
+/// `attempt`, and closes the attempt. False when the attempt was stale (nothing changed).
+pub async fn finish(
+    conn: &mut AsyncPgConnection,
+    photo_id: Uuid,
+    attempt: AttemptRef,
+    ending: Ending<'_>,
+) -> Result<bool, DbError> {
+    conn.transaction::<_, DbError, _>(async |conn| {
+        let now = Utc::now();
+        let guarded = photos::table
+            .filter(photos::id.eq(photo_id))
+            .filter(photos::state.eq(PhotoState::Processing.as_str()))
+            .filter(photos::attempt_id.eq(attempt.id));
+        let no_id = photos::attempt_id.eq(None::<i64>);
+        let (changed, outcome, error) = match ending {
+            Ending::Failed { reason } => (
+                diesel::update(guarded)
+                    .set((
+                        photos::state.eq(PhotoState::Failed.as_str()),
+                        photos::error.eq(reason),
+                        photos::completed_at.eq(now),
+                        photos::updated_at.eq(now),
+                        no_id,
+                    ))
+                    .execute(conn)
+                    .await?,
+                AttemptOutcome::Failed,
+                Some(reason),
+            ),
+            Ending::Retry { error, at } => (
+                diesel::update(guarded)
+                    .set((
+                        photos::state.eq(PhotoState::Queued.as_str()),
+                        photos::error.eq(error),
+                        photos::next_attempt_at.eq(at),
+                        photos::updated_at.eq(now),
+                        no_id,
+                    ))
+                    .execute(conn)
+                    .await?,
+                AttemptOutcome::Retry,
+                Some(error),
+            ),
+            Ending::Dead { reason } => (
+                diesel::update(guarded)
+                    .set((
+                        photos::state.eq(PhotoState::Dead.as_str()),
+                        photos::error.eq(reason),
+                        photos::completed_at.eq(now),
+                        photos::updated_at.eq(now),
+                        no_id,
+                    ))
+                    .execute(conn)
+                    .await?,
+                AttemptOutcome::Dead,
+                Some(reason),
+            ),
+            Ending::HandBack { entry } => {
+                let back = (
+                    photos::state.eq(PhotoState::Queued.as_str()),
+                    photos::attempts.eq(photos::attempts - 1),
+                    photos::published_at.eq(now),
+                    photos::updated_at.eq(now),
+                    no_id,
+                );
+                let changed = match entry {
+                    Some(entry) => {
+                        diesel::update(guarded)
+                            .set((back, photos::entry_id.eq(entry)))
+                            .execute(conn)
+                            .await?
+                    }
+                    None => diesel::update(guarded).set(back).execute(conn).await?,
+                };
+                (changed, AttemptOutcome::HandedBack, None)
+            }
+        };
+        if changed == 0 {
+            return Ok(false);
+        }
+        attempts::close(conn, attempt, outcome, error).await?;
+        Ok(true)
+    })
+    .await
+}
+
+/// `Published` for several photos: records the entry each was put on the stream as, for
+/// those still `queued` with the entry the publisher saw (`None` for never published).
+pub async fn mark_published(
+    conn: &mut AsyncPgConnection,
+    published: &[(Uuid, Option<String>, String)],
+) -> Result<(), DbError> {
+    if published.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = published.iter().map(|p| p.0).collect();
+    let seen: Vec<Option<&str>> = published.iter().map(|p| p.1.as_deref()).collect();
+    let entries: Vec<&str> = published.iter().map(|p| p.2.as_str()).collect();
+    diesel::sql_query(
+        "UPDATE photos AS p SET entry_id = v.entry, published_at = $1 \
+         FROM unnest($2::uuid[], $3::text[], $4::text[]) AS v(id, seen, entry) \
+         WHERE p.id = v.id AND p.state = 'queued' AND p.entry_id IS NOT DISTINCT FROM v.seen",
+    )
+    .bind::<Timestamptz, _>(Utc::now())
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<Nullable<Text>>, _>(&seen)
+    .bind::<Array<Text>, _>(&entries)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A photo the reconciler looks at: waiting too long, or running with no recent start.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Overdue {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub entry_id: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub attempt_id: Option<i64>,
+}
+
+/// Unfinished photos after `after` (a keyset cursor over ids), at most `limit`: `queued`
+/// ones whose upload, last publication and due time are all older than `wait`, and
+/// `processing` ones started longer ago than `visibility`. Reads only; takes no locks.
+pub async fn overdue(
+    conn: &mut AsyncPgConnection,
+    after: Option<Uuid>,
+    wait: std::time::Duration,
+    visibility: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Overdue>, DbError> {
+    let secs = |d: std::time::Duration| {
+        diesel::data_types::PgInterval::from_microseconds(d.as_micros() as i64)
+    };
+    Ok(diesel::sql_query(
+        "SELECT id, state, entry_id, attempt_id FROM photos \
+         WHERE state IN ('queued', 'processing') AND id > $1 \
+           AND CASE state \
+             WHEN 'queued' THEN greatest(created_at, published_at, next_attempt_at) < now() - $2 \
+             ELSE started_at < now() - $3 END \
+         ORDER BY id LIMIT $4",
+    )
+    .bind::<SqlUuid, _>(after.unwrap_or(Uuid::nil()))
+    .bind::<Interval, _>(secs(wait))
+    .bind::<Interval, _>(secs(visibility))
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?)
+}
+
+/// `Reclaim` for several lifeless attempts (photo, attempt): each photo still `processing`
+/// under that attempt goes back to `queued`, or to `dead` when it was the last attempt
+/// allowed; the attempt is closed as interrupted. Returns (photo, now dead?) for each.
+pub async fn reclaim_many(
+    conn: &mut AsyncPgConnection,
+    lifeless: &[(Uuid, i64)],
+    max_attempts: i32,
+) -> Result<Vec<(Uuid, bool)>, DbError> {
+    if lifeless.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = lifeless.iter().map(|l| l.0).collect();
+    let attempt_ids: Vec<i64> = lifeless.iter().map(|l| l.1).collect();
+    rerun_on_conflict!(conn.transaction::<_, DbError, _>(async |conn| {
+        let now = Utc::now();
+        let rows: Vec<IdText> = diesel::sql_query(
+            "UPDATE photos AS p \
+                 SET state = CASE WHEN p.attempts >= $3 THEN 'dead' ELSE 'queued' END, \
+                     error = CASE WHEN p.attempts >= $3 \
+                       THEN 'gave up after ' || $3 || ' attempts; the last ended without an \
+                             outcome (worker crashed or was killed)' \
+                             || coalesce('; last error: ' || p.error, '') \
+                       ELSE p.error END, \
+                     completed_at = CASE WHEN p.attempts >= $3 THEN $4 END, \
+                     attempt_id = NULL, updated_at = $4 \
+                 FROM unnest($1::uuid[], $2::int8[]) AS v(id, attempt_id) \
+                 WHERE p.id = v.id AND p.state = 'processing' AND p.attempt_id = v.attempt_id \
+                 RETURNING p.id, p.state AS text",
+        )
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<BigInt>, _>(&attempt_ids)
+        .bind::<Integer, _>(max_attempts)
+        .bind::<Timestamptz, _>(now)
+        .load(conn)
+        .await?;
+        let reclaimed: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        attempts::interrupt_running(conn, &reclaimed, now).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.id, r.text == PhotoState::Dead.as_str()))
+            .collect())
+    }))
+}
+
+/// Which photos a redrive takes.
+#[derive(Debug, Clone, Default)]
+pub struct RedriveFilter {
+    /// Only this owner's photos (API callers); `None` for operators.
+    pub owner: Option<Uuid>,
+    pub batch: Option<Uuid>,
+    pub photo: Option<Uuid>,
+    /// Also take `failed` photos, not only `dead` ones.
+    pub include_failed: bool,
+}
+
+/// `Redrive`: puts dead (and, if asked, failed) photos back in `queued` with a fresh
+/// attempt budget. Returns their ids; the caller publishes them.
+pub async fn redrive(
+    conn: &mut AsyncPgConnection,
+    filter: &RedriveFilter,
+) -> Result<Vec<Uuid>, DbError> {
+    let mut states = vec![PhotoState::Dead.as_str()];
+    if filter.include_failed {
+        states.push(PhotoState::Failed.as_str());
+    }
+    let mut query = diesel::update(photos::table)
+        .filter(photos::state.eq_any(states))
+        .into_boxed();
+    if let Some(owner) = filter.owner {
+        query = query.filter(photos::owner_id.eq(owner));
+    }
+    if let Some(batch) = filter.batch {
+        query = query.filter(photos::batch_id.eq(batch));
+    }
+    if let Some(photo) = filter.photo {
+        query = query.filter(photos::id.eq(photo));
+    }
+    Ok(query
+        .set((
+            photos::state.eq(PhotoState::Queued.as_str()),
+            photos::attempts.eq(0),
+            photos::error.eq(None::<String>),
+            photos::next_attempt_at.eq(None::<DateTime<Utc>>),
+            photos::entry_id.eq(None::<String>),
+            photos::published_at.eq(None::<DateTime<Utc>>),
+            photos::completed_at.eq(None::<DateTime<Utc>>),
+            photos::updated_at.eq(Utc::now()),
+        ))
+        .returning(photos::id)
+        .get_results(conn)
+        .await?)
+}
+
+/// The columns `state::apply` decides on, of one photo (for tests and tools).
+pub async fn job_row(
+    conn: &mut AsyncPgConnection,
+    photo_id: Uuid,
+) -> Result<Option<crate::state::JobRow>, DbError> {
+    let row: Option<(String, i32, Option<i64>, Option<String>)> = photos::table
+        .find(photo_id)
+        .select((
+            photos::state,
+            photos::attempts,
+            photos::attempt_id,
+            photos::entry_id,
+        ))
+        .first(conn)
+        .await
+        .optional()?;
+    row.map(|(state, attempts, attempt_id, entry)| {
+        let state = PhotoState::parse(&state)
+            .ok_or_else(|| DbError::Invariant(format!("unknown state {state:?}")))?;
+        Ok(crate::state::JobRow {
+            state,
+            attempts,
+            attempt_id,
+            entry,
+        })
+    })
+    .transpose()
+}
