@@ -255,23 +255,138 @@ async fn truncated_and_hostile_images_fail_and_the_worker_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_paths_and_queries_are_json_400() {
     let app = TestApp::start().await;
-    for path in [
-        "/v1/photos/not-a-uuid",
-        "/v1/photos?limit=0",
-        "/v1/photos?limit=abc",
-        "/v1/photos?state=sleeping",
-        "/v1/photos?cursor=zzz",
-        "/v1/batches/123",
+    for (path, code) in [
+        ("/v1/photos/not-a-uuid", "bad_path"),
+        ("/v1/batches/123", "bad_path"),
+        ("/v1/photos?limit=0", "bad_query"),
+        ("/v1/photos?limit=201", "bad_query"),
+        ("/v1/photos?limit=abc", "bad_query"),
+        ("/v1/photos?state=sleeping", "bad_query"),
+        ("/v1/photos?cursor=zzz", "bad_query"),
+        ("/v1/photos?stat=dead", "bad_query"),
+        ("/v1/photos?batch=nope", "bad_query"),
+        ("/v1/dead-letters?bach=x", "bad_query"),
+        ("/v1/dead-letters?limit=-1", "bad_query"),
     ] {
         let res = app.get(path).await;
         assert_eq!(res.status(), 400, "{path}");
-        assert_eq!(error_code(res).await, "bad_request", "{path}");
+        assert_eq!(error_code(res).await, code, "{path}");
     }
     let res = app.get("/v1/nothing-here").await;
     assert_eq!(res.status(), 404);
     assert_eq!(error_code(res).await, "not_found");
     let res = app.get("/docs/not-a-file.js").await;
     assert_eq!(res.status(), 404);
+    app.finish().await;
+}
+
+/// Marks every photo of the app's database `dead`, as if each had run out of attempts.
+async fn kill_all(app: &TestApp) {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let mut conn = AsyncPgConnection::establish(&app.config.database.url)
+        .await
+        .unwrap();
+    diesel::sql_query(
+        "UPDATE photos SET state = 'dead', attempt_id = NULL, error = 'test', \
+         completed_at = now() WHERE state IN ('queued', 'failed')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_redrive_bodies_change_nothing_and_other_keys_see_404() {
+    // No workers: the photos stay where the test puts them.
+    let app = TestApp::builder().workers(None).start().await;
+    let body = app.upload_ok(vec![("a.jpg".into(), sample())]).await;
+    let batch = body["batch_id"].as_str().unwrap().to_owned();
+    let photo = body["photos"][0]["id"].as_str().unwrap().to_owned();
+    kill_all(&app).await;
+    let redrive = |body: &'static str, content_type: &'static str| {
+        app.client
+            .post(app.url("/v1/dead-letters/redrive"))
+            .bearer_auth(&app.key)
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+    };
+    for (body, content_type, code) in [
+        (r#"{"bach": "x"}"#, "application/json", "bad_json"),
+        (r#"{"batch": "not-a-uuid"}"#, "application/json", "bad_json"),
+        (
+            r#"{"include_failed": "yes"}"#,
+            "application/json",
+            "bad_json",
+        ),
+        ("{", "application/json", "bad_json"),
+        ("", "application/json", "bad_json"),
+        ("{}", "text/plain", "bad_content_type"),
+        (
+            "batch=x",
+            "application/x-www-form-urlencoded",
+            "bad_content_type",
+        ),
+    ] {
+        let res = redrive(body, content_type).await.unwrap();
+        assert_eq!(res.status(), 400, "{body} as {content_type}");
+        assert_eq!(error_code(res).await, code, "{body} as {content_type}");
+    }
+    let dead = app.get_json("/v1/dead-letters").await;
+    assert_eq!(
+        dead["photos"].as_array().unwrap().len(),
+        1,
+        "still dead: {dead}"
+    );
+
+    // Another key: its requests about this key's things are 404s and touch nothing.
+    let (_, other) = app.new_key("other").await;
+    let res = app
+        .client
+        .post(app.url("/v1/dead-letters/redrive"))
+        .bearer_auth(&other)
+        .json(&serde_json::json!({ "batch": batch }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(error_code(res).await, "not_found");
+    let res = app
+        .client
+        .post(app.url(&format!("/v1/photos/{photo}/retry")))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    for path in [
+        format!("/v1/dead-letters?batch={batch}"),
+        format!("/v1/photos?batch={batch}"),
+    ] {
+        let res = app
+            .client
+            .get(app.url(&path))
+            .bearer_auth(&other)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{path}");
+    }
+    let dead = app.get_json("/v1/dead-letters").await;
+    assert_eq!(
+        dead["photos"].as_array().unwrap().len(),
+        1,
+        "still dead: {dead}"
+    );
+
+    // `{}` is the explicit "all of mine".
+    let res = redrive("{}", "application/json").await.unwrap();
+    assert_eq!(res.status(), 202);
+    let answer: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(answer["redriven"], 1, "{answer}");
+    let photo = app.get_json(&format!("/v1/photos/{photo}")).await;
+    assert_eq!(photo["state"], "queued", "{photo}");
+    assert_eq!(photo["attempts"], 0, "{photo}");
     app.finish().await;
 }
 

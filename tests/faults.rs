@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{Client, Cluster, Proc};
 use common::{corpus_dir, read, PrivatePostgres, PrivateRedis, SETTLE_TIMEOUT};
+use diesel_async::RunQueryDsl;
 use serde_json::Value;
 
 /// The tests here load both cores; run them one at a time.
@@ -86,11 +87,65 @@ async fn assert_all_completed(cluster: &Cluster, client: &Client, batches: &[Val
         2 * expected.len(),
         "variants stored once"
     );
+    // Nothing pending, and nothing left in the stream: acknowledged entries are deleted.
     let queue = queue_of(cluster);
     let deadline = Instant::now() + SETTLE_TIMEOUT;
-    while queue.pending().await.unwrap() > 0 {
-        assert!(Instant::now() < deadline, "entries left pending");
+    while queue.pending().await.unwrap() > 0 || queue.stream_len().await.unwrap() > 0 {
+        assert!(Instant::now() < deadline, "entries left in the stream");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A connection to the cluster's Redis, for poking at its keys as a fault would.
+async fn redis_of(cluster: &Cluster) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(cluster.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Adds `n` extra entries for each photo to the job stream, as a duplicate publish would.
+async fn duplicate(cluster: &Cluster, ids: &[String], n: usize) {
+    let mut conn = redis_of(cluster).await;
+    let jobs = queue_of(cluster).keys().jobs.clone();
+    for id in ids {
+        for _ in 0..n {
+            let _: String = redis::cmd("XADD")
+                .arg(&jobs)
+                .arg("*")
+                .arg("photo_id")
+                .arg(id)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// The photo ids of an upload's answer.
+fn ids_of(batch: &Value) -> Vec<String> {
+    batch["photos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The cluster's database, through photoq's own pool.
+async fn pool_of(cluster: &Cluster) -> photoq::db::DbPool {
+    let mut config = photoq::config::Config::defaults().unwrap().database;
+    config.url = cluster.database_url();
+    photoq::db::connect(&config).await.unwrap()
+}
+
+/// Rank of a state in a photo's life; a photo's rank never falls (without a redrive).
+fn rank(state: &str) -> u8 {
+    match state {
+        "queued" => 0,
+        "processing" => 1,
+        _ => 2,
     }
 }
 
@@ -271,4 +326,277 @@ async fn postgres_restart_mid_run() {
     assert_all_completed(&cluster, &client, &batches).await;
     cluster.cleanup().await;
     drop(pg);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_deliveries_and_a_race_record_each_photo_once() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::new("pqdup");
+    fast(&mut cluster);
+    let key = cluster.key();
+    let (_api, base) = cluster.serve().await;
+    let client = Client::new(&base, &key);
+    let batch = client.upload(&photos(12)).await;
+    let batch_id = batch["batch_id"].as_str().unwrap().to_owned();
+    let ids = ids_of(&batch);
+
+    // A worker of the test's own takes the first photo's entry, records its start, and then
+    // goes silent, as a worker does that stalls (a long pause, a network partition).
+    let queue = queue_of(&cluster);
+    let mut redis_config = photoq::config::Config::defaults().unwrap().redis;
+    redis_config.url = cluster.redis_url.clone();
+    redis_config.prefix = cluster.name.clone();
+    let ghost = photoq::queue::Consumer::new(&redis_config, queue.clone(), "ghost".into()).unwrap();
+    queue.ensure_group().await.unwrap();
+    let read = ghost.read(1).await.unwrap();
+    let entry = read[0].entry_id.clone();
+    let raced = read[0].job.clone().unwrap().photo_id;
+    assert_eq!(
+        raced.to_string(),
+        ids[0],
+        "the oldest entry is the first photo's"
+    );
+    let pool = pool_of(&cluster).await;
+    let mut conn = photoq::db::conn(&pool).await.unwrap();
+    let delivered = photoq::db::jobs::Delivered {
+        photo_id: raced,
+        entry: entry.clone(),
+        deliveries: 1,
+    };
+    let starts = photoq::db::jobs::start_many(&mut conn, &[delivered], "ghost", 5)
+        .await
+        .unwrap();
+    let (_, ghost_attempt) = starts.started[0];
+
+    // Duplicates of every photo while they wait (and while the first one is running).
+    duplicate(&cluster, &ids, 2).await;
+    let workers: Vec<Proc> = (0..2).map(|_| cluster.work(2)).collect();
+
+    // Every photo's states, as a client polling sees them, never go backwards.
+    let mut seen: std::collections::HashMap<String, u8> = Default::default();
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let now = client.get(&format!("/v1/batches/{batch_id}")).await;
+        for p in now["photos"].as_array().unwrap() {
+            let r = rank(p["state"].as_str().unwrap());
+            let before = seen.insert(p["id"].as_str().unwrap().to_owned(), r);
+            assert!(before.is_none_or(|b| b <= r), "state went back: {p}");
+        }
+        if now["completed"] == 12 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not complete: {now}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // The stalled worker wakes up: whatever it records now changes nothing.
+    let done = photoq::db::jobs::Completion {
+        width: 1,
+        height: 1,
+        exif: Value::Null,
+        variants: Vec::new(),
+    };
+    let recorded = photoq::db::jobs::complete_many(&mut conn, &[(raced, &done, ghost_attempt)])
+        .await
+        .unwrap();
+    assert!(recorded.is_empty(), "a stale completion was recorded");
+    let failed = photoq::db::jobs::finish(
+        &mut conn,
+        raced,
+        ghost_attempt,
+        photoq::db::jobs::Ending::Failed { reason: "late" },
+    )
+    .await
+    .unwrap();
+    assert!(!failed, "a stale failure was recorded");
+    assert!(
+        !ghost.heartbeat(&entry).await.unwrap(),
+        "the claim was taken over"
+    );
+
+    // Duplicates of completed photos are acknowledged without work.
+    duplicate(&cluster, &ids, 2).await;
+    assert_all_completed(&cluster, &client, std::slice::from_ref(&batch)).await;
+    for id in &ids {
+        let photo = client.get(&format!("/v1/photos/{id}")).await;
+        let outcomes: Vec<&str> = photo["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["outcome"].as_str().unwrap())
+            .collect();
+        if *id == ids[0] {
+            // Two real runs: the stalled one, then the one that took it over.
+            assert_eq!(photo["attempts"], 2, "{photo}");
+            assert_eq!(outcomes, ["interrupted", "completed"], "{photo}");
+            assert!(photo["original"]["width"].as_i64().unwrap() > 1, "{photo}");
+        } else {
+            assert_eq!(photo["attempts"], 1, "{photo}");
+            assert_eq!(outcomes, ["completed"], "{photo}");
+        }
+    }
+    drop(conn);
+    drop(workers);
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_deleted_then_trimmed_mid_run_every_photo_completes() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::new("pqgone");
+    fast(&mut cluster);
+    let key = cluster.key();
+    let (_api, base) = cluster.serve().await;
+    let client = Client::new(&base, &key);
+    let _worker = cluster.work(1);
+    let batches = upload_all(&client, &photos(60)).await;
+    let first = batches[0]["batch_id"].as_str().unwrap().to_owned();
+    let jobs = queue_of(&cluster).keys().jobs.clone();
+    let mut conn = redis_of(&cluster).await;
+
+    // The stream key is deleted (its group and pending list with it); nothing else changes.
+    wait_progress(&client, &first, 5).await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(&jobs)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Then, later, trimmed to nothing.
+    wait_progress(&client, &first, 25).await;
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(&jobs)
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_all_completed(&cluster, &client, &batches).await;
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_entry_that_kills_workers_before_their_start_ends_dead() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::new("pqpoison");
+    fast(&mut cluster);
+    cluster.set("PHOTOQ_RETRY_MAX_ATTEMPTS", 3);
+    let key = cluster.key();
+    let (_api, base) = cluster.serve().await;
+    let client = Client::new(&base, &key);
+    let batch = client.upload(&photos(1)).await;
+    let id = ids_of(&batch).remove(0);
+
+    // Three workers read the entry and died before they could record a start: Redis
+    // counted three deliveries, PostgreSQL none.
+    let queue = queue_of(&cluster);
+    queue.ensure_group().await.unwrap();
+    let jobs = queue.keys().jobs.clone();
+    let mut conn = redis_of(&cluster).await;
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(photoq::queue::GROUP)
+        .arg("doomed")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&jobs)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let entry = read.keys[0].ids[0].id.clone();
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(&jobs)
+        .arg(photoq::queue::GROUP)
+        .arg("doomed")
+        .arg(0)
+        .arg(&entry)
+        .arg("RETRYCOUNT")
+        .arg(3)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // A live worker takes it over (the fourth delivery) and ends it without running it.
+    let _worker = cluster.work(1);
+    let batch = client.wait_batch(batch["batch_id"].as_str().unwrap()).await;
+    assert_eq!(batch["dead"], 1, "{batch}");
+    let photo = client.get(&format!("/v1/photos/{id}")).await;
+    assert_eq!(photo["state"], "dead", "{photo}");
+    assert_eq!(photo["attempts"], 0, "{photo}");
+    let error = photo["error"].as_str().unwrap();
+    assert!(error.contains("delivered 4 times"), "{error}");
+    assert_eq!(queue.dead_letters().await.unwrap(), 1);
+    assert_eq!(queue.pending().await.unwrap(), 0);
+    assert_eq!(queue.stream_len().await.unwrap(), 0);
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_20k_jobs_the_stream_holds_no_more_than_in_flight_plus_100() {
+    let _serial = SERIAL.lock().await;
+    const JOBS: usize = 20_000;
+    let mut cluster = Cluster::new("pqbound");
+    fast(&mut cluster);
+    let pool = pool_of(&cluster).await;
+    let (owner, _) = photoq::auth::create_key(&pool, "bound").await.unwrap();
+    let queue = queue_of(&cluster);
+    queue.ensure_group().await.unwrap();
+    let mut conn = photoq::db::conn(&pool).await.unwrap();
+    for chunk in 0..JOBS / 2000 {
+        let batch = photoq::db::models::Batch {
+            id: uuid::Uuid::now_v7(),
+            owner_id: owner.id,
+            created_at: chrono::Utc::now(),
+        };
+        let photos: Vec<_> = (0..2000)
+            .map(|i| photoq::db::models::NewPhoto {
+                id: uuid::Uuid::now_v7(),
+                batch_id: batch.id,
+                owner_id: owner.id,
+                filename: Some(format!("{chunk}-{i}.jpg")),
+                content_type: "image/jpeg".into(),
+                bytes: 1,
+                sha256: String::new(),
+                original_key: String::new(),
+            })
+            .collect();
+        photoq::db::photos::insert_batch(&mut conn, &batch, &photos, None)
+            .await
+            .unwrap();
+        let ids: Vec<uuid::Uuid> = photos.iter().map(|p| p.id).collect();
+        photoq::dispatch::publish_new(&pool, &queue, &ids)
+            .await
+            .unwrap();
+    }
+    assert_eq!(queue.stream_len().await.unwrap(), JOBS as u64);
+
+    let _worker = cluster.spawn(&["work", "--no-op", "--concurrency", "500"], &[]);
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let done: Vec<Count> = diesel::sql_query(
+            "SELECT count(*) AS n FROM photos WHERE state = 'completed' AND attempts = 1",
+        )
+        .load(&mut *conn)
+        .await
+        .unwrap();
+        if done[0].n == JOBS as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} of {JOBS} done", done[0].n);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let in_flight = queue.pending().await.unwrap();
+    let len = queue.stream_len().await.unwrap();
+    assert!(
+        len <= in_flight + 100,
+        "stream holds {len}, in flight {in_flight}"
+    );
+    cluster.cleanup().await;
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
 }

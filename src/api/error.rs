@@ -69,6 +69,14 @@ impl ApiError {
         }
     }
 
+    /// A query parameter out of its range or format.
+    pub fn bad_query(message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code: "bad_query",
+            message: message.into(),
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest { code, .. } | ApiError::PayloadTooLarge { code, .. } => code,

@@ -53,7 +53,7 @@ pub async fn list_photos(
         .as_deref()
         .map(|s| {
             PhotoState::parse(s).ok_or_else(|| {
-                ApiError::bad_request(format!(
+                ApiError::bad_query(format!(
                     "state must be one of queued, processing, completed, failed, dead; got {s:?}"
                 ))
             })
@@ -82,16 +82,18 @@ pub(super) async fn page(
 ) -> Result<PhotoPage, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(format!(
-            "limit must be 1..={MAX_PAGE}"
-        )));
+        return Err(ApiError::bad_query(format!("limit must be 1..={MAX_PAGE}")));
     }
     if let Some(batch) = batch {
         super::batches::owned(state, owner, batch).await?;
     }
     let after = cursor
         .as_deref()
-        .map(|c| Uuid::parse_str(c).map_err(|_| ApiError::bad_request("invalid cursor")))
+        .map(|c| {
+            Uuid::parse_str(c).map_err(|_| {
+                ApiError::bad_query("invalid cursor: pass back a `next_cursor` unchanged")
+            })
+        })
         .transpose()?;
     let filter = ListFilter {
         batch,

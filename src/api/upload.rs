@@ -89,9 +89,12 @@ impl FromRequest for IdempotencyKey {
                 Ok(k) if !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX => {
                     Ok(IdempotencyKey(Some(k.to_owned())))
                 }
-                _ => Err(ApiError::bad_request(format!(
-                    "{IDEMPOTENCY_HEADER} must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"
-                ))),
+                _ => Err(ApiError::BadRequest {
+                    code: "bad_header",
+                    message: format!(
+                        "{IDEMPOTENCY_HEADER} must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"
+                    ),
+                }),
             },
         };
         std::future::ready(key)
