@@ -168,7 +168,7 @@ pub enum Event {
 }
 
 /// What a transition did, when it did something.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Change {
     Published,
     Started,

@@ -57,6 +57,8 @@ struct World {
     counted_runs: i32,
     /// Completions recorded since the last redrive.
     completions: u32,
+    /// Every kind of change the scenario made.
+    changes: std::collections::HashSet<Change>,
 }
 
 impl World {
@@ -74,6 +76,7 @@ impl World {
             trace: Vec::new(),
             counted_runs: 0,
             completions: 0,
+            changes: Default::default(),
         }
     }
 
@@ -99,6 +102,7 @@ impl World {
         self.trace.push(event.clone());
         let result = apply(&self.row, &event, MAX);
         if let Some((next, change)) = &result {
+            self.changes.insert(*change);
             // Final states move only by redrive.
             if before.state.is_final() {
                 assert!(
@@ -462,6 +466,7 @@ async fn scenarios_replayed_on_postgres_match_the_model() {
     let mut conn = photoq::db::conn(&pool).await.unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut events = 0;
+    let mut changes = std::collections::HashSet::new();
     for _ in 0..40 {
         let n = rng.random_range(5..60);
         let actions: Vec<(u8, u8)> = (0..n).map(|_| (rng.random(), rng.random())).collect();
@@ -486,10 +491,16 @@ async fn scenarios_replayed_on_postgres_match_the_model() {
             .unwrap();
         replay(&mut conn, photo.id, &world.trace).await;
         events += world.trace.len();
+        changes.extend(world.changes);
     }
     assert!(
         events > 500,
         "the scenarios exercised the machine: {events}"
+    );
+    assert_eq!(
+        changes.len(),
+        11,
+        "every kind of transition replayed: {changes:?}"
     );
     drop(conn);
     drop(pool);
