@@ -155,6 +155,7 @@ async fn variants_carry_etag_and_answer_304() {
     let res = app.get(&url).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "image/jpeg");
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
     assert!(res.headers()["cache-control"]
         .to_str()
         .unwrap()

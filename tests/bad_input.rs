@@ -168,13 +168,7 @@ async fn another_owners_photo_is_404() {
     ] {
         let mine = app.get(&path).await;
         assert_eq!(mine.status(), 200, "{path} for its owner");
-        let res = app
-            .client
-            .get(app.url(&path))
-            .bearer_auth(&other)
-            .send()
-            .await
-            .unwrap();
+        let res = app.get_as(&other, &path).await;
         assert_eq!(res.status(), 404, "{path} for another key");
         assert_eq!(error_code(res).await, "not_found");
     }
@@ -363,13 +357,7 @@ async fn malformed_redrive_bodies_change_nothing_and_other_keys_see_404() {
         format!("/v1/dead-letters?batch={batch}"),
         format!("/v1/photos?batch={batch}"),
     ] {
-        let res = app
-            .client
-            .get(app.url(&path))
-            .bearer_auth(&other)
-            .send()
-            .await
-            .unwrap();
+        let res = app.get_as(&other, &path).await;
         assert_eq!(res.status(), 404, "{path}");
     }
     let dead = app.get_json("/v1/dead-letters").await;

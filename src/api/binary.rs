@@ -63,6 +63,8 @@ impl Responder for ImageBytes {
                 .finish(),
             Some(body) => HttpResponse::Ok()
                 .content_type(self.content_type)
+                // Browsers must take the sniffed type we send, never guess another.
+                .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
                 .insert_header(header::ETag(tag))
                 .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
                 .body(body),

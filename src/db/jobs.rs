@@ -286,20 +286,23 @@ pub async fn finish(
             .filter(photos::attempt_id.eq(attempt.id));
         let no_id = photos::attempt_id.eq(None::<i64>);
         let (changed, outcome, error) = match ending {
-            Ending::Failed { reason } => (
-                diesel::update(guarded)
+            Ending::Failed { reason } | Ending::Dead { reason } => {
+                let (state, outcome) = match ending {
+                    Ending::Failed { .. } => (PhotoState::Failed, AttemptOutcome::Failed),
+                    _ => (PhotoState::Dead, AttemptOutcome::Dead),
+                };
+                let changed = diesel::update(guarded)
                     .set((
-                        photos::state.eq(PhotoState::Failed.as_str()),
+                        photos::state.eq(state.as_str()),
                         photos::error.eq(reason),
                         photos::completed_at.eq(now),
                         photos::updated_at.eq(now),
                         no_id,
                     ))
                     .execute(conn)
-                    .await?,
-                AttemptOutcome::Failed,
-                Some(reason),
-            ),
+                    .await?;
+                (changed, outcome, Some(reason))
+            }
             Ending::Retry { error, at } => (
                 diesel::update(guarded)
                     .set((
@@ -313,20 +316,6 @@ pub async fn finish(
                     .await?,
                 AttemptOutcome::Retry,
                 Some(error),
-            ),
-            Ending::Dead { reason } => (
-                diesel::update(guarded)
-                    .set((
-                        photos::state.eq(PhotoState::Dead.as_str()),
-                        photos::error.eq(reason),
-                        photos::completed_at.eq(now),
-                        photos::updated_at.eq(now),
-                        no_id,
-                    ))
-                    .execute(conn)
-                    .await?,
-                AttemptOutcome::Dead,
-                Some(reason),
             ),
             Ending::HandBack { entry } => {
                 let back = (

@@ -157,7 +157,10 @@ impl Cluster {
         self.spawn(&["work", "--concurrency", &concurrency.to_string()], &[])
     }
 
-    /// Files under `dir` of the storage root.
+    /// Objects under `dir` of the storage root. A write is staged in a file named
+    /// `{object}#{digits}` and renamed into place; a worker killed (SIGKILL) between the two
+    /// leaves the staging file behind. object_store does not count those as objects, and
+    /// neither does this.
     pub fn stored(&self, dir: &str) -> Vec<PathBuf> {
         let mut out = Vec::new();
         let mut stack = vec![self.storage.join(dir)];
@@ -167,9 +170,14 @@ impl Cluster {
             };
             for e in entries.flatten() {
                 let p = e.path();
+                let staged = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.split_once('#'))
+                    .is_some_and(|(_, s)| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
                 if p.is_dir() {
                     stack.push(p);
-                } else {
+                } else if !staged {
                     out.push(p);
                 }
             }

@@ -219,9 +219,14 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.get_as(&self.key, path).await
+    }
+
+    /// GET with another key than the app's own.
+    pub async fn get_as(&self, key: &str, path: &str) -> reqwest::Response {
         self.client
             .get(self.url(path))
-            .bearer_auth(&self.key)
+            .bearer_auth(key)
             .send()
             .await
             .expect("get")
