@@ -244,6 +244,10 @@ impl Config {
         if self.upload.max_files == 0 || self.upload.max_file_bytes == 0 {
             return invalid("upload limits must be > 0".into());
         }
+        if self.database.pool_size < 2 {
+            // The reconciler holds one connection (its lock) while it uses another.
+            return invalid("database.pool_size must be at least 2".into());
+        }
         if self.worker.concurrency == 0 {
             return invalid("worker.concurrency must be > 0".into());
         }
