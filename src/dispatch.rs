@@ -3,6 +3,7 @@
 //! dead letters. Redis is called only between PostgreSQL statements, never while a
 //! transaction holds row locks.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use diesel_async::RunQueryDsl;
@@ -55,14 +56,10 @@ pub async fn publish(
     Ok(())
 }
 
-/// Photos never published before.
-fn fresh(ids: &[Uuid]) -> Vec<(Uuid, Option<String>)> {
-    ids.iter().map(|id| (*id, None)).collect()
-}
-
-/// Publishes newly committed photos (see [`publish`]).
+/// Publishes photos never published before (see [`publish`]).
 pub async fn publish_new(pool: &DbPool, queue: &Queue, ids: &[Uuid]) -> Result<(), DispatchError> {
-    publish(pool, queue, &fresh(ids)).await
+    let jobs: Vec<(Uuid, Option<String>)> = ids.iter().map(|id| (*id, None)).collect();
+    publish(pool, queue, &jobs).await
 }
 
 /// What one reconciliation round did.
@@ -166,44 +163,41 @@ impl Reconciler {
             .collect();
         let mut statuses = queue.entry_status(&known).await?.into_iter();
         let mut republish: Vec<(Uuid, Option<String>)> = Vec::new();
-        let mut lifeless: Vec<(Uuid, i64, Option<String>)> = Vec::new();
-        for o in &overdue {
+        let mut lifeless: HashMap<Uuid, (i64, Option<String>)> = HashMap::new();
+        for o in overdue {
             let status = match o.entry_id {
                 Some(_) => statuses.next().unwrap_or(EntryStatus::Gone),
                 None => EntryStatus::Gone,
             };
             match (o.state.as_str(), o.attempt_id) {
                 ("processing", Some(attempt)) if status != EntryStatus::Pending => {
-                    lifeless.push((o.id, attempt, o.entry_id.clone()))
+                    lifeless.insert(o.id, (attempt, o.entry_id));
                 }
                 ("queued", _) if matches!(status, EntryStatus::Gone | EntryStatus::Orphaned) => {
-                    republish.push((o.id, o.entry_id.clone()))
+                    republish.push((o.id, o.entry_id))
                 }
                 _ => {}
             }
         }
         if !lifeless.is_empty() {
-            let pairs: Vec<(Uuid, i64)> = lifeless.iter().map(|(id, a, _)| (*id, *a)).collect();
-            let max = config.retry.max_attempts as i32;
+            let pairs: Vec<(Uuid, i64)> = lifeless.iter().map(|(id, (a, _))| (*id, *a)).collect();
             let reclaimed = {
                 let mut conn = db::conn(pool).await?;
-                db::jobs::reclaim_many(&mut conn, &pairs, max).await?
+                db::jobs::reclaim_many(&mut conn, &pairs, config.retry.max_attempts as i32).await?
             };
             for (id, dead) in reclaimed {
-                if dead {
-                    round.buried += 1;
-                    let reason =
-                        format!("gave up after {max} attempts; the last ended without an outcome");
-                    queue.dead_letter(None, id, &reason).await?;
-                    tracing::warn!(job_id = %id, "lifeless last attempt: photo dead");
-                } else {
-                    round.requeued += 1;
-                    let seen = lifeless
-                        .iter()
-                        .find(|(l, _, _)| *l == id)
-                        .and_then(|(_, _, e)| e.clone());
-                    tracing::warn!(job_id = %id, "lifeless attempt reclaimed; job published again");
-                    republish.push((id, seen));
+                match dead {
+                    Some(reason) => {
+                        round.buried += 1;
+                        queue.dead_letter(None, id, &reason).await?;
+                        tracing::warn!(job_id = %id, "lifeless last attempt: photo dead");
+                    }
+                    None => {
+                        round.requeued += 1;
+                        let seen = lifeless.remove(&id).and_then(|(_, entry)| entry);
+                        tracing::warn!(job_id = %id, "lifeless attempt reclaimed; job published again");
+                        republish.push((id, seen));
+                    }
                 }
             }
         }
@@ -257,11 +251,7 @@ pub async fn run_reconciler(
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "reconciler round failed; trying again next round");
-                metrics
-                    .background_failures
-                    .with_label_values(&["reconciler"])
-                    .inc();
+                metrics.background_failure("reconciler", &e);
                 interval
             }
         };

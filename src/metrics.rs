@@ -88,6 +88,17 @@ impl Metrics {
         })
     }
 
+    /// Counts a delivery or attempt that changed nothing (`stage`: start or finish).
+    pub fn stale(&self, stage: &str) {
+        self.stale_deliveries.with_label_values(&[stage]).inc();
+    }
+
+    /// Logs and counts a failed round of a background task; it tries again next round.
+    pub fn background_failure(&self, task: &str, error: &dyn std::fmt::Display) {
+        tracing::warn!(task, error = %error, "background round failed; trying again next round");
+        self.background_failures.with_label_values(&[task]).inc();
+    }
+
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;

@@ -5,6 +5,7 @@
 //! sequences on both and compares the rows.
 
 use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::sql_types::{
     Array, BigInt, Integer, Interval, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
@@ -88,49 +89,46 @@ pub async fn start_many(
     let ids: Vec<Uuid> = delivered.iter().map(|d| d.photo_id).collect();
     let entries: Vec<&str> = delivered.iter().map(|d| d.entry.as_str()).collect();
     let counts: Vec<i32> = delivered.iter().map(|d| d.deliveries).collect();
+    let spent = spent_reason(max_attempts);
     rerun_on_conflict!(conn.transaction::<_, DbError, _>(async |conn| {
         prefer_key_lookups(conn).await?;
         let now = Utc::now();
-        let dead: Vec<IdText> = diesel::sql_query(
+        // Both statements join the deliveries ($1-$3) on the photos a start may take.
+        let over_deliveries = |sql: String| {
+            diesel::sql_query(sql)
+                .into_boxed::<Pg>()
+                .bind::<Array<SqlUuid>, _>(&ids)
+                .bind::<Array<Text>, _>(&entries)
+                .bind::<Array<Integer>, _>(&counts)
+                .bind::<Integer, _>(max_attempts)
+                .bind::<Timestamptz, _>(now)
+        };
+        const TAKES: &str = "FROM unnest($1::uuid[], $2::text[], $3::int4[]) AS v(id, entry, n) \
+             WHERE p.id = v.id \
+               AND (p.state = 'queued' OR (p.state = 'processing' AND p.entry_id = v.entry))";
+        let dead: Vec<IdText> = over_deliveries(format!(
             "UPDATE photos AS p \
-                 SET state = 'dead', entry_id = v.entry, attempt_id = NULL, \
-                     next_attempt_at = NULL, completed_at = $5, updated_at = $5, \
-                     error = CASE WHEN p.attempts >= $4 \
-                       THEN 'gave up after ' || $4 || ' attempts; the last ended without an \
-                             outcome (worker crashed or was killed)' \
-                             || coalesce('; last error: ' || p.error, '') \
-                       ELSE 'delivered ' || v.n || ' times without a recorded start: the job \
-                             stops its worker before it can begin' END \
-                 FROM unnest($1::uuid[], $2::text[], $3::int4[]) AS v(id, entry, n) \
-                 WHERE p.id = v.id \
-                   AND (p.state = 'queued' OR (p.state = 'processing' AND p.entry_id = v.entry)) \
-                   AND (p.attempts >= $4 OR v.n > $4) \
-                 RETURNING p.id, p.error AS text",
-        )
-        .bind::<Array<SqlUuid>, _>(&ids)
-        .bind::<Array<Text>, _>(&entries)
-        .bind::<Array<Integer>, _>(&counts)
-        .bind::<Integer, _>(max_attempts)
-        .bind::<Timestamptz, _>(now)
+             SET state = 'dead', entry_id = v.entry, attempt_id = NULL, \
+                 next_attempt_at = NULL, completed_at = $5, updated_at = $5, \
+                 error = CASE WHEN p.attempts >= $4 \
+                   THEN $6 || coalesce('; last error: ' || p.error, '') \
+                   ELSE 'delivered ' || v.n || ' times without a recorded start: the job \
+                         stops its worker before it can begin' END \
+             {TAKES} AND (p.attempts >= $4 OR v.n > $4) \
+             RETURNING p.id, p.error AS text"
+        ))
+        .bind::<Text, _>(&spent)
         .load(conn)
         .await?;
-        let photos: Vec<Photo> = diesel::sql_query(
+        let photos: Vec<Photo> = over_deliveries(format!(
             "UPDATE photos AS p \
-                 SET state = 'processing', attempts = p.attempts + 1, \
-                     attempt_id = nextval(pg_get_serial_sequence('photo_attempts', 'id')), \
-                     entry_id = v.entry, started_at = $5, updated_at = $5, \
-                     next_attempt_at = NULL \
-                 FROM unnest($1::uuid[], $2::text[], $3::int4[]) AS v(id, entry, n) \
-                 WHERE p.id = v.id \
-                   AND (p.state = 'queued' OR (p.state = 'processing' AND p.entry_id = v.entry)) \
-                   AND p.attempts < $4 AND v.n <= $4 \
-                 RETURNING p.*",
-        )
-        .bind::<Array<SqlUuid>, _>(&ids)
-        .bind::<Array<Text>, _>(&entries)
-        .bind::<Array<Integer>, _>(&counts)
-        .bind::<Integer, _>(max_attempts)
-        .bind::<Timestamptz, _>(now)
+             SET state = 'processing', attempts = p.attempts + 1, \
+                 attempt_id = nextval(pg_get_serial_sequence('photo_attempts', 'id')), \
+                 entry_id = v.entry, started_at = $5, updated_at = $5, \
+                 next_attempt_at = NULL \
+             {TAKES} AND p.attempts < $4 AND v.n <= $4 \
+             RETURNING p.*"
+        ))
         .load(conn)
         .await?;
         // Attempts still `running` of these photos belong to workers that stopped.
@@ -416,46 +414,69 @@ pub async fn overdue(
 
 /// `Reclaim` for several lifeless attempts (photo, attempt): each photo still `processing`
 /// under that attempt goes back to `queued`, or to `dead` when it was the last attempt
-/// allowed; the attempt is closed as interrupted. Returns (photo, now dead?) for each.
+/// allowed; the attempt is closed as interrupted. Returns each photo reclaimed, with the
+/// reason it is dead if it is.
 pub async fn reclaim_many(
     conn: &mut AsyncPgConnection,
     lifeless: &[(Uuid, i64)],
     max_attempts: i32,
-) -> Result<Vec<(Uuid, bool)>, DbError> {
+) -> Result<Vec<(Uuid, Option<String>)>, DbError> {
     if lifeless.is_empty() {
         return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = lifeless.iter().map(|l| l.0).collect();
     let attempt_ids: Vec<i64> = lifeless.iter().map(|l| l.1).collect();
+    let spent = spent_reason(max_attempts);
     rerun_on_conflict!(conn.transaction::<_, DbError, _>(async |conn| {
         let now = Utc::now();
-        let rows: Vec<IdText> = diesel::sql_query(
+        let rows: Vec<Reclaimed> = diesel::sql_query(
             "UPDATE photos AS p \
                  SET state = CASE WHEN p.attempts >= $3 THEN 'dead' ELSE 'queued' END, \
                      error = CASE WHEN p.attempts >= $3 \
-                       THEN 'gave up after ' || $3 || ' attempts; the last ended without an \
-                             outcome (worker crashed or was killed)' \
-                             || coalesce('; last error: ' || p.error, '') \
+                       THEN $5 || coalesce('; last error: ' || p.error, '') \
                        ELSE p.error END, \
                      completed_at = CASE WHEN p.attempts >= $3 THEN $4 END, \
                      attempt_id = NULL, updated_at = $4 \
                  FROM unnest($1::uuid[], $2::int8[]) AS v(id, attempt_id) \
                  WHERE p.id = v.id AND p.state = 'processing' AND p.attempt_id = v.attempt_id \
-                 RETURNING p.id, p.state AS text",
+                 RETURNING p.id, p.state, p.error",
         )
         .bind::<Array<SqlUuid>, _>(&ids)
         .bind::<Array<BigInt>, _>(&attempt_ids)
         .bind::<Integer, _>(max_attempts)
         .bind::<Timestamptz, _>(now)
+        .bind::<Text, _>(&spent)
         .load(conn)
         .await?;
         let reclaimed: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         attempts::interrupt_running(conn, &reclaimed, now).await?;
         Ok(rows
             .into_iter()
-            .map(|r| (r.id, r.text == PhotoState::Dead.as_str()))
+            .map(|r| {
+                let dead = r.state == PhotoState::Dead.as_str();
+                (r.id, r.error.filter(|_| dead))
+            })
             .collect())
     }))
+}
+
+#[derive(QueryableByName)]
+struct Reclaimed {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    error: Option<String>,
+}
+
+/// Why a photo whose last allowed attempt ended without an outcome is dead (the photo's
+/// last recorded error, if any, is appended).
+fn spent_reason(max_attempts: i32) -> String {
+    format!(
+        "gave up after {max_attempts} attempts; the last ended without an outcome \
+         (worker crashed or was killed)"
+    )
 }
 
 /// Which photos a redrive takes.

@@ -132,10 +132,7 @@ pub async fn start_all(ctx: &WorkerContext, deliveries: Vec<Delivery>) -> Vec<St
                 if let Some(twin) = entries.insert(job.photo_id, delivered) {
                     // The same photo twice in one read: one entry is enough (if this worker
                     // dies, the one kept stays pending and is taken over).
-                    ctx.metrics
-                        .stale_deliveries
-                        .with_label_values(&["start"])
-                        .inc();
+                    ctx.metrics.stale("start");
                     done_with.push(twin.entry);
                 }
             }
@@ -173,10 +170,7 @@ pub async fn start_all(ctx: &WorkerContext, deliveries: Vec<Delivery>) -> Vec<St
             // Left: duplicates, photos final or running elsewhere; nothing to do.
             for (photo_id, d) in entries {
                 tracing::debug!(job_id = %photo_id, entry = %d.entry, "stale delivery acknowledged");
-                ctx.metrics
-                    .stale_deliveries
-                    .with_label_values(&["start"])
-                    .inc();
+                ctx.metrics.stale("start");
                 done_with.push(d.entry);
             }
         }
@@ -241,16 +235,7 @@ pub async fn handle(ctx: &WorkerContext, job: Started) {
             tracing::info!("shutdown grace period over; job handed back");
             give_back(ctx, &entry, photo_id, attempt).await
         }
-        Err(JobError::Superseded) => {
-            tracing::warn!(
-                "entry taken over by another worker; this attempt stops, recording nothing"
-            );
-            ctx.metrics
-                .stale_deliveries
-                .with_label_values(&["finish"])
-                .inc();
-            Ok(Outcome::Stale)
-        }
+        Err(JobError::Superseded) => stale(ctx, &entry).await,
         other => other,
     };
     ctx.metrics
@@ -294,14 +279,11 @@ async fn keep_claim(
     }
 }
 
-/// A stale record (the attempt was taken over): nothing changed; the entry is released if
-/// this worker still holds it.
+/// A stale attempt (taken over while it ran, or its end found the photo moved on): nothing
+/// recorded; the entry is released if this worker still holds it.
 async fn stale(ctx: &WorkerContext, entry: &str) -> Result<Outcome, JobError> {
     tracing::warn!("attempt superseded while it ran; its outcome is not recorded");
-    ctx.metrics
-        .stale_deliveries
-        .with_label_values(&["finish"])
-        .inc();
+    ctx.metrics.stale("finish");
     ctx.consumer.release(&[entry]).await?;
     Ok(Outcome::Stale)
 }

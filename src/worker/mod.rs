@@ -249,13 +249,7 @@ async fn prune_consumers(ctx: &WorkerContext, idle: Duration) {
     match ctx.queue.prune_consumers(idle).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(removed = n, "removed consumers of workers that are gone"),
-        Err(e) => {
-            tracing::warn!(error = %e, "pruning consumers failed");
-            ctx.metrics
-                .background_failures
-                .with_label_values(&["pruner"])
-                .inc();
-        }
+        Err(e) => ctx.metrics.background_failure("pruner", &e),
     }
 }
 
@@ -303,13 +297,7 @@ async fn promote_retries(ctx: WorkerContext, shutdown: CancellationToken) {
         {
             Ok(n) if n > 0 => tracing::debug!(count = n, "retries due moved onto the stream"),
             Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "promoting retries failed");
-                ctx.metrics
-                    .background_failures
-                    .with_label_values(&["promoter"])
-                    .inc();
-            }
+            Err(e) => ctx.metrics.background_failure("promoter", &e),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
