@@ -121,6 +121,7 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
             queue,
             storage,
             metrics,
+            uploads: Arc::new(tokio::sync::Semaphore::new(config.upload.max_concurrent)),
         };
         let server = actix_web::HttpServer::new(move || api::app(state.clone()))
             .disable_signals()

@@ -86,6 +86,7 @@ pub struct StorageConfig {
 pub struct UploadConfig {
     pub max_files: usize,
     pub max_file_bytes: u64,
+    pub max_concurrent: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -241,7 +242,10 @@ impl Config {
                 ));
             }
         }
-        if self.upload.max_files == 0 || self.upload.max_file_bytes == 0 {
+        if self.upload.max_files == 0
+            || self.upload.max_file_bytes == 0
+            || self.upload.max_concurrent == 0
+        {
             return invalid("upload limits must be > 0".into());
         }
         if self.database.pool_size < 2 {

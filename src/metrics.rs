@@ -1,7 +1,8 @@
 //! Prometheus metrics, served at `/metrics`. Names are constants here, in one place.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 pub const PHOTOS_UPLOADED: &str = "photoq_photos_uploaded_total";
@@ -11,6 +12,7 @@ pub const COMMIT_GROUP_JOBS: &str = "photoq_commit_group_jobs";
 pub const STALE_DELIVERIES: &str = "photoq_stale_deliveries_total";
 pub const RECONCILED: &str = "photoq_reconciled_jobs_total";
 pub const BACKGROUND_FAILURES: &str = "photoq_background_failures_total";
+pub const UPLOADS_IN_FLIGHT: &str = "photoq_uploads_in_flight";
 
 /// Buckets for job durations, seconds.
 const JOB_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -39,6 +41,8 @@ pub struct Metrics {
     pub reconciled: IntCounterVec,
     /// Failed rounds of background tasks: reconciler, promoter, pruner.
     pub background_failures: IntCounterVec,
+    /// Upload bodies being read now (at most `upload.max_concurrent`).
+    pub uploads_in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -69,6 +73,8 @@ impl Metrics {
             Opts::new(BACKGROUND_FAILURES, "Failed rounds of background tasks"),
             &["task"],
         )?;
+        let uploads_in_flight = IntGauge::new(UPLOADS_IN_FLIGHT, "Upload bodies being read now")?;
+        registry.register(Box::new(uploads_in_flight.clone()))?;
         registry.register(Box::new(photos_uploaded.clone()))?;
         registry.register(Box::new(commit_group_jobs.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
@@ -85,6 +91,7 @@ impl Metrics {
             stale_deliveries,
             reconciled,
             background_failures,
+            uploads_in_flight,
         })
     }
 

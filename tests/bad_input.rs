@@ -393,3 +393,84 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// Waits until `/metrics` shows `n` upload bodies being read.
+async fn wait_uploads_in_flight(app: &TestApp, n: u64) {
+    let deadline = std::time::Instant::now() + common::SETTLE_TIMEOUT;
+    loop {
+        let text = app.get_public("/metrics").await.text().await.unwrap();
+        let now = text
+            .lines()
+            .find_map(|l| l.strip_prefix("photoq_uploads_in_flight "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if now == Some(n) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "in flight: {now:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_past_the_concurrency_cap_are_503_busy_and_change_nothing() {
+    let app = TestApp::builder()
+        .config("[upload]\nmax_concurrent = 1")
+        .workers(None)
+        .start()
+        .await;
+    // The first upload streams its body slowly: the test sends it piece by piece.
+    let boundary = "photoq-test-boundary";
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let slow = app
+        .client
+        .post(app.url("/v1/photos"))
+        .bearer_auth(&app.key)
+        .header(
+            "Content-Type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
+    let slow = tokio::spawn(slow);
+    let photo = sample();
+    let (head, tail) = photo.split_at(photo.len() / 2);
+    let mut opening = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\
+         Content-Type: image/jpeg\r\n\r\n"
+    )
+    .into_bytes();
+    opening.extend_from_slice(head);
+    tx.send(Ok(opening)).await.unwrap();
+    wait_uploads_in_flight(&app, 1).await;
+
+    // A second upload meanwhile: refused, with a hint when to come back.
+    let res = app.upload(vec![("b.jpg".into(), sample())]).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(error_code(res).await, "busy");
+
+    // The first one finishes and is accepted; only it was recorded.
+    let mut closing = tail.to_vec();
+    closing.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    tx.send(Ok(closing)).await.unwrap();
+    drop(tx);
+    let res = slow.await.unwrap().unwrap();
+    assert_eq!(res.status(), 202);
+    wait_uploads_in_flight(&app, 0).await;
+    let page = app.get_json("/v1/photos").await;
+    let photos = page["photos"].as_array().unwrap();
+    assert_eq!(photos.len(), 1, "{page}");
+    assert_eq!(photos[0]["filename"], "a.jpg");
+    assert_eq!(photos[0]["original"]["bytes"], photo.len());
+    let original = app
+        .bytes(&format!(
+            "/v1/photos/{}/original",
+            photos[0]["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(original, photo, "stored whole, byte for byte");
+    app.finish().await;
+}

@@ -8,6 +8,9 @@ use serde::Serialize;
 use crate::db::DbError;
 use crate::storage::StorageError;
 
+/// Seconds a `busy` answer asks the client to wait.
+const BUSY_RETRY_SECS: u64 = 1;
+
 /// The body of every error response.
 #[derive(Debug, Serialize, Apiv2Schema)]
 pub struct ErrorBody {
@@ -36,7 +39,7 @@ pub struct ErrorDetail {
     code = 415,
     description = "Not a supported image type (judged from the bytes)",
     code = 503,
-    description = "PostgreSQL or storage unreachable; retry later",
+    description = "PostgreSQL or storage unreachable (`unavailable`), or too busy (`busy`, with Retry-After); retry later",
     code = 500,
     description = "Internal error",
     default_schema = "ErrorBody"
@@ -57,6 +60,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// Too much work at once (e.g. too many uploads being read); retry after a moment.
+    #[error("too busy: {0}; retry in a moment")]
+    Busy(&'static str),
     #[error("internal error")]
     Internal(String),
 }
@@ -85,6 +91,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Busy(_) => "busy",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -99,7 +106,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -120,6 +127,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self, ApiError::Unauthorized) {
             response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if matches!(self, ApiError::Busy(_)) {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, BUSY_RETRY_SECS));
         }
         response.json(ErrorBody {
             error: ErrorDetail {

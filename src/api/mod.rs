@@ -33,6 +33,8 @@ pub struct AppState {
     pub queue: Queue,
     pub storage: Storage,
     pub metrics: Metrics,
+    /// One permit per upload body being read (`upload.max_concurrent`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Largest JSON body accepted (the JSON routes take a few small fields).

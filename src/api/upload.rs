@@ -1,7 +1,10 @@
 //! `POST /v1/photos`: multipart upload of one or many photos.
 //!
-//! Each file is read in chunks, its type sniffed from its first bytes, its size bounded and
-//! its SHA-256 computed on the way; it is stored under a key derived from its new photo id.
+//! Each file is streamed to storage in parts, never held whole: its type is sniffed from its
+//! first bytes (before anything is written), its size bounded and its SHA-256 computed on
+//! the way; it is stored under a key derived from its new photo id. At most
+//! `upload.max_concurrent` upload bodies are read at once; past that a request is answered
+//! `503 busy` with `Retry-After`.
 //! Then the batch and photo rows are committed in one transaction, and only then are the jobs
 //! put on the stream (PostgreSQL first: see DESIGN rule 1).
 
@@ -23,8 +26,9 @@ use super::models::{PhotoRef, UploadResponse};
 use super::AppState;
 use crate::db::idempotency;
 use crate::db::models::{Batch, NewPhoto, PhotoState};
+use crate::pipeline::sniff::SourceFormat;
 use crate::pipeline::sniff::{sniff, SNIFF_LEN};
-use crate::storage;
+use crate::storage::{self, ObjectWriter};
 use std::time::Duration;
 
 /// Name of the multipart field carrying a photo.
@@ -121,6 +125,32 @@ impl OperationModifier for IdempotencyKey {
     }
 }
 
+/// An upload body being read: holds one of the `upload.max_concurrent` permits and counts
+/// itself in `photoq_uploads_in_flight` until dropped.
+struct Reading {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Reading {
+    /// `None` when every permit is taken.
+    fn start(state: &AppState) -> Option<Self> {
+        let permit = state.uploads.clone().try_acquire_owned().ok()?;
+        let gauge = state.metrics.uploads_in_flight.clone();
+        gauge.inc();
+        Some(Reading {
+            _permit: permit,
+            gauge,
+        })
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
 /// One file taken in, stored, not yet committed.
 struct Received {
     photo: NewPhoto,
@@ -140,6 +170,12 @@ pub async fn upload(
 ) -> Result<AcceptedJson<UploadResponse>, ApiError> {
     let PhotoUpload(mut multipart) = body;
     let IdempotencyKey(idempotency) = idempotency;
+    let Some(_reading) = Reading::start(&state) else {
+        // Read (and drop) the body all the same, so the client gets the answer rather
+        // than a reset connection.
+        drain(&mut multipart, state.config.upload.max_file_bytes).await;
+        return Err(ApiError::Busy("too many uploads at once"));
+    };
     if let Some(key) = &idempotency {
         if let Some(first) = first_answer(&state, caller.owner, key).await? {
             drain(&mut multipart, state.config.upload.max_file_bytes).await;
@@ -286,7 +322,6 @@ async fn receive_one(
     mut field: Field,
     index: usize,
 ) -> Result<NewPhoto, ApiError> {
-    let max = state.config.upload.max_file_bytes;
     let filename = field
         .content_disposition()
         .and_then(|cd| cd.get_filename())
@@ -301,37 +336,19 @@ async fn receive_one(
         .clone()
         .unwrap_or_else(|| format!("file #{}", index + 1));
 
-    let mut buf = BytesMut::new();
-    let mut hasher = Sha256::new();
-    let mut format = None;
-    while let Some(chunk) = field.try_next().await.map_err(bad_multipart)? {
-        if buf.len() as u64 + chunk.len() as u64 > max {
-            return Err(ApiError::PayloadTooLarge {
-                code: "file_too_large",
-                message: format!("{label} is larger than {max} bytes"),
-            });
-        }
-        hasher.update(&chunk);
-        buf.extend_from_slice(&chunk);
-        if format.is_none() && buf.len() >= SNIFF_LEN {
-            format = Some(sniff(&buf).ok_or_else(|| unsupported(&label))?);
-        }
-    }
-    if buf.is_empty() {
-        return Err(ApiError::BadRequest {
-            code: "empty_file",
-            message: format!("{label} is empty"),
-        });
-    }
-    let format = match format {
-        Some(f) => f,
-        None => sniff(&buf).ok_or_else(|| unsupported(&label))?,
-    };
-
     let id = Uuid::now_v7();
     let key = storage::original_key(id);
-    let bytes = buf.len() as i64;
-    state.storage.put(&key, buf.freeze()).await?;
+    let mut writer = None;
+    let received = stream_to_storage(state, &mut field, &key, &label, &mut writer).await;
+    let (bytes, sha256, format) = match received {
+        Ok(done) => done,
+        Err(e) => {
+            if let Some(w) = writer {
+                w.abort().await;
+            }
+            return Err(e);
+        }
+    };
     Ok(NewPhoto {
         id,
         batch_id,
@@ -339,9 +356,68 @@ async fn receive_one(
         filename,
         content_type: format.mime().to_owned(),
         bytes,
-        sha256: hex::encode(hasher.finalize()),
+        sha256,
         original_key: key,
     })
+}
+
+/// Streams one file to storage under `key`, never holding more than a part of it: its
+/// size is bounded, its SHA-256 computed and its type sniffed from its first bytes on the
+/// way (nothing is written before the type is known). Returns (size, SHA-256, type).
+/// `writer` holds the write under way, for the caller to abort if this fails.
+async fn stream_to_storage(
+    state: &AppState,
+    field: &mut Field,
+    key: &str,
+    label: &str,
+    writer: &mut Option<ObjectWriter>,
+) -> Result<(i64, String, SourceFormat), ApiError> {
+    let max = state.config.upload.max_file_bytes;
+    let mut size: u64 = 0;
+    let mut hasher = Sha256::new();
+    // The first bytes, kept until there are enough to sniff.
+    let mut head = BytesMut::new();
+    let mut format = None;
+    while let Some(chunk) = field.try_next().await.map_err(bad_multipart)? {
+        size += chunk.len() as u64;
+        if size > max {
+            return Err(ApiError::PayloadTooLarge {
+                code: "file_too_large",
+                message: format!("{label} is larger than {max} bytes"),
+            });
+        }
+        hasher.update(&chunk);
+        if let Some(w) = writer.as_mut() {
+            w.write(chunk).await?;
+            continue;
+        }
+        head.extend_from_slice(&chunk);
+        if head.len() >= SNIFF_LEN {
+            format = Some(sniff(&head).ok_or_else(|| unsupported(label))?);
+            let w = writer.insert(state.storage.writer(key).await?);
+            w.write(head.split().freeze()).await?;
+        }
+    }
+    if size == 0 {
+        return Err(ApiError::BadRequest {
+            code: "empty_file",
+            message: format!("{label} is empty"),
+        });
+    }
+    let format = match format {
+        Some(f) => f,
+        // Smaller than the sniffing window: all of it is in `head`.
+        None => {
+            let f = sniff(&head).ok_or_else(|| unsupported(label))?;
+            let w = writer.insert(state.storage.writer(key).await?);
+            w.write(head.freeze()).await?;
+            f
+        }
+    };
+    if let Some(w) = writer.take() {
+        w.finish().await?;
+    }
+    Ok((size as i64, hex::encode(hasher.finalize()), format))
 }
 
 fn unsupported(label: &str) -> ApiError {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use uuid::Uuid;
 
 use crate::config::{StorageBackend, StorageConfig};
@@ -29,6 +29,10 @@ impl From<object_store::Error> for StorageError {
         }
     }
 }
+
+/// Bytes a streamed write buffers before it sends them to the store as one part. With at
+/// most one part in flight besides, a streamed write holds about twice this in memory.
+const PART_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone)]
 pub struct Storage {
@@ -63,6 +67,15 @@ impl Storage {
         Ok(())
     }
 
+    /// Starts a streamed write of the object at `key`: it appears (whole) when the writer is
+    /// finished, and not at all if the writer is aborted or dropped.
+    pub async fn writer(&self, key: &str) -> Result<ObjectWriter, StorageError> {
+        let upload = self.store.put_multipart(&Path::from(key)).await?;
+        Ok(ObjectWriter {
+            inner: WriteMultipart::new_with_chunk_size(upload, PART_BYTES),
+        })
+    }
+
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         Ok(self.store.get(&Path::from(key)).await?.bytes().await?)
     }
@@ -72,6 +85,34 @@ impl Storage {
         match self.store.delete(&Path::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// An object being written in parts (see [`Storage::writer`]).
+pub struct ObjectWriter {
+    inner: WriteMultipart,
+}
+
+impl ObjectWriter {
+    /// Appends bytes, waiting first while a part is still being sent (so memory stays
+    /// bounded however large the object).
+    pub async fn write(&mut self, bytes: Bytes) -> Result<(), StorageError> {
+        self.inner.wait_for_capacity(1).await?;
+        self.inner.put(bytes);
+        Ok(())
+    }
+
+    /// Sends what is left and makes the object appear.
+    pub async fn finish(self) -> Result<(), StorageError> {
+        self.inner.finish().await?;
+        Ok(())
+    }
+
+    /// Gives the write up; nothing is left behind.
+    pub async fn abort(self) {
+        if let Err(e) = self.inner.abort().await {
+            tracing::warn!(error = %e, "aborting a streamed write failed");
         }
     }
 }
@@ -111,6 +152,46 @@ mod tests {
             storage.get(&variant_key(id, "thumbnail", "jpg")).await,
             Err(StorageError::NotFound(_))
         ));
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[tokio::test]
+    async fn streamed_writes_appear_whole_or_not_at_all() {
+        let root = std::env::temp_dir().join(format!("photoq-storage-{}", Uuid::new_v4()));
+        let storage = Storage::from_config(&StorageConfig {
+            backend: StorageBackend::Local,
+            root: root.clone(),
+        })
+        .expect("storage");
+        // Three and a half parts, in uneven pieces.
+        let data: Vec<u8> = (0..PART_BYTES * 7 / 2).map(|i| (i % 251) as u8).collect();
+        let (a, b) = (original_key(Uuid::now_v7()), original_key(Uuid::now_v7()));
+        let mut writer = storage.writer(&a).await.expect("writer");
+        for piece in data.chunks(PART_BYTES / 3 + 17) {
+            writer
+                .write(Bytes::copy_from_slice(piece))
+                .await
+                .expect("write");
+        }
+        writer.finish().await.expect("finish");
+        assert_eq!(storage.get(&a).await.expect("get"), data);
+
+        let mut writer = storage.writer(&b).await.expect("writer");
+        writer
+            .write(Bytes::copy_from_slice(&data[..PART_BYTES * 2]))
+            .await
+            .expect("write");
+        writer.abort().await;
+        assert!(matches!(
+            storage.get(&b).await,
+            Err(StorageError::NotFound(_))
+        ));
+        let left: Vec<_> = std::fs::read_dir(root.join("originals"))
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "only the finished object: {left:?}");
         let _ = std::fs::remove_dir_all(root);
     }
 }
