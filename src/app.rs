@@ -115,6 +115,8 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
     }
 
     if roles.api {
+        let limiter =
+            crate::limits::Limiter::new(queue.clone(), config.limits.clone(), metrics.clone());
         let state = AppState {
             config: config.clone(),
             pool,
@@ -122,6 +124,7 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
             storage,
             metrics,
             uploads: Arc::new(tokio::sync::Semaphore::new(config.upload.max_concurrent)),
+            limiter,
         };
         let server = actix_web::HttpServer::new(move || api::app(state.clone()))
             .disable_signals()

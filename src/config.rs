@@ -25,6 +25,7 @@ const SECTIONS: &[&str] = &[
     "retry",
     "reconciler",
     "pipeline",
+    "limits",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub reconciler: ReconcilerConfig,
     pub pipeline: PipelineConfig,
+    pub limits: LimitsConfig,
     pub variants: BTreeMap<String, VariantConfig>,
 }
 
@@ -115,6 +117,19 @@ pub struct ReconcilerConfig {
     pub interval_secs: u64,
     pub grace_secs: u64,
     pub batch_size: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per second per API key, over all API processes; 0 is no limit.
+    pub requests_per_sec: u32,
+    /// Requests a key may make at once beyond that rate.
+    pub burst: u32,
+    /// Failed authentications per client address per minute; 0 is no limit.
+    pub auth_failures_per_min: u32,
+    /// Peers trusted to name the client in `X-Forwarded-For`.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -270,6 +285,9 @@ impl Config {
         }
         if self.reconciler.batch_size <= 0 {
             return invalid("reconciler.batch_size must be > 0".into());
+        }
+        if self.limits.requests_per_sec > 0 && self.limits.burst == 0 {
+            return invalid("limits.burst must be > 0 when limits.requests_per_sec is".into());
         }
         if self.redis.prefix.is_empty() {
             return invalid("redis.prefix must not be empty".into());

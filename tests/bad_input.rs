@@ -474,3 +474,69 @@ async fn uploads_past_the_concurrency_cap_are_503_busy_and_change_nothing() {
     assert_eq!(original, photo, "stored whole, byte for byte");
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_failed_authentications_answer_429_with_retry_after() {
+    let limits = "[limits]\nrequests_per_sec = 1\nburst = 2\nauth_failures_per_min = 3";
+    let app = TestApp::builder()
+        .config(limits)
+        .workers(None)
+        .start()
+        .await;
+    let (_, other) = app.new_key("other").await;
+    // A burst of two, then the bucket is empty for about a second.
+    for _ in 0..2 {
+        assert_eq!(app.get("/v1/photos").await.status(), 200);
+    }
+    let res = app.get("/v1/photos").await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(error_code(res).await, "rate_limited");
+    // Another key has its own bucket.
+    assert_eq!(app.get_as(&other, "/v1/photos").await.status(), 200);
+
+    // Guessing keys: three failures from this address, each claiming another address in
+    // X-Forwarded-For (not believed: the peer is no trusted proxy). Then the address is
+    // refused, even with a good key.
+    for forwarded in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        assert_eq!(guess_as(&app, "pq_0000", forwarded).await.status(), 401);
+    }
+    let res = guess_as(&app, "pq_0000", "198.51.100.4").await;
+    assert_eq!(res.status(), 429);
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(error_code(res).await, "rate_limited");
+    assert_eq!(app.get_as(&other, "/v1/photos").await.status(), 429);
+    app.finish().await;
+
+    // Behind a trusted proxy, the address it names is the one counted.
+    let app = TestApp::builder()
+        .config(&format!("{limits}\ntrusted_proxies = [\"127.0.0.1\"]"))
+        .workers(None)
+        .start()
+        .await;
+    for _ in 0..3 {
+        let res = guess_as(&app, "pq_0000", "203.0.113.7").await;
+        assert_eq!(res.status(), 401);
+    }
+    let res = guess_as(&app, "pq_0000", "203.0.113.7").await;
+    assert_eq!(res.status(), 429);
+    let res = guess_as(&app, &app.key, "203.0.113.8").await;
+    assert_eq!(res.status(), 200);
+    app.finish().await;
+}
+
+/// `GET /v1/photos` with `key`, through a proxy that says the client is `forwarded`.
+async fn guess_as(app: &TestApp, key: &str, forwarded: &str) -> reqwest::Response {
+    app.client
+        .get(app.url("/v1/photos"))
+        .bearer_auth(key)
+        .header("X-Forwarded-For", forwarded)
+        .send()
+        .await
+        .unwrap()
+}

@@ -26,6 +26,9 @@ impl FromRequest for Caller {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
+    /// Refuses an address that failed to authenticate too often (before looking at its
+    /// key, so it cannot go on guessing), authenticates the key, counts a failure against
+    /// the address, and takes one request from the key's rate limit.
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let key = req
@@ -34,13 +37,41 @@ impl FromRequest for Caller {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|k| k.trim().to_owned());
+        let forwarded: Vec<String> = req
+            .headers()
+            .get_all("X-Forwarded-For")
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect();
+        let peer = req.peer_addr().map(|a| a.ip());
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("no app state".into()))?;
-            let key = key.ok_or(ApiError::Unauthorized)?;
-            crate::auth::authenticate(&state.pool, &key)
-                .await?
-                .map(|owner| Caller { owner })
-                .ok_or(ApiError::Unauthorized)
+            let limiter = &state.limiter;
+            let addr = peer.map(|peer| {
+                let hops: Vec<&str> = forwarded.iter().map(String::as_str).collect();
+                crate::limits::client_addr(peer, &hops, &state.config.limits.trusted_proxies)
+            });
+            if let Some(addr) = addr {
+                if let Some(wait) = limiter.refused(addr).await {
+                    return Err(ApiError::RateLimited(wait));
+                }
+            }
+            let owner = match &key {
+                Some(key) => crate::auth::authenticate(&state.pool, key).await?,
+                None => None,
+            };
+            let Some(owner) = owner else {
+                // A key that does not open counts against the address; no key at all is
+                // not a guess.
+                if let (Some(addr), Some(_)) = (addr, &key) {
+                    limiter.failed(addr).await;
+                }
+                return Err(ApiError::Unauthorized);
+            };
+            if let Some(wait) = limiter.take(owner).await {
+                return Err(ApiError::RateLimited(wait));
+            }
+            Ok(Caller { owner })
         })
     }
 }

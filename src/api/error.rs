@@ -38,6 +38,8 @@ pub struct ErrorDetail {
     description = "Too many files, or a file over the size limit",
     code = 415,
     description = "Not a supported image type (judged from the bytes)",
+    code = 429,
+    description = "Too many requests for the key, or failed authentications from the address; see Retry-After",
     code = 503,
     description = "PostgreSQL or storage unreachable (`unavailable`), or too busy (`busy`, with Retry-After); retry later",
     code = 500,
@@ -60,6 +62,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// Over a rate limit; the client may come back after the given time.
+    #[error("too many requests; retry in {} s", .0.as_secs().max(1))]
+    RateLimited(std::time::Duration),
     /// Too much work at once (e.g. too many uploads being read); retry after a moment.
     #[error("too busy: {0}; retry in a moment")]
     Busy(&'static str),
@@ -92,6 +97,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Busy(_) => "busy",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -107,6 +113,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -128,8 +135,14 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unauthorized) {
             response.insert_header(("WWW-Authenticate", "Bearer"));
         }
-        if matches!(self, ApiError::Busy(_)) {
-            response.insert_header((actix_web::http::header::RETRY_AFTER, BUSY_RETRY_SECS));
+        let retry_after = match self {
+            ApiError::Busy(_) => Some(BUSY_RETRY_SECS),
+            // Whole seconds, rounded up.
+            ApiError::RateLimited(wait) => Some(wait.as_millis().div_ceil(1000).max(1) as u64),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, secs));
         }
         response.json(ErrorBody {
             error: ErrorDetail {

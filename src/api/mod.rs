@@ -35,6 +35,7 @@ pub struct AppState {
     pub metrics: Metrics,
     /// One permit per upload body being read (`upload.max_concurrent`).
     pub uploads: Arc<tokio::sync::Semaphore>,
+    pub limiter: crate::limits::Limiter,
 }
 
 /// Largest JSON body accepted (the JSON routes take a few small fields).

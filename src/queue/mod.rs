@@ -49,6 +49,7 @@ pub struct Keys {
     pub delayed: String,
     /// Dead-letter stream, for operators.
     pub dead: String,
+    prefix: String,
 }
 
 impl Keys {
@@ -57,7 +58,13 @@ impl Keys {
             jobs: format!("{{{prefix}}}:jobs"),
             delayed: format!("{{{prefix}}}:delayed"),
             dead: format!("{{{prefix}}}:dead"),
+            prefix: prefix.to_owned(),
         }
+    }
+
+    /// Another key under the same prefix and hash tag, e.g. `{photoq}:rate:…`.
+    pub fn other(&self, name: &str) -> String {
+        format!("{{{}}}:{name}", self.prefix)
     }
 }
 
@@ -152,6 +159,11 @@ impl Queue {
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// The shared connection, for other users of photoq's Redis keys (`limits`).
+    pub(crate) async fn connection(&self) -> Result<ConnectionManager, QueueError> {
+        self.conn.get().await
     }
 
     /// Creates the stream and the consumer group if they do not exist. The group starts at the

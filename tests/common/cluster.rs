@@ -198,7 +198,7 @@ impl Cluster {
         if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
                 let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{}:*", self.name))
+                    .arg(format!("{{{}}}:*", self.name))
                     .query_async(&mut conn)
                     .await
                     .unwrap_or_default();

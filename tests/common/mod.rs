@@ -298,7 +298,7 @@ impl TestApp {
             .await
             .expect("redis conn");
         let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.name))
+            .arg(format!("{{{}}}:*", self.name))
             .query_async(&mut conn)
             .await
             .expect("keys");
