@@ -8,6 +8,7 @@ pub mod dead_letters;
 pub mod error;
 pub mod health;
 pub mod models;
+pub mod openapi;
 pub mod photos;
 pub mod upload;
 
@@ -97,6 +98,7 @@ pub fn app(
 > {
     actix_web::App::new()
         .wrap(actix_web::middleware::from_fn(guard_docs))
+        .wrap(actix_web::middleware::from_fn(amend_spec))
         .wrap(actix_web::middleware::Logger::new(ACCESS_LOG_FORMAT))
         .wrap_api_with_spec(spec())
         .app_data(actix_web::web::Data::new(state))
@@ -151,6 +153,44 @@ impl ApiError {
     fn into_response(self) -> HttpResponse {
         actix_web::ResponseError::error_response(&self)
     }
+}
+
+/// The amended OpenAPI document (see `openapi`), made from paperclip's on first request.
+static AMENDED_SPEC: std::sync::OnceLock<bytes::Bytes> = std::sync::OnceLock::new();
+
+/// Serves the OpenAPI document amended where paperclip cannot describe the service.
+async fn amend_spec(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    if req.path() != OPENAPI_PATH {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    }
+    if let Some(body) = AMENDED_SPEC.get() {
+        let res = HttpResponse::Ok()
+            .content_type(mime::APPLICATION_JSON)
+            .body(body.clone());
+        return Ok(req.into_response(res));
+    }
+    let res = next.call(req).await?;
+    if !res.status().is_success() {
+        return Ok(res.map_into_boxed_body());
+    }
+    let (req, res) = res.map_into_boxed_body().into_parts();
+    let raw = actix_web::body::to_bytes(res.into_body())
+        .await
+        .map_err(|e| ApiError::Internal(format!("openapi body: {e}")))?;
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&raw).map_err(|e| ApiError::Internal(format!("openapi: {e}")))?;
+    openapi::amend(&mut spec);
+    let body = bytes::Bytes::from(
+        serde_json::to_vec(&spec).map_err(|e| ApiError::Internal(format!("openapi: {e}")))?,
+    );
+    let body = AMENDED_SPEC.get_or_init(|| body).clone();
+    let res = HttpResponse::Ok()
+        .content_type(mime::APPLICATION_JSON)
+        .body(body);
+    Ok(ServiceResponse::new(req, res))
 }
 
 /// Swagger UI's file handler panics on a name it does not have; answer those with a 404.

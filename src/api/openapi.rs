@@ -1,0 +1,197 @@
+//! The OpenAPI document as served: paperclip's, amended where paperclip 0.9 cannot say what
+//! the service really does. `tests/openapi.rs` checks real responses of every route against
+//! the result.
+//!
+//! What is amended:
+//! - a field that may be `null` (an `Option` in Rust, so not `required`) is `nullable`;
+//! - image routes answer `image/jpeg`, `image/png` or `image/webp`, not multipart;
+//! - the upload's `file` field repeats;
+//! - query parameters state their ranges, formats and values;
+//! - each route lists the error statuses it can answer, and no others;
+//! - `/readyz` documents its 200 and 503 bodies.
+
+use serde_json::{json, Map, Value};
+
+/// Statuses that only some routes answer, and which routes (method, path) those are.
+const ONLY_ON: &[(&str, &[(&str, &str)])] = &[
+    ("409", &[("post", "/v1/photos/{id}/retry")]),
+    ("413", &[("post", "/v1/photos")]),
+    ("415", &[("post", "/v1/photos")]),
+];
+
+/// Routes that answer no 404 (they name nothing that could be missing).
+const NEVER_404: &[(&str, &str)] = &[("post", "/v1/photos")];
+
+/// Image routes and the types their bytes come in.
+const IMAGE_ROUTES: &[&str] = &[
+    "/v1/photos/{id}/variants/{name}",
+    "/v1/photos/{id}/original",
+];
+const IMAGE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/webp"];
+
+/// Amends paperclip's OpenAPI 3 document in place.
+pub fn amend(spec: &mut Value) {
+    mark_nullable(spec);
+    let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            for (status, routes) in ONLY_ON {
+                if !routes.contains(&(method.as_str(), path.as_str())) {
+                    responses.remove(*status);
+                }
+            }
+            if NEVER_404.contains(&(method.as_str(), path.as_str())) {
+                responses.remove("404");
+            }
+            if IMAGE_ROUTES.contains(&path.as_str()) {
+                image_content(responses);
+            }
+            if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+                for p in params {
+                    describe_parameter(p);
+                }
+            }
+        }
+    }
+    if let Some(file) = spec.pointer_mut(
+        "/paths/~1v1~1photos/post/requestBody/content/multipart~1form-data/schema/properties/file",
+    ) {
+        let one = file.clone();
+        *file = json!({
+            "description": one.get("description").cloned().unwrap_or(Value::Null),
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "minItems": 1,
+        });
+    }
+    readiness(spec);
+}
+
+/// Properties of object schemas that are not required are nullable: photoq writes an absent
+/// value as `null`.
+fn mark_nullable(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Object(props)) = map.get("properties") {
+                let required: Vec<String> = map
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let optional: Vec<String> = props
+                    .keys()
+                    .filter(|k| !required.contains(k))
+                    .cloned()
+                    .collect();
+                if let Some(Value::Object(props)) = map.get_mut("properties") {
+                    for name in optional {
+                        if let Some(Value::Object(prop)) = props.get_mut(&name) {
+                            nullable(prop);
+                        }
+                    }
+                }
+            }
+            for v in map.values_mut() {
+                mark_nullable(v);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(mark_nullable),
+        _ => {}
+    }
+}
+
+/// Makes one schema nullable (a `$ref` cannot carry siblings in OpenAPI 3.0: it is wrapped).
+fn nullable(prop: &mut Map<String, Value>) {
+    if let Some(reference) = prop.remove("$ref") {
+        prop.insert("allOf".into(), json!([{ "$ref": reference }]));
+    }
+    prop.insert("nullable".into(), Value::Bool(true));
+}
+
+fn image_content(responses: &mut Map<String, Value>) {
+    let Some(ok) = responses.get_mut("200").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let binary = json!({"schema": {"type": "string", "format": "binary"}});
+    let content: Map<String, Value> = IMAGE_TYPES
+        .iter()
+        .map(|t| ((*t).to_owned(), binary.clone()))
+        .collect();
+    ok.insert("content".into(), Value::Object(content));
+}
+
+fn describe_parameter(param: &mut Value) {
+    let name = param
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let extra = match name {
+        "limit" => json!({"minimum": 1, "maximum": 200, "default": 50}),
+        "cursor" => json!({"format": "uuid"}),
+        "state" => json!({"enum": ["queued", "processing", "completed", "failed", "dead"]}),
+        _ => return,
+    };
+    if let (Some(Value::Object(schema)), Value::Object(extra)) = (param.get_mut("schema"), extra) {
+        schema.extend(extra);
+    }
+}
+
+/// `/readyz` answers a body in both states; paperclip cannot see it.
+fn readiness(spec: &mut Value) {
+    let body = json!({
+        "type": "object",
+        "required": ["status", "database", "redis"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ready", "unavailable"]},
+            "database": {"type": "string", "enum": ["up", "down"]},
+            "redis": {"type": "string", "enum": ["up", "down"]},
+        },
+    });
+    let answer = |description: &str| {
+        json!({
+            "description": description,
+            "content": {"application/json": {"schema": body.clone()}},
+        })
+    };
+    if let Some(Value::Object(responses)) = spec.pointer_mut("/paths/~1readyz/get/responses") {
+        responses.insert("200".into(), answer("PostgreSQL and Redis both answer"));
+        responses.insert("503".into(), answer("PostgreSQL or Redis does not answer"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn optional_fields_become_nullable_and_required_ones_do_not() {
+        let mut spec = json!({"components": {"schemas": {"A": {
+            "type": "object",
+            "required": ["id"],
+            "properties": {
+                "id": {"type": "string"},
+                "next": {"type": "string"},
+                "inner": {"$ref": "#/components/schemas/B"},
+            }
+        }}}});
+        amend(&mut spec);
+        let a = &spec["components"]["schemas"]["A"]["properties"];
+        assert_eq!(a["id"].get("nullable"), None);
+        assert_eq!(a["next"]["nullable"], true);
+        assert_eq!(a["inner"]["nullable"], true);
+        assert_eq!(a["inner"]["allOf"][0]["$ref"], "#/components/schemas/B");
+    }
+}

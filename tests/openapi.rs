@@ -1,0 +1,291 @@
+//! The OpenAPI document tells the truth: real responses of every documented route, success
+//! and error alike, have a documented status and content type, and their JSON bodies are
+//! valid against the documented schema.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{corpus_dir, read, TestApp};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// The document and the operations seen so far.
+struct Contract {
+    spec: Value,
+    components: Value,
+    seen: BTreeSet<(String, String)>,
+}
+
+/// An OpenAPI 3.0 schema as JSON Schema: `nullable` becomes a `null` type.
+fn json_schema(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut out: serde_json::Map<String, Value> = map
+                .iter()
+                .filter(|(k, _)| *k != "nullable")
+                .map(|(k, v)| (k.clone(), json_schema(v)))
+                .collect();
+            if map.get("nullable") != Some(&Value::Bool(true)) {
+                return Value::Object(out);
+            }
+            if let Some(Value::Array(values)) = out.get_mut("enum") {
+                values.push(Value::Null);
+            }
+            match out.get("type").cloned() {
+                Some(Value::String(t)) => {
+                    out.insert("type".into(), json!([t, "null"]));
+                    Value::Object(out)
+                }
+                _ => json!({"anyOf": [Value::Object(out), {"type": "null"}]}),
+            }
+        }
+        Value::Array(items) => Value::Array(items.iter().map(json_schema).collect()),
+        other => other.clone(),
+    }
+}
+
+impl Contract {
+    async fn fetch(app: &TestApp) -> Self {
+        let spec: Value = app.get_public("/openapi.json").await.json().await.unwrap();
+        let components = json_schema(&spec["components"]);
+        Contract {
+            spec,
+            components,
+            seen: BTreeSet::new(),
+        }
+    }
+
+    /// Checks one real response of `method` on the route `template`; returns its status and
+    /// its JSON body (`null` for other bodies).
+    async fn check(
+        &mut self,
+        method: &str,
+        template: &str,
+        res: reqwest::Response,
+    ) -> (u16, Value) {
+        let status = res.status().as_u16();
+        let content_type = res.headers().get("content-type").map(|v| {
+            v.to_str()
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .trim()
+                .to_owned()
+        });
+        let body = res.bytes().await.unwrap();
+        let what = format!("{} {template} → {status}", method.to_uppercase());
+        let op = &self.spec["paths"][template][method];
+        assert!(op.is_object(), "{what}: route not documented");
+        let documented = &op["responses"][status.to_string()];
+        assert!(
+            documented.is_object(),
+            "{what}: status not documented (documented: {:?})",
+            op["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>()
+        );
+        self.seen.insert((method.to_owned(), template.to_owned()));
+        let Some(content) = documented.get("content").and_then(Value::as_object) else {
+            assert!(body.is_empty(), "{what}: body where none is documented");
+            return (status, Value::Null);
+        };
+        let content_type = content_type.unwrap_or_else(|| panic!("{what}: no content type"));
+        let media = content.get(&content_type).unwrap_or_else(|| {
+            panic!(
+                "{what}: content type {content_type} not documented ({:?})",
+                content.keys().collect::<Vec<_>>()
+            )
+        });
+        if content_type == "application/json" {
+            let instance: Value = serde_json::from_slice(&body).unwrap();
+            let mut schema = json_schema(&media["schema"]);
+            schema["components"] = self.components.clone();
+            let validator = jsonschema::validator_for(&schema).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&instance)
+                .map(|e| format!("{} at {}", e, e.instance_path()))
+                .collect();
+            assert!(errors.is_empty(), "{what}: {errors:#?}\n{instance}");
+            (status, instance)
+        } else {
+            assert!(!body.is_empty(), "{what}: empty {content_type} body");
+            (status, Value::Null)
+        }
+    }
+
+    /// Every documented operation was exercised.
+    fn assert_all_seen(&self) {
+        let mut documented = BTreeSet::new();
+        for (path, item) in self.spec["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                documented.insert((method.clone(), path.clone()));
+            }
+        }
+        let missed: Vec<_> = documented.difference(&self.seen).collect();
+        assert!(missed.is_empty(), "routes never exercised: {missed:?}");
+    }
+}
+
+fn form(files: &[(&str, &str, Vec<u8>)]) -> reqwest::multipart::Form {
+    files.iter().fold(
+        reqwest::multipart::Form::new(),
+        |f, (field, name, bytes)| {
+            f.part(
+                field.to_string(),
+                reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_string()),
+            )
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_as_documented() {
+    let app = TestApp::builder()
+        .config("[upload]\nmax_files = 2")
+        .start()
+        .await;
+    let mut contract = Contract::fetch(&app).await;
+    let photo = read(corpus_dir().join("jpg/Canon_40D.jpg"));
+    let broken = photo[..photo.len() / 3].to_vec();
+    let post = |path: &str| app.client.post(app.url(path)).bearer_auth(&app.key);
+    let get = |path: &str| app.client.get(app.url(path)).bearer_auth(&app.key);
+    let nobody = Uuid::now_v7();
+
+    for path in ["/healthz", "/readyz"] {
+        contract
+            .check("get", path, app.get_public(path).await)
+            .await;
+    }
+
+    // Uploads: accepted, refused in each documented way.
+    let upload = "/v1/photos";
+    let res = post(upload)
+        .multipart(form(&[
+            ("file", "a.jpg", photo.clone()),
+            ("file", "b.jpg", broken),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    let (status, accepted) = contract.check("post", upload, res).await;
+    assert_eq!(status, 202);
+    let refusals = [
+        (
+            form(&[("file", "x.jpg", b"not an image at all".to_vec())]),
+            415,
+        ),
+        (form(&[("other", "x.jpg", photo.clone())]), 400),
+        (
+            form(&[
+                ("file", "1.jpg", photo.clone()),
+                ("file", "2.jpg", photo.clone()),
+                ("file", "3.jpg", photo.clone()),
+            ]),
+            413,
+        ),
+    ];
+    for (body, status) in refusals {
+        let res = post(upload).multipart(body).send().await.unwrap();
+        assert_eq!(contract.check("post", upload, res).await.0, status);
+    }
+    let res = app.client.post(app.url(upload)).send().await.unwrap();
+    assert_eq!(contract.check("post", upload, res).await.0, 401);
+
+    let batch = accepted["batch_id"].as_str().unwrap().to_owned();
+    let good = accepted["photos"][0]["id"].as_str().unwrap().to_owned();
+    let bad = accepted["photos"][1]["id"].as_str().unwrap().to_owned();
+    app.wait_batch(&batch).await;
+
+    // Reading.
+    let cases = [
+        ("/v1/photos".to_owned(), "/v1/photos", 200),
+        ("/v1/photos?limit=0".into(), "/v1/photos", 400),
+        (format!("/v1/photos?batch={nobody}"), "/v1/photos", 404),
+        (
+            format!("/v1/photos?batch={batch}&state=completed&limit=1"),
+            "/v1/photos",
+            200,
+        ),
+        (format!("/v1/photos/{good}"), "/v1/photos/{id}", 200),
+        (format!("/v1/photos/{bad}"), "/v1/photos/{id}", 200),
+        (format!("/v1/photos/{nobody}"), "/v1/photos/{id}", 404),
+        ("/v1/photos/nope".into(), "/v1/photos/{id}", 400),
+        (
+            format!("/v1/photos/{good}/variants/thumbnail"),
+            "/v1/photos/{id}/variants/{name}",
+            200,
+        ),
+        (
+            format!("/v1/photos/{good}/variants/poster"),
+            "/v1/photos/{id}/variants/{name}",
+            404,
+        ),
+        (
+            format!("/v1/photos/{good}/original"),
+            "/v1/photos/{id}/original",
+            200,
+        ),
+        (format!("/v1/batches/{batch}"), "/v1/batches/{id}", 200),
+        (format!("/v1/batches/{nobody}"), "/v1/batches/{id}", 404),
+        ("/v1/dead-letters".into(), "/v1/dead-letters", 200),
+        ("/v1/dead-letters?limit=999".into(), "/v1/dead-letters", 400),
+    ];
+    for (path, template, status) in cases {
+        let res = get(&path).send().await.unwrap();
+        assert_eq!(
+            contract.check("get", template, res).await.0,
+            status,
+            "{path}"
+        );
+    }
+    let variant = format!("/v1/photos/{good}/variants/thumbnail");
+    let etag = get(&variant).send().await.unwrap().headers()["etag"].clone();
+    let res = get(&variant)
+        .header("If-None-Match", etag)
+        .send()
+        .await
+        .unwrap();
+    let template = "/v1/photos/{id}/variants/{name}";
+    assert_eq!(contract.check("get", template, res).await.0, 304);
+
+    // Retries and redrives.
+    let retry = "/v1/photos/{id}/retry";
+    let res = post(&format!("/v1/photos/{good}/retry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(contract.check("post", retry, res).await.0, 409);
+    let res = post(&format!("/v1/photos/{bad}/retry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(contract.check("post", retry, res).await.0, 202);
+    let res = post(&format!("/v1/photos/{nobody}/retry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(contract.check("post", retry, res).await.0, 404);
+    let redrive = "/v1/dead-letters/redrive";
+    let res = post(redrive).json(&json!({})).send().await.unwrap();
+    assert_eq!(contract.check("post", redrive, res).await.0, 202);
+    let res = post(redrive)
+        .json(&json!({"bach": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(contract.check("post", redrive, res).await.0, 400);
+    let res = post(redrive)
+        .json(&json!({ "batch": nobody }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(contract.check("post", redrive, res).await.0, 404);
+
+    contract.assert_all_seen();
+    app.finish().await;
+}
