@@ -3,6 +3,7 @@
 //!
 //!   cargo bench --bench e2e -- [--photos N] [--workers W] [--concurrency C] [--dir DIR]
 //!   cargo bench --bench e2e -- --no-op [--jobs N] [--workers W] [--concurrency C]
+//!   cargo bench --bench e2e -- --uploads N --upload-mib M
 //!
 //! Image mode uploads N photos from DIR (cycled; default the 12 MP set under
 //! /tmp/corpus/big/12mp, else the shared corpus) in batches of 50 from 4 concurrent
@@ -13,7 +14,12 @@
 //! No-op mode measures the queue and the bookkeeping alone: N jobs are committed and
 //! published up front, then workers started with `--no-op` take each one through the
 //! same path (read, start recorded, completion recorded, acknowledged) without image work.
-//! It prints jobs/s from the first start to the last completion, as recorded in PostgreSQL.
+//! It prints jobs/s from the first start to the last completion, as recorded in PostgreSQL,
+//! and Redis's `used_memory` before the jobs were published and once every one is
+//! acknowledged (with the job stream's length then).
+//!
+//! Upload mode starts `photoq serve` alone and has N clients upload one file of M MiB each,
+//! all at once; it prints the API process's peak RSS (VmHWM) and how many were accepted.
 //!
 //! The processes are started by the integration tests' harness (`tests/common/cluster.rs`):
 //! PostgreSQL and Redis come from `PHOTOQ_TEST_DATABASE_URL` (server URL without a
@@ -48,6 +54,9 @@ const TIMEOUT: Duration = Duration::from_secs(1800);
 
 struct Args {
     no_op: bool,
+    /// Upload mode: clients, and MiB each uploads.
+    uploads: usize,
+    upload_mib: usize,
     count: usize,
     workers: usize,
     concurrency: usize,
@@ -57,6 +66,8 @@ struct Args {
 fn args() -> Args {
     let mut a = Args {
         no_op: false,
+        uploads: 0,
+        upload_mib: 20,
         count: 0,
         workers: 1,
         concurrency: 0,
@@ -71,6 +82,8 @@ fn args() -> Args {
             "--workers" => a.workers = value().parse().expect("a number"),
             "--concurrency" => a.concurrency = value().parse().expect("a number"),
             "--dir" => a.dir = Some(PathBuf::from(value())),
+            "--uploads" => a.uploads = value().parse().expect("a number"),
+            "--upload-mib" => a.upload_mib = value().parse().expect("a number"),
             "--bench" => {} // added by `cargo bench`
             other => panic!("unknown argument {other}"),
         }
@@ -233,6 +246,74 @@ async fn images(a: Args) {
     println!("  peak worker RSS (MiB): {}", rss.join(", "));
 }
 
+/// Redis's `used_memory`, in bytes.
+async fn used_memory(url: &str) -> u64 {
+    let mut conn = redis::Client::open(url)
+        .expect("redis")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .expect("info");
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory")
+}
+
+async fn uploads(a: Args) {
+    let cluster = Cluster::new("pqbench");
+    let key = cluster.key();
+    let (api, base) = cluster.serve().await;
+    // A real JPEG padded to size: the API sniffs the first bytes and streams the rest.
+    let mut file = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/corpus/exif-samples/jpg/Canon_40D.jpg"),
+    )
+    .expect("photo");
+    file.resize(a.upload_mib << 20, 0);
+    let idle = peak_rss_mib(api.pid()).unwrap_or(f64::NAN);
+    let clock = Instant::now();
+    let clients: Vec<_> = (0..a.uploads)
+        .map(|i| {
+            let client = Client::new(&base, &key);
+            let file = file.clone();
+            tokio::spawn(async move {
+                let form = reqwest::multipart::Form::new().part(
+                    "file",
+                    reqwest::multipart::Part::bytes(file).file_name(format!("{i}.jpg")),
+                );
+                client
+                    .http
+                    .post(format!("{}/v1/photos", client.base))
+                    .bearer_auth(&client.key)
+                    .multipart(form)
+                    .send()
+                    .await
+                    .expect("upload")
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = std::collections::BTreeMap::new();
+    for c in clients {
+        *statuses.entry(c.await.expect("client")).or_insert(0) += 1;
+    }
+    let secs = clock.elapsed().as_secs_f64();
+    let peak = peak_rss_mib(api.pid()).unwrap_or(f64::NAN);
+    drop(api);
+    cluster.cleanup().await;
+    println!(
+        "photoq serve: {} clients x {} MiB at once, answered {statuses:?} in {secs:.2} s",
+        a.uploads, a.upload_mib
+    );
+    println!("  API peak RSS (VmHWM): {peak:.0} MiB (idle before: {idle:.0} MiB)");
+}
+
 async fn no_op(a: Args) {
     let cluster = Cluster::new("pqbench");
     cluster.run(&["migrate"]);
@@ -241,6 +322,7 @@ async fn no_op(a: Args) {
     let queue = photoq::queue::Queue::new(&config.redis).expect("redis");
     queue.ensure_group().await.expect("group");
     let (owner, _) = photoq::auth::create_key(&pool, "bench").await.expect("key");
+    let memory_before = used_memory(&cluster.redis_url).await;
 
     let clock = Instant::now();
     let mut remaining = a.count;
@@ -321,6 +403,13 @@ async fn no_op(a: Args) {
         tokio::time::sleep(POLL).await;
     }
     let wall = clock.elapsed();
+    // Completion is recorded before the acknowledgement: wait for the stream to empty.
+    while queue.stream_len().await.expect("xlen") > 0 {
+        assert!(clock.elapsed() < TIMEOUT, "entries left in the stream");
+        tokio::time::sleep(POLL).await;
+    }
+    let memory_after = used_memory(&cluster.redis_url).await;
+    let stream_after = queue.stream_len().await.expect("xlen");
 
     #[derive(diesel::QueryableByName)]
     struct Window {
@@ -366,6 +455,12 @@ async fn no_op(a: Args) {
         a.count as f64 / wall.as_secs_f64()
     );
     println!("  peak worker RSS (MiB): {}", rss.join(", "));
+    println!(
+        "  redis used_memory     {:.2} MiB before, {:.2} MiB after ({:+.1}%), job stream length after: {stream_after}",
+        memory_before as f64 / 1048576.0,
+        memory_after as f64 / 1048576.0,
+        (memory_after as f64 / memory_before as f64 - 1.0) * 100.0
+    );
 }
 
 fn main() {
@@ -377,6 +472,8 @@ fn main() {
     runtime.block_on(async {
         if a.no_op {
             no_op(a).await
+        } else if a.uploads > 0 {
+            uploads(a).await
         } else {
             images(a).await
         }

@@ -5,7 +5,6 @@
 //! sequences on both and compares the rows.
 
 use chrono::{DateTime, Utc};
-use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::sql_types::{
     Array, BigInt, Integer, Interval, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
@@ -90,79 +89,71 @@ pub async fn start_many(
     let entries: Vec<&str> = delivered.iter().map(|d| d.entry.as_str()).collect();
     let counts: Vec<i32> = delivered.iter().map(|d| d.deliveries).collect();
     let spent = spent_reason(max_attempts);
+    // Only a take-over (a delivery after the first) can find the photo `processing`, with
+    // an attempt still `running`: every other way out of `processing` closes its attempt.
+    let taken_over: std::collections::HashSet<Uuid> = delivered
+        .iter()
+        .filter(|d| d.deliveries > 1)
+        .map(|d| d.photo_id)
+        .collect();
     rerun_on_conflict!(conn.transaction::<_, DbError, _>(async |conn| {
         prefer_key_lookups(conn).await?;
         let now = Utc::now();
-        // Both statements join the deliveries ($1-$3) on the photos a start may take.
-        let over_deliveries = |sql: String| {
-            diesel::sql_query(sql)
-                .into_boxed::<Pg>()
-                .bind::<Array<SqlUuid>, _>(&ids)
-                .bind::<Array<Text>, _>(&entries)
-                .bind::<Array<Integer>, _>(&counts)
-                .bind::<Integer, _>(max_attempts)
-                .bind::<Timestamptz, _>(now)
-        };
-        const TAKES: &str = "FROM unnest($1::uuid[], $2::text[], $3::int4[]) AS v(id, entry, n) \
-             WHERE p.id = v.id \
-               AND (p.state = 'queued' OR (p.state = 'processing' AND p.entry_id = v.entry))";
-        let dead: Vec<IdText> = over_deliveries(format!(
+        // One statement: a photo whose budget is spent ($4 attempts recorded, or more
+        // deliveries than that) goes to `dead`, any other it may take to `processing`.
+        let photos: Vec<Photo> = diesel::sql_query(
             "UPDATE photos AS p \
-             SET state = 'dead', entry_id = v.entry, attempt_id = NULL, \
-                 next_attempt_at = NULL, completed_at = $5, updated_at = $5, \
-                 error = CASE WHEN p.attempts >= $4 \
-                   THEN $6 || coalesce('; last error: ' || p.error, '') \
-                   ELSE 'delivered ' || v.n || ' times without a recorded start: the job \
-                         stops its worker before it can begin' END \
-             {TAKES} AND (p.attempts >= $4 OR v.n > $4) \
-             RETURNING p.id, p.error AS text"
-        ))
+             SET state = CASE WHEN p.attempts >= $4 OR v.n > $4 \
+                   THEN 'dead' ELSE 'processing' END, \
+                 attempts = CASE WHEN p.attempts >= $4 OR v.n > $4 \
+                   THEN p.attempts ELSE p.attempts + 1 END, \
+                 attempt_id = CASE WHEN p.attempts >= $4 OR v.n > $4 \
+                   THEN NULL ELSE nextval(pg_get_serial_sequence('photo_attempts', 'id')) END, \
+                 started_at = CASE WHEN p.attempts >= $4 OR v.n > $4 \
+                   THEN p.started_at ELSE $5 END, \
+                 completed_at = CASE WHEN p.attempts >= $4 OR v.n > $4 \
+                   THEN $5 ELSE p.completed_at END, \
+                 error = CASE \
+                   WHEN p.attempts >= $4 THEN $6 || coalesce('; last error: ' || p.error, '') \
+                   WHEN v.n > $4 THEN 'delivered ' || v.n || ' times without a recorded \
+                        start: the job stops its worker before it can begin' \
+                   ELSE p.error END, \
+                 entry_id = v.entry, updated_at = $5, next_attempt_at = NULL \
+             FROM unnest($1::uuid[], $2::text[], $3::int4[]) AS v(id, entry, n) \
+             WHERE p.id = v.id \
+               AND (p.state = 'queued' OR (p.state = 'processing' AND p.entry_id = v.entry)) \
+             RETURNING p.*",
+        )
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<Text>, _>(&entries)
+        .bind::<Array<Integer>, _>(&counts)
+        .bind::<Integer, _>(max_attempts)
+        .bind::<Timestamptz, _>(now)
         .bind::<Text, _>(&spent)
         .load(conn)
         .await?;
-        let photos: Vec<Photo> = over_deliveries(format!(
-            "UPDATE photos AS p \
-             SET state = 'processing', attempts = p.attempts + 1, \
-                 attempt_id = nextval(pg_get_serial_sequence('photo_attempts', 'id')), \
-                 entry_id = v.entry, started_at = $5, updated_at = $5, \
-                 next_attempt_at = NULL \
-             {TAKES} AND p.attempts < $4 AND v.n <= $4 \
-             RETURNING p.*"
-        ))
-        .load(conn)
-        .await?;
-        // Attempts still `running` of these photos belong to workers that stopped.
-        let touched: Vec<Uuid> = dead
+        let interrupted: Vec<Uuid> = photos
             .iter()
-            .map(|d| d.id)
-            .chain(photos.iter().map(|p| p.id))
+            .map(|p| p.id)
+            .filter(|id| taken_over.contains(id))
             .collect();
-        attempts::interrupt_running(conn, &touched, now).await?;
+        attempts::interrupt_running(conn, &interrupted, now).await?;
         let opening: Vec<(Uuid, i64, i32)> = photos
             .iter()
             .filter_map(|p| p.attempt_id.map(|a| (p.id, a, p.attempts)))
             .collect();
         attempts::open_many(conn, &opening, worker, now).await?;
-        let started = photos
-            .into_iter()
-            .filter_map(|photo| {
-                let id = photo.attempt_id?;
-                Some((photo, AttemptRef { id, started }))
-            })
-            .collect();
-        Ok(Starts {
-            started,
-            dead: dead.into_iter().map(|d| (d.id, d.text)).collect(),
-        })
+        let mut starts = Starts::default();
+        for photo in photos {
+            match photo.attempt_id {
+                Some(id) => starts.started.push((photo, AttemptRef { id, started })),
+                None => starts
+                    .dead
+                    .push((photo.id, photo.error.unwrap_or_default())),
+            }
+        }
+        Ok(starts)
     }))
-}
-
-#[derive(QueryableByName)]
-struct IdText {
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
-    #[diesel(sql_type = Text)]
-    text: String,
 }
 
 #[derive(QueryableByName)]
