@@ -131,14 +131,20 @@ pub fn variant_key(photo_id: Uuid, name: &str, extension: &str) -> String {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn local_round_trip_and_not_found() {
+    /// Local storage under a fresh temporary directory (returned for removal).
+    fn temp_storage() -> (std::path::PathBuf, Storage) {
         let root = std::env::temp_dir().join(format!("photoq-storage-{}", Uuid::new_v4()));
         let storage = Storage::from_config(&StorageConfig {
             backend: StorageBackend::Local,
             root: root.clone(),
         })
         .expect("storage");
+        (root, storage)
+    }
+
+    #[tokio::test]
+    async fn local_round_trip_and_not_found() {
+        let (root, storage) = temp_storage();
         let id = Uuid::now_v7();
         storage
             .put(&original_key(id), Bytes::from_static(b"abc"))
@@ -157,12 +163,7 @@ mod tests {
 
     #[tokio::test]
     async fn streamed_writes_appear_whole_or_not_at_all() {
-        let root = std::env::temp_dir().join(format!("photoq-storage-{}", Uuid::new_v4()));
-        let storage = Storage::from_config(&StorageConfig {
-            backend: StorageBackend::Local,
-            root: root.clone(),
-        })
-        .expect("storage");
+        let (root, storage) = temp_storage();
         // Three and a half parts, in uneven pieces.
         let data: Vec<u8> = (0..PART_BYTES * 7 / 2).map(|i| (i % 251) as u8).collect();
         let (a, b) = (original_key(Uuid::now_v7()), original_key(Uuid::now_v7()));
