@@ -342,10 +342,11 @@ async fn no_op(a: Args) {
                     batch_id: batch.id,
                     owner_id: owner.id,
                     filename: None,
-                    content_type: "image/jpeg".into(),
-                    bytes: 0,
-                    sha256: String::new(),
+                    content_type: Some("image/jpeg".into()),
+                    bytes: Some(0),
+                    sha256: Some(String::new()),
                     original_key: format!("originals/{id}"),
+                    source_url: None,
                 }
             })
             .collect();

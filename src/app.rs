@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::fetch::{Fetcher, SystemLookup};
 use crate::api::{self, AppState};
 use crate::cli::{Cli, Command, DlqCommand, KeysCommand};
 use crate::config::Config;
@@ -34,6 +35,8 @@ pub enum StartError {
     Dispatch(#[from] crate::dispatch::DispatchError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("outgoing http: {0}")]
+    Fetch(String),
     #[error("http: {0}")]
     Http(#[from] std::io::Error),
     #[error(transparent)]
@@ -83,6 +86,7 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
     }
     let storage = Storage::from_config(&config.storage)?;
     let metrics = Metrics::new()?;
+    let fetcher = Fetcher::new(&config.fetch, Arc::new(SystemLookup)).map_err(StartError::Fetch)?;
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     let mut addr = None;
@@ -104,6 +108,7 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
             storage.clone(),
             config.clone(),
             metrics.clone(),
+            fetcher.clone(),
             concurrency,
         );
         ctx.no_op = roles.no_op;
@@ -125,6 +130,7 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
             metrics,
             uploads: Arc::new(tokio::sync::Semaphore::new(config.upload.max_concurrent)),
             limiter,
+            fetch_rules: fetcher.rules(),
         };
         let server = actix_web::HttpServer::new(move || api::app(state.clone()))
             .disable_signals()

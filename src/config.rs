@@ -26,6 +26,8 @@ const SECTIONS: &[&str] = &[
     "reconciler",
     "pipeline",
     "limits",
+    "fetch",
+    "import",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,8 @@ pub struct Config {
     pub reconciler: ReconcilerConfig,
     pub pipeline: PipelineConfig,
     pub limits: LimitsConfig,
+    pub fetch: FetchConfig,
+    pub import: ImportConfig,
     pub variants: BTreeMap<String, VariantConfig>,
 }
 
@@ -130,6 +134,36 @@ pub struct LimitsConfig {
     pub auth_failures_per_min: u32,
     /// Peers trusted to name the client in `X-Forwarded-For`.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+/// Outgoing HTTP (`src/fetch/`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchConfig {
+    pub connect_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+    pub total_timeout_ms: u64,
+    pub max_redirects: usize,
+    pub max_bytes: u64,
+    pub per_host: usize,
+    pub user_agent: String,
+    /// Host names and networks exempt from the address rules (development and tests).
+    pub allow: Vec<String>,
+}
+
+/// Product imports (`POST /v1/imports`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportConfig {
+    pub max_products: usize,
+    pub max_images_per_product: usize,
+    pub max_url_chars: usize,
+    pub max_body_bytes: usize,
+    /// Whether imported images also get a `compressed` rendition: the original size,
+    /// orientation applied, re-encoded without metadata.
+    pub compressed: bool,
+    pub compressed_format: OutputFormat,
+    pub compressed_quality: u8,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -262,6 +296,23 @@ impl Config {
             || self.upload.max_concurrent == 0
         {
             return invalid("upload limits must be > 0".into());
+        }
+        if self.fetch.max_bytes == 0 || self.fetch.per_host == 0 || self.fetch.total_timeout_ms == 0 {
+            return invalid("fetch.max_bytes, fetch.per_host and fetch.total_timeout_ms must be > 0".into());
+        }
+        crate::fetch::Rules::new(&self.fetch.allow).map_err(ConfigError::Invalid)?;
+        if self.import.max_products == 0 || self.import.max_images_per_product == 0 {
+            return invalid("import.max_products and import.max_images_per_product must be > 0".into());
+        }
+        if self.import.compressed && self.variants.contains_key(crate::pipeline::COMPRESSED) {
+            return invalid(format!(
+                "variant name {:?} is taken by imports' compressed rendition \
+                 (or set import.compressed = false)",
+                crate::pipeline::COMPRESSED
+            ));
+        }
+        if !(1..=100).contains(&self.import.compressed_quality) {
+            return invalid("import.compressed_quality must be 1..=100".into());
         }
         if self.database.pool_size < 2 {
             // The reconciler holds one connection (its lock) while it uses another.

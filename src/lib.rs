@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod dispatch;
+pub mod fetch;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;

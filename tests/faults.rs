@@ -395,6 +395,7 @@ async fn duplicate_deliveries_and_a_race_record_each_photo_once() {
         height: 1,
         exif: Value::Null,
         variants: Vec::new(),
+        original: None,
     };
     let recorded = photoq::db::jobs::complete_many(&mut conn, &[(raced, &done, ghost_attempt)])
         .await
@@ -404,7 +405,10 @@ async fn duplicate_deliveries_and_a_race_record_each_photo_once() {
         &mut conn,
         raced,
         ghost_attempt,
-        photoq::db::jobs::Ending::Failed { reason: "late" },
+        photoq::db::jobs::Ending::Failed {
+            code: "late",
+            reason: "late",
+        },
     )
     .await
     .unwrap();
@@ -555,10 +559,11 @@ async fn after_20k_jobs_the_stream_holds_no_more_than_in_flight_plus_100() {
                 batch_id: batch.id,
                 owner_id: owner.id,
                 filename: Some(format!("{chunk}-{i}.jpg")),
-                content_type: "image/jpeg".into(),
-                bytes: 1,
-                sha256: String::new(),
+                content_type: Some("image/jpeg".into()),
+                bytes: Some(1),
+                sha256: Some(String::new()),
                 original_key: String::new(),
+                source_url: None,
             })
             .collect();
         photoq::db::photos::insert_batch(&mut conn, &batch, &photos, None)

@@ -394,6 +394,7 @@ async fn replay(conn: &mut AsyncPgConnection, photo_id: uuid::Uuid, trace: &[Eve
                             height: 1,
                             exif: serde_json::Value::Null,
                             variants: Vec::new(),
+                            original: None,
                         };
                         jobs::complete_many(conn, &[(photo_id, &done, attempt(db_id))])
                             .await
@@ -401,12 +402,19 @@ async fn replay(conn: &mut AsyncPgConnection, photo_id: uuid::Uuid, trace: &[Eve
                     }
                     other => {
                         let ending = match other {
-                            End::Failed => Ending::Failed { reason: "bad" },
+                            End::Failed => Ending::Failed {
+                                code: "bad",
+                                reason: "bad",
+                            },
                             End::Retry => Ending::Retry {
+                                code: "flaky",
                                 error: "flaky",
                                 at: chrono::Utc::now(),
                             },
-                            End::Dead => Ending::Dead { reason: "spent" },
+                            End::Dead => Ending::Dead {
+                                code: "spent",
+                                reason: "spent",
+                            },
                             End::HandBack { entry } => Ending::HandBack {
                                 entry: entry.as_deref(),
                             },
@@ -485,10 +493,11 @@ async fn scenarios_replayed_on_postgres_match_the_model() {
             batch_id: batch.id,
             owner_id: key.id,
             filename: None,
-            content_type: "image/jpeg".into(),
-            bytes: 1,
-            sha256: String::new(),
+            content_type: Some("image/jpeg".into()),
+            bytes: Some(1),
+            sha256: Some(String::new()),
             original_key: String::new(),
+            source_url: None,
         };
         photoq::db::photos::insert_batch(&mut conn, &batch, std::slice::from_ref(&photo), None)
             .await

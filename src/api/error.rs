@@ -23,6 +23,19 @@ pub struct ErrorDetail {
     pub code: String,
     /// What went wrong, for people.
     pub message: String,
+    /// Every problem found in the items of a request (`invalid_items` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problems: Option<Vec<Problem>>,
+}
+
+/// One problem with one item of a request.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Apiv2Schema)]
+pub struct Problem {
+    /// Position of the item (0-based; for CSV, the data row, header excluded).
+    pub index: usize,
+    /// The field at fault, e.g. `external_id` or `images[2]`.
+    pub field: String,
+    pub message: String,
 }
 
 #[api_v2_errors(
@@ -38,6 +51,8 @@ pub struct ErrorDetail {
     description = "Too many files, or a file over the size limit",
     code = 415,
     description = "Not a supported image type (judged from the bytes)",
+    code = 422,
+    description = "Some items of the request are invalid (`invalid_items`); `problems` lists each with its index and field; nothing was stored",
     code = 429,
     description = "Too many requests for the key, or failed authentications from the address; see Retry-After",
     code = 503,
@@ -60,6 +75,9 @@ pub enum ApiError {
     PayloadTooLarge { code: &'static str, message: String },
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// Items of a request that cannot be accepted, each with its index and field.
+    #[error("{} item problem(s); nothing was stored", .0.len())]
+    Invalid(Vec<Problem>),
     #[error("service unavailable: {0}")]
     Unavailable(String),
     /// Over a rate limit; the client may come back after the given time.
@@ -95,6 +113,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Invalid(_) => "invalid_items",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Busy(_) => "busy",
             ApiError::RateLimited(_) => "rate_limited",
@@ -112,6 +131,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -148,6 +168,10 @@ impl ResponseError for ApiError {
             error: ErrorDetail {
                 code: self.code().to_owned(),
                 message,
+                problems: match self {
+                    ApiError::Invalid(p) => Some(p.clone()),
+                    _ => None,
+                },
             },
         })
     }

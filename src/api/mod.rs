@@ -7,9 +7,12 @@ pub mod binary;
 pub mod dead_letters;
 pub mod error;
 pub mod health;
+pub mod import_body;
+pub mod imports;
 pub mod models;
 pub mod openapi;
 pub mod photos;
+pub mod products;
 pub mod upload;
 
 use std::sync::Arc;
@@ -37,6 +40,8 @@ pub struct AppState {
     /// One permit per upload body being read (`upload.max_concurrent`).
     pub uploads: Arc<tokio::sync::Semaphore>,
     pub limiter: crate::limits::Limiter,
+    /// The address rules import URLs are checked against before they are accepted.
+    pub fetch_rules: Arc<crate::fetch::Rules>,
 }
 
 /// Largest JSON body accepted (the JSON routes take a few small fields).
@@ -73,7 +78,7 @@ fn spec() -> DefaultApiRaw {
             ),
             ..Default::default()
         },
-        tags: ["Photos", "Batches", "DeadLetters", "Operations"]
+        tags: ["Photos", "Batches", "Imports", "DeadLetters", "Operations"]
             .iter()
             .map(|t| Tag {
                 name: (*t).into(),
@@ -136,7 +141,15 @@ pub fn app(
                     web::resource("/photos/{id}/original")
                         .route(web::get().to(photos::get_original)),
                 )
-                .service(web::resource("/batches/{id}").route(web::get().to(batches::get_batch))),
+                .service(web::resource("/batches/{id}").route(web::get().to(batches::get_batch)))
+                .service(web::resource("/imports").route(web::post().to(imports::create_import)))
+                .service(web::resource("/imports/{id}").route(web::get().to(imports::get_import)))
+                .service(
+                    web::resource("/products").route(web::get().to(products::list_products)),
+                )
+                .service(
+                    web::resource("/products/{id}").route(web::get().to(products::get_product)),
+                ),
         )
         .service(web::resource("/healthz").route(web::get().to(health::healthz)))
         .service(web::resource("/readyz").route(web::get().to(health::readyz)))

@@ -46,10 +46,14 @@ pub struct PhotoView {
     pub state: String,
     /// Why the photo failed, or the last transient error while it is retried.
     pub error: Option<String>,
+    /// The same as a stable code (`undecodable_image`, `download_not_found`, ...).
+    pub error_code: Option<String>,
     /// Times a worker has started on this photo.
     pub attempts: i32,
     /// File name given by the client, if any.
     pub filename: Option<String>,
+    /// Where a photo of an import is downloaded from.
+    pub source_url: Option<String>,
     pub original: OriginalView,
     /// EXIF, once the photo has been processed.
     pub exif: Option<Exif>,
@@ -99,10 +103,12 @@ pub struct OriginalView {
     /// Width as displayed (EXIF orientation applied); known once processed.
     pub width: Option<i32>,
     pub height: Option<i32>,
-    pub bytes: i64,
-    pub sha256: String,
+    /// Size, hash and type are known from the upload, or once an imported image has been
+    /// downloaded.
+    pub bytes: Option<i64>,
+    pub sha256: Option<String>,
     /// Sniffed from the bytes.
-    pub content_type: String,
+    pub content_type: Option<String>,
     pub url: String,
 }
 
@@ -126,8 +132,10 @@ impl PhotoView {
             batch_id: photo.batch_id,
             state: photo.state,
             error: photo.error,
+            error_code: photo.error_code,
             attempts: photo.attempts,
             filename: photo.filename,
+            source_url: photo.source_url,
             original: OriginalView {
                 width: photo.width,
                 height: photo.height,
@@ -238,6 +246,176 @@ pub struct ListQuery {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// Photos per page, 1–200 (default 50).
+    pub limit: Option<i64>,
+}
+
+/// `202 Accepted` answer to an import.
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportResponse {
+    pub import_id: Uuid,
+    /// Where to follow the import.
+    pub url: String,
+    pub products: Vec<ImportedProduct>,
+}
+
+/// A product as an import recorded it.
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct ImportedProduct {
+    pub id: Uuid,
+    pub external_id: String,
+    /// False when an earlier import made the product and this one updated it.
+    pub created: bool,
+    pub url: String,
+    /// The product's images in order, each a photo.
+    pub images: Vec<ImportedImage>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct ImportedImage {
+    /// The photo's id.
+    pub id: Uuid,
+    /// The photo's state: `queued` for a new image; an image the product already had keeps
+    /// its photo and state.
+    pub state: String,
+    /// The photo's URL.
+    pub url: String,
+    pub source_url: String,
+}
+
+pub fn product_url(id: Uuid) -> String {
+    format!("/v1/products/{id}")
+}
+
+/// Where an import stands.
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct ImportView {
+    pub id: Uuid,
+    /// processing (some product still processing) | completed (every product processed) |
+    /// completed_with_errors | failed (every product process_error)
+    pub state: String,
+    pub products: ProductCounts,
+    /// The images of the import's products, by photo state.
+    pub images: ImageCounts,
+    pub created_at: DateTime<Utc>,
+    /// Its products, paginated.
+    pub products_url: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, Apiv2Schema)]
+pub struct ProductCounts {
+    pub total: i64,
+    pub processing: i64,
+    pub processed: i64,
+    pub process_error: i64,
+}
+
+impl ProductCounts {
+    pub fn from_rows(rows: &[(String, i64)]) -> Self {
+        let mut c = ProductCounts::default();
+        for (state, n) in rows {
+            match state.as_str() {
+                PRODUCT_PROCESSING => c.processing += n,
+                PRODUCT_PROCESSED => c.processed += n,
+                PRODUCT_ERROR => c.process_error += n,
+                _ => {}
+            }
+            c.total += n;
+        }
+        c
+    }
+
+    pub fn overall(&self) -> &'static str {
+        if self.processing > 0 {
+            "processing"
+        } else if self.process_error == 0 {
+            "completed"
+        } else if self.process_error == self.total {
+            "failed"
+        } else {
+            "completed_with_errors"
+        }
+    }
+}
+
+/// Product states: `processing` while any image is unfinished, then `processed` (every
+/// image completed) or `process_error` (any image failed or dead).
+pub const PRODUCT_PROCESSING: &str = "processing";
+pub const PRODUCT_PROCESSED: &str = "processed";
+pub const PRODUCT_ERROR: &str = "process_error";
+pub const PRODUCT_STATES: [&str; 3] = [PRODUCT_PROCESSING, PRODUCT_PROCESSED, PRODUCT_ERROR];
+
+#[derive(Debug, Default, Serialize, Deserialize, Apiv2Schema)]
+pub struct ImageCounts {
+    pub total: i64,
+    pub queued: i64,
+    pub processing: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub dead: i64,
+}
+
+impl From<StateCounts> for ImageCounts {
+    fn from(c: StateCounts) -> Self {
+        ImageCounts {
+            total: c.total(),
+            queued: c.queued,
+            processing: c.processing,
+            completed: c.completed,
+            failed: c.failed,
+            dead: c.dead,
+        }
+    }
+}
+
+/// A product and its images.
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct ProductView {
+    pub id: Uuid,
+    pub external_id: String,
+    pub name: Option<String>,
+    /// processing | processed | process_error
+    pub state: String,
+    /// Why images failed: one entry per failed or dead image.
+    pub errors: Vec<ProductError>,
+    /// The images in order, as photos (same JSON as `GET /v1/photos/{id}`).
+    pub images: Vec<PhotoView>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct ProductError {
+    /// Position of the image in the product's `images`.
+    pub position: usize,
+    pub photo_id: Uuid,
+    pub source_url: Option<String>,
+    /// failed | dead
+    pub state: String,
+    /// Stable code, e.g. `download_not_found`, `download_not_an_image`.
+    pub code: Option<String>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct ProductPage {
+    pub products: Vec<ProductView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Apiv2Schema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductQuery {
+    /// Only products of this import.
+    pub import: Option<Uuid>,
+    /// Only the product with this external id.
+    pub external_id: Option<String>,
+    /// Only products in this state: processing | processed | process_error.
+    pub state: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Products per page, 1–200 (default 50).
     pub limit: Option<i64>,
 }
 

@@ -71,6 +71,41 @@ pub async fn list_photos(
     Ok(Json(page))
 }
 
+/// The keyset cursor (the last id of the previous page) and the page size, checked.
+pub(super) fn keyset(
+    cursor: Option<&str>,
+    limit: Option<i64>,
+) -> Result<(Option<Uuid>, i64), ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_query(format!("limit must be 1..={MAX_PAGE}")));
+    }
+    let after = cursor
+        .map(|c| {
+            Uuid::parse_str(c).map_err(|_| {
+                ApiError::bad_query("invalid cursor: pass back a `next_cursor` unchanged")
+            })
+        })
+        .transpose()?;
+    Ok((after, limit))
+}
+
+/// Photos with their variants, in the order of `photos`.
+pub(super) async fn views(
+    conn: &mut diesel_async::AsyncPgConnection,
+    photos: Vec<crate::db::models::Photo>,
+) -> Result<Vec<PhotoView>, ApiError> {
+    let ids: Vec<Uuid> = photos.iter().map(|p| p.id).collect();
+    let mut variants = db::photos::variants_of(conn, &ids).await?;
+    Ok(photos
+        .into_iter()
+        .map(|p| {
+            let mine: Vec<_> = variants.extract_if(.., |v| v.photo_id == p.id).collect();
+            PhotoView::new(p, mine)
+        })
+        .collect())
+}
+
 /// One page of the owner's photos, with their variants.
 pub(super) async fn page(
     state: &AppState,
@@ -80,21 +115,10 @@ pub(super) async fn page(
     cursor: Option<String>,
     limit: Option<i64>,
 ) -> Result<PhotoPage, ApiError> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_query(format!("limit must be 1..={MAX_PAGE}")));
-    }
+    let (after, limit) = keyset(cursor.as_deref(), limit)?;
     if let Some(batch) = batch {
         super::batches::owned(state, owner, batch).await?;
     }
-    let after = cursor
-        .as_deref()
-        .map(|c| {
-            Uuid::parse_str(c).map_err(|_| {
-                ApiError::bad_query("invalid cursor: pass back a `next_cursor` unchanged")
-            })
-        })
-        .transpose()?;
     let filter = ListFilter {
         batch,
         state: photo_state,
@@ -103,18 +127,10 @@ pub(super) async fn page(
     };
     let mut conn = db::conn(&state.pool).await?;
     let photos = db::photos::list(&mut conn, owner, &filter).await?;
-    let ids: Vec<Uuid> = photos.iter().map(|p| p.id).collect();
-    let mut variants = db::photos::variants_of(&mut conn, &ids).await?;
     let next_cursor = (photos.len() as i64 == limit)
         .then(|| photos.last().map(|p| p.id.to_string()))
         .flatten();
-    let photos = photos
-        .into_iter()
-        .map(|p| {
-            let mine: Vec<_> = variants.extract_if(.., |v| v.photo_id == p.id).collect();
-            PhotoView::new(p, mine)
-        })
-        .collect();
+    let photos = views(&mut conn, photos).await?;
     Ok(PhotoPage {
         photos,
         next_cursor,
@@ -200,12 +216,16 @@ pub async fn get_original(
         .await?
         .ok_or(ApiError::NotFound("photo"))?;
     drop(conn);
+    // An imported image not downloaded yet has no original.
+    let (Some(content_type), Some(sha256)) = (photo.content_type, photo.sha256) else {
+        return Err(ApiError::NotFound("original"));
+    };
     ImageBytes::serve(
         &req,
         &state.storage,
         &photo.original_key,
-        photo.content_type,
-        photo.sha256,
+        content_type,
+        sha256,
     )
     .await
 }

@@ -80,7 +80,7 @@ pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 
 /// The optional `Idempotency-Key` header: a retried upload with the same key (from the same
 /// API key) gets the first answer back instead of making a second batch.
-pub struct IdempotencyKey(Option<String>);
+pub struct IdempotencyKey(pub(super) Option<String>);
 
 impl FromRequest for IdempotencyKey {
     type Error = ApiError;
@@ -253,12 +253,21 @@ pub async fn upload(
     }
 
     let ids: Vec<Uuid> = photos.iter().map(|p| p.id).collect();
-    let publish = crate::dispatch::publish_new(&state.pool, &state.queue, &ids);
+    publish_accepted(&state, batch_id, &ids).await;
+    state.metrics.photos_uploaded.inc_by(photos.len() as u64);
+    tracing::info!(batch_id = %batch_id, photos = photos.len(), "batch accepted");
+
+    Ok(AcceptedJson(answer))
+}
+
+/// Puts the jobs of photos just committed on the stream. The request is accepted whether
+/// or not that works: the rows are committed, and the reconciler publishes unfinished jobs
+/// that never reached Redis.
+pub(super) async fn publish_accepted(state: &AppState, batch_id: Uuid, ids: &[Uuid]) {
+    let publish = crate::dispatch::publish_new(&state.pool, &state.queue, ids);
     let timeout = Duration::from_secs(state.config.redis.response_timeout_secs);
     match tokio::time::timeout(timeout, publish).await {
         Ok(Ok(())) => {}
-        // Accepted all the same: the rows are committed, and the reconciler publishes
-        // unfinished jobs that never reached Redis.
         Ok(Err(e)) => {
             tracing::warn!(batch_id = %batch_id, error = %e, "publish failed; jobs left to the reconciler")
         }
@@ -266,22 +275,25 @@ pub async fn upload(
             tracing::warn!(batch_id = %batch_id, "publish timed out; jobs left to the reconciler")
         }
     }
-    state.metrics.photos_uploaded.inc_by(photos.len() as u64);
-    tracing::info!(batch_id = %batch_id, photos = photos.len(), "batch accepted");
-
-    Ok(AcceptedJson(answer))
 }
 
-/// The answer first given for this idempotency key, if any.
-async fn first_answer(
+/// The answer first given for this idempotency key, if any. A key first used for another
+/// kind of request (an upload's key sent with an import) is a conflict.
+pub(super) async fn first_answer<T: serde::de::DeserializeOwned>(
     state: &AppState,
     owner: Uuid,
     key: &str,
-) -> Result<Option<UploadResponse>, ApiError> {
+) -> Result<Option<T>, ApiError> {
     let mut conn = crate::db::conn(&state.pool).await?;
     idempotency::find(&mut conn, owner, key)
         .await?
-        .map(|v| serde_json::from_value(v).map_err(|e| ApiError::Internal(e.to_string())))
+        .map(|v| {
+            serde_json::from_value(v).map_err(|_| {
+                ApiError::Conflict(format!(
+                    "{IDEMPOTENCY_HEADER} {key:?} was first used for another kind of request"
+                ))
+            })
+        })
         .transpose()
 }
 
@@ -354,10 +366,11 @@ async fn receive_one(
         batch_id,
         owner_id: owner,
         filename,
-        content_type: format.mime().to_owned(),
-        bytes,
-        sha256,
+        content_type: Some(format.mime().to_owned()),
+        bytes: Some(bytes),
+        sha256: Some(sha256),
         original_key: key,
+        source_url: None,
     })
 }
 

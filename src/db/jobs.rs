@@ -118,6 +118,10 @@ pub async fn start_many(
                    WHEN v.n > $4 THEN 'delivered ' || v.n || ' times without a recorded \
                         start: the job stops its worker before it can begin' \
                    ELSE p.error END, \
+                 error_code = CASE \
+                   WHEN p.attempts >= $4 THEN coalesce(p.error_code, 'attempts_exhausted') \
+                   WHEN v.n > $4 THEN 'worker_crashed' \
+                   ELSE p.error_code END, \
                  entry_id = v.entry, updated_at = $5, next_attempt_at = NULL \
              FROM unnest($1::uuid[], $2::text[], $3::int4[]) AS v(id, entry, n) \
              WHERE p.id = v.id \
@@ -169,6 +173,27 @@ pub struct Completion {
     pub height: i32,
     pub exif: serde_json::Value,
     pub variants: Vec<Variant>,
+    /// For a photo downloaded from a URL: what was downloaded.
+    pub original: Option<OriginalInfo>,
+}
+
+/// The type, size and hash of an original a worker downloaded.
+#[derive(Debug, Clone)]
+pub struct OriginalInfo {
+    pub content_type: String,
+    pub bytes: i64,
+    pub sha256: String,
+}
+
+impl OriginalInfo {
+    pub fn of(data: &[u8], content_type: &str) -> Self {
+        use sha2::Digest;
+        OriginalInfo {
+            content_type: content_type.to_owned(),
+            bytes: data.len() as i64,
+            sha256: hex::encode(sha2::Sha256::digest(data)),
+        }
+    }
 }
 
 /// `Finish(Completed)` for several jobs, in one transaction: results and variants are
@@ -186,14 +211,24 @@ pub async fn complete_many(
     let widths: Vec<i32> = done.iter().map(|(_, c, _)| c.width).collect();
     let heights: Vec<i32> = done.iter().map(|(_, c, _)| c.height).collect();
     let exifs: Vec<&serde_json::Value> = done.iter().map(|(_, c, _)| &c.exif).collect();
+    let originals = done.iter().map(|(_, c, _)| c.original.as_ref());
+    let types: Vec<Option<&str>> = originals
+        .clone()
+        .map(|o| o.map(|o| o.content_type.as_str()))
+        .collect();
+    let sizes: Vec<Option<i64>> = originals.clone().map(|o| o.map(|o| o.bytes)).collect();
+    let hashes: Vec<Option<&str>> = originals.map(|o| o.map(|o| o.sha256.as_str())).collect();
     rerun_on_conflict!(conn.transaction::<_, DbError, _>(async |conn| {
         prefer_key_lookups(conn).await?;
         let recorded: Vec<IdOnly> = diesel::sql_query(
             "UPDATE photos AS p \
                  SET state = 'completed', width = v.width, height = v.height, exif = v.exif, \
-                     error = NULL, attempt_id = NULL, completed_at = $1, updated_at = $1 \
-                 FROM unnest($2::uuid[], $3::int8[], $4::int4[], $5::int4[], $6::jsonb[]) \
-                      AS v(id, attempt_id, width, height, exif) \
+                     error = NULL, error_code = NULL, attempt_id = NULL, completed_at = $1, \
+                     updated_at = $1, content_type = coalesce(v.content_type, p.content_type), \
+                     bytes = coalesce(v.bytes, p.bytes), sha256 = coalesce(v.sha256, p.sha256) \
+                 FROM unnest($2::uuid[], $3::int8[], $4::int4[], $5::int4[], $6::jsonb[], \
+                             $7::text[], $8::int8[], $9::text[]) \
+                      AS v(id, attempt_id, width, height, exif, content_type, bytes, sha256) \
                  WHERE p.id = v.id AND p.state = 'processing' AND p.attempt_id = v.attempt_id \
                  RETURNING p.id",
         )
@@ -203,6 +238,9 @@ pub async fn complete_many(
         .bind::<Array<Integer>, _>(&widths)
         .bind::<Array<Integer>, _>(&heights)
         .bind::<Array<Jsonb>, _>(&exifs)
+        .bind::<Array<Nullable<Text>>, _>(&types)
+        .bind::<Array<Nullable<BigInt>>, _>(&sizes)
+        .bind::<Array<Nullable<Text>>, _>(&hashes)
         .load(conn)
         .await?;
         let recorded: std::collections::HashSet<Uuid> =
@@ -248,12 +286,16 @@ async fn upsert_variants(conn: &mut AsyncPgConnection, rows: &[&Variant]) -> Res
 /// How a worker ends one attempt other than by completing it.
 #[derive(Debug, Clone, Copy)]
 pub enum Ending<'a> {
-    /// The input is at fault: `failed`.
-    Failed { reason: &'a str },
+    /// The input is at fault: `failed`, with a stable `code` beside the reason.
+    Failed { code: &'a str, reason: &'a str },
     /// A transient error: back to `queued`, the next attempt due at `at`.
-    Retry { error: &'a str, at: DateTime<Utc> },
+    Retry {
+        code: &'a str,
+        error: &'a str,
+        at: DateTime<Utc>,
+    },
     /// Out of attempts: `dead`.
-    Dead { reason: &'a str },
+    Dead { code: &'a str, reason: &'a str },
     /// Given back unfinished and published again as `entry` (if that worked): `queued`,
     /// and the attempt does not count.
     HandBack { entry: Option<&'a str> },
@@ -275,7 +317,7 @@ pub async fn finish(
             .filter(photos::attempt_id.eq(attempt.id));
         let no_id = photos::attempt_id.eq(None::<i64>);
         let (changed, outcome, error) = match ending {
-            Ending::Failed { reason } | Ending::Dead { reason } => {
+            Ending::Failed { code, reason } | Ending::Dead { code, reason } => {
                 let (state, outcome) = match ending {
                     Ending::Failed { .. } => (PhotoState::Failed, AttemptOutcome::Failed),
                     _ => (PhotoState::Dead, AttemptOutcome::Dead),
@@ -284,6 +326,7 @@ pub async fn finish(
                     .set((
                         photos::state.eq(state.as_str()),
                         photos::error.eq(reason),
+                        photos::error_code.eq(code),
                         photos::completed_at.eq(now),
                         photos::updated_at.eq(now),
                         no_id,
@@ -292,11 +335,12 @@ pub async fn finish(
                     .await?;
                 (changed, outcome, Some(reason))
             }
-            Ending::Retry { error, at } => (
+            Ending::Retry { code, error, at } => (
                 diesel::update(guarded)
                     .set((
                         photos::state.eq(PhotoState::Queued.as_str()),
                         photos::error.eq(error),
+                        photos::error_code.eq(code),
                         photos::next_attempt_at.eq(at),
                         photos::updated_at.eq(now),
                         no_id,
@@ -426,6 +470,8 @@ pub async fn reclaim_many(
                      error = CASE WHEN p.attempts >= $3 \
                        THEN $5 || coalesce('; last error: ' || p.error, '') \
                        ELSE p.error END, \
+                     error_code = CASE WHEN p.attempts >= $3 \
+                       THEN coalesce(p.error_code, 'attempts_exhausted') ELSE p.error_code END, \
                      completed_at = CASE WHEN p.attempts >= $3 THEN $4 END, \
                      attempt_id = NULL, updated_at = $4 \
                  FROM unnest($1::uuid[], $2::int8[]) AS v(id, attempt_id) \
@@ -508,6 +554,7 @@ pub async fn redrive(
             photos::state.eq(PhotoState::Queued.as_str()),
             photos::attempts.eq(0),
             photos::error.eq(None::<String>),
+            photos::error_code.eq(None::<String>),
             photos::next_attempt_at.eq(None::<DateTime<Utc>>),
             photos::entry_id.eq(None::<String>),
             photos::published_at.eq(None::<DateTime<Utc>>),

@@ -4,6 +4,7 @@
 pub mod attempts;
 pub mod batches;
 pub mod idempotency;
+pub mod imports;
 pub mod jobs;
 pub mod keys;
 pub mod models;

@@ -37,9 +37,10 @@ pub struct Photo {
     pub attempts: i32,
     pub error: Option<String>,
     pub filename: Option<String>,
-    pub content_type: String,
-    pub bytes: i64,
-    pub sha256: String,
+    /// Unknown until a photo from a URL is downloaded.
+    pub content_type: Option<String>,
+    pub bytes: Option<i64>,
+    pub sha256: Option<String>,
     pub original_key: String,
     pub width: Option<i32>,
     pub height: Option<i32>,
@@ -52,6 +53,10 @@ pub struct Photo {
     pub entry_id: Option<String>,
     pub published_at: Option<DateTime<Utc>>,
     pub attempt_id: Option<i64>,
+    /// Where a photo of an import is downloaded from.
+    pub source_url: Option<String>,
+    /// Machine-readable reason of the last failure.
+    pub error_code: Option<String>,
 }
 
 impl Photo {
@@ -68,10 +73,11 @@ pub struct NewPhoto {
     pub batch_id: Uuid,
     pub owner_id: Uuid,
     pub filename: Option<String>,
-    pub content_type: String,
-    pub bytes: i64,
-    pub sha256: String,
+    pub content_type: Option<String>,
+    pub bytes: Option<i64>,
+    pub sha256: Option<String>,
     pub original_key: String,
+    pub source_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

@@ -51,6 +51,15 @@ pub async fn get(
         .optional()?)
 }
 
+/// The given photos, in any order.
+pub async fn by_ids(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> Result<Vec<Photo>, DbError> {
+    Ok(photos::table
+        .filter(photos::id.eq_any(ids))
+        .select(Photo::as_select())
+        .load(conn)
+        .await?)
+}
+
 /// What `GET /v1/photos` filters on.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {

@@ -28,9 +28,9 @@ diesel::table! {
         attempts -> Int4,
         error -> Nullable<Text>,
         filename -> Nullable<Text>,
-        content_type -> Text,
-        bytes -> Int8,
-        sha256 -> Text,
+        content_type -> Nullable<Text>,
+        bytes -> Nullable<Int8>,
+        sha256 -> Nullable<Text>,
         original_key -> Text,
         width -> Nullable<Int4>,
         height -> Nullable<Int4>,
@@ -43,6 +43,43 @@ diesel::table! {
         entry_id -> Nullable<Text>,
         published_at -> Nullable<Timestamptz>,
         attempt_id -> Nullable<Int8>,
+        source_url -> Nullable<Text>,
+        error_code -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    imports (id) {
+        id -> Uuid,
+        owner_id -> Uuid,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    products (id) {
+        id -> Uuid,
+        owner_id -> Uuid,
+        external_id -> Text,
+        name -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    import_products (import_id, product_id) {
+        import_id -> Uuid,
+        product_id -> Uuid,
+    }
+}
+
+diesel::table! {
+    product_images (product_id, position) {
+        product_id -> Uuid,
+        position -> Int4,
+        url -> Text,
+        photo_id -> Uuid,
     }
 }
 
@@ -90,12 +127,22 @@ diesel::joinable!(photos -> batches (batch_id));
 diesel::joinable!(variants -> photos (photo_id));
 diesel::joinable!(photo_attempts -> photos (photo_id));
 diesel::joinable!(idempotency_keys -> batches (batch_id));
+diesel::joinable!(imports -> batches (id));
+diesel::joinable!(products -> api_keys (owner_id));
+diesel::joinable!(import_products -> imports (import_id));
+diesel::joinable!(import_products -> products (product_id));
+diesel::joinable!(product_images -> products (product_id));
+diesel::joinable!(product_images -> photos (photo_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     batches,
     idempotency_keys,
+    import_products,
+    imports,
     photo_attempts,
     photos,
+    product_images,
+    products,
     variants,
 );

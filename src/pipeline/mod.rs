@@ -125,6 +125,31 @@ impl Spec {
     }
 }
 
+impl Spec {
+    /// The spec of imported images: the configured variants and, when enabled, the
+    /// `compressed` rendition (the original size, orientation applied, no metadata).
+    pub fn for_imports(config: &crate::config::Config) -> Self {
+        let mut spec = Spec::from_config(config);
+        let import = &config.import;
+        if import.compressed {
+            spec.variants.push(VariantSpec {
+                name: COMPRESSED.into(),
+                width: None,
+                height: None,
+                fit: crate::config::Fit::Inside,
+                format: import.compressed_format,
+                quality: import.compressed_quality,
+                grayscale: false,
+                sharpen: 0.0,
+            });
+        }
+        spec
+    }
+}
+
+/// Name of the full-size rendition imported images get.
+pub const COMPRESSED: &str = "compressed";
+
 #[derive(Debug, Clone)]
 pub struct EncodedVariant {
     pub name: String,

@@ -28,7 +28,8 @@ use tracing::Instrument;
 
 use super::commit::{CommitError, Committed, Finished};
 use super::{retry, WorkerContext};
-use crate::db::jobs::{Completion, Delivered, Ending};
+use crate::db::jobs::{Completion, Delivered, Ending, OriginalInfo};
+use crate::fetch::FetchError;
 use crate::db::{self, attempts::AttemptRef, models::Photo, models::Variant, DbError};
 use crate::metrics::JobOutcome;
 use crate::pipeline::{self, PipelineError};
@@ -40,6 +41,9 @@ pub enum JobError {
     /// The input is at fault; the photo ends `failed`.
     #[error(transparent)]
     Permanent(#[from] PipelineError),
+    /// The download of an imported image failed; permanent or not as the error says.
+    #[error("download failed: {0}")]
+    Fetch(#[from] FetchError),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -66,7 +70,26 @@ pub enum JobError {
 impl JobError {
     /// The input is at fault (or gone): retrying cannot help.
     fn is_permanent(&self) -> bool {
-        matches!(self, JobError::Permanent(_) | JobError::OriginalMissing(_))
+        match self {
+            JobError::Permanent(_) | JobError::OriginalMissing(_) => true,
+            JobError::Fetch(e) => !e.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// A stable, machine-readable code, recorded on the photo beside the message.
+    pub fn code(&self) -> &'static str {
+        match self {
+            JobError::Permanent(e) => e.code(),
+            JobError::Fetch(e) => e.code(),
+            JobError::Db(_) | JobError::Commit(_) => "database_error",
+            JobError::Storage(_) => "storage_error",
+            JobError::Queue(_) => "queue_error",
+            JobError::Timeout(_) => "timeout",
+            JobError::Crashed(_) => "worker_crashed",
+            JobError::OriginalMissing(_) => "original_missing",
+            JobError::Interrupted | JobError::Superseded => "interrupted",
+        }
     }
 
     fn db_unreachable(&self) -> bool {
@@ -323,7 +346,11 @@ async fn run(
         Err(e) if e.is_permanent() => {
             tracing::info!(error = %e, "photo cannot be processed");
             let reason = e.to_string();
-            if !end(ctx, photo_id, attempt, Ending::Failed { reason: &reason }).await? {
+            let failed = Ending::Failed {
+                code: e.code(),
+                reason: &reason,
+            };
+            if !end(ctx, photo_id, attempt, failed).await? {
                 return stale(ctx, entry).await;
             }
             ctx.queue.ack(entry).await?;
@@ -337,7 +364,11 @@ async fn run(
         Err(e) if photo.attempts >= max => {
             let reason = format!("gave up after {max} attempts; last error: {e}");
             tracing::warn!(%reason, "job dead-lettered");
-            if !end(ctx, photo_id, attempt, Ending::Dead { reason: &reason }).await? {
+            let dead = Ending::Dead {
+                code: e.code(),
+                reason: &reason,
+            };
+            if !end(ctx, photo_id, attempt, dead).await? {
                 return stale(ctx, entry).await;
             }
             ctx.queue
@@ -347,11 +378,17 @@ async fn run(
         }
         Err(e) => {
             let n = u32::try_from(photo.attempts).unwrap_or(1);
+            // The backoff, or longer when the server said how long to wait.
             let delay = retry::backoff(&ctx.config.retry, n, rand::random::<f64>());
+            let delay = match &e {
+                JobError::Fetch(f) => f.retry_after().map_or(delay, |wait| wait.max(delay)),
+                _ => delay,
+            };
             let due = chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
             tracing::warn!(error = %e, attempt = n, retry_in_ms = delay.as_millis() as u64, "attempt failed; retry scheduled");
             let error = e.to_string();
             let retry = Ending::Retry {
+                code: e.code(),
                 error: &error,
                 at: due,
             };
@@ -398,7 +435,8 @@ async fn give_back(
     Ok(Outcome::HandedBack)
 }
 
-/// Fetches the original, runs the pipeline and stores the variants.
+/// Fetches the original (downloading it first for a photo of an import), runs the
+/// pipeline and stores the variants.
 async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobError> {
     if ctx.no_op {
         return Ok(Completion {
@@ -406,14 +444,23 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
             height: 0,
             exif: serde_json::Value::Null,
             variants: Vec::new(),
+            original: None,
         });
     }
-    let original = match ctx.storage.get(&photo.original_key).await {
-        Ok(b) => b,
-        Err(StorageError::NotFound(key)) => return Err(JobError::OriginalMissing(key)),
-        Err(e) => return Err(e.into()),
+    let (original, downloaded) = match (ctx.storage.get(&photo.original_key).await, &photo.source_url) {
+        (Ok(b), _) => (b, None),
+        (Err(StorageError::NotFound(_)), Some(url)) => {
+            let fetched = download(ctx, photo, url).await?;
+            (fetched.bytes.clone(), Some(fetched))
+        }
+        (Err(StorageError::NotFound(key)), None) => return Err(JobError::OriginalMissing(key)),
+        (Err(e), _) => return Err(e.into()),
     };
-    let processed = process_blocking(ctx, original).await?;
+    let spec = match photo.source_url {
+        Some(_) => ctx.import_spec.clone(),
+        None => ctx.spec.clone(),
+    };
+    let processed = process_blocking(ctx, original.clone(), spec).await?;
 
     let mut variants = Vec::with_capacity(processed.variants.len());
     for v in processed.variants {
@@ -434,12 +481,41 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
     }
     let exif = serde_json::to_value(&processed.exif)
         .map_err(|e| JobError::Crashed(format!("exif to json: {e}")))?;
+    // A downloaded original is described once it has been processed: its type as sniffed,
+    // its size and hash (also for an original stored by an earlier attempt).
+    let original = match (&photo.source_url, downloaded) {
+        (None, _) => None,
+        (Some(_), Some(f)) => Some(OriginalInfo::of(&f.bytes, f.format.mime())),
+        (Some(_), None) => crate::pipeline::sniff::sniff(&original)
+            .map(|format| OriginalInfo::of(&original, format.mime())),
+    };
     Ok(Completion {
         width: processed.width as i32,
         height: processed.height as i32,
         exif,
         variants,
+        original,
     })
+}
+
+/// Downloads the image of a photo of an import and stores it as its original.
+async fn download(
+    ctx: &WorkerContext,
+    photo: &Photo,
+    url: &str,
+) -> Result<crate::fetch::Fetched, JobError> {
+    let started = Instant::now();
+    let fetched = ctx.fetcher.image(url).await?;
+    tracing::debug!(
+        bytes = fetched.bytes.len(),
+        ms = started.elapsed().as_millis() as u64,
+        from = %fetched.url,
+        "downloaded"
+    );
+    ctx.storage
+        .put(&photo.original_key, fetched.bytes.clone())
+        .await?;
+    Ok(fetched)
 }
 
 /// The pipeline on the blocking pool, in the job's span, bounded by the job timeout. A
@@ -448,6 +524,7 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
 async fn process_blocking(
     ctx: &WorkerContext,
     original: Bytes,
+    spec: std::sync::Arc<pipeline::Spec>,
 ) -> Result<pipeline::Processed, JobError> {
     let cpu = ctx
         .cpu_slots
@@ -455,7 +532,6 @@ async fn process_blocking(
         .acquire_owned()
         .await
         .map_err(|e| JobError::Crashed(e.to_string()))?;
-    let spec = ctx.spec.clone();
     let span = tracing::Span::current();
     let task = tokio::task::spawn_blocking(move || {
         let _cpu = cpu;

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::db::{self, DbPool};
+use crate::fetch::Fetcher;
 use crate::metrics::Metrics;
 use crate::pipeline::Spec;
 use crate::queue::{Consumer, Delivery, Queue};
@@ -42,6 +43,10 @@ pub struct WorkerContext {
     pub consumer: Arc<Consumer>,
     pub storage: Storage,
     pub spec: Arc<Spec>,
+    /// The spec of imported images: the variants and the `compressed` rendition.
+    pub import_spec: Arc<Spec>,
+    /// Downloads the images of imports.
+    pub fetcher: Fetcher,
     pub config: Arc<Config>,
     pub metrics: Metrics,
     /// Bounds the image work actually running on the blocking pool (a timed-out attempt's
@@ -67,6 +72,7 @@ impl WorkerContext {
         storage: Storage,
         config: Arc<Config>,
         metrics: Metrics,
+        fetcher: Fetcher,
         concurrency: usize,
     ) -> Self {
         let consumer = Arc::new(consumer);
@@ -84,6 +90,8 @@ impl WorkerContext {
             consumer,
             storage,
             spec: Arc::new(Spec::from_config(&config)),
+            import_spec: Arc::new(Spec::for_imports(&config)),
+            fetcher,
             config,
             metrics,
             cpu_slots: Arc::new(Semaphore::new(concurrency)),
