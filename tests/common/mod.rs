@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cluster;
+pub mod fixture;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,259 @@
+//! A real HTTP server on loopback serving corpus images, and misbehaving as suppliers do:
+//! slow and endless bodies, redirect chains, error statuses, rate limits, wrong types.
+//! photoq reaches it through `fetch.allow`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use bytes::Bytes;
+use futures_util::stream;
+
+/// Bytes of each chunk of the endless body.
+const CHUNK: usize = 64 * 1024;
+/// How long `/hold/...` keeps each request open, so concurrent ones overlap.
+const HOLD: Duration = Duration::from_millis(200);
+
+#[derive(Default)]
+struct Shared {
+    hits: Mutex<HashMap<String, usize>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+pub struct Fixture {
+    pub port: u16,
+    shared: Arc<Shared>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Fixture {
+    pub async fn start() -> Fixture {
+        let shared = Arc::new(Shared::default());
+        let data = web::Data::from(shared.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/img/{name}", web::get().to(img))
+                .route("/typed/{type}/{sub}/{name}", web::get().to(typed))
+                .route("/html-as-jpeg", web::get().to(html_as_jpeg))
+                .route("/page", web::get().to(page))
+                .route("/slow", web::get().to(slow))
+                .route("/endless", web::get().to(endless))
+                .route("/declared-huge", web::get().to(declared_huge))
+                .route("/chain/{n}/{name}", web::get().to(chain))
+                .route("/to", web::get().to(redirect_to))
+                .route("/status/{code}", web::get().to(status))
+                .route("/flaky/{key}/{name}", web::get().to(flaky))
+                .route("/limited/{key}/{name}", web::get().to(limited))
+                .route("/hold/{name}", web::get().to(hold))
+        })
+        .workers(2)
+        .disable_signals()
+        .bind(("127.0.0.1", 0))
+        .expect("fixture binds");
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Fixture {
+            port,
+            shared,
+            handle,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Requests seen for `path`.
+    pub fn hits(&self, path: &str) -> usize {
+        self.shared
+            .hits
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Most `/hold/...` requests open at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+fn count(shared: &Shared, req: &HttpRequest) -> usize {
+    let mut hits = shared.hits.lock().unwrap();
+    let n = hits.entry(req.path().to_owned()).or_default();
+    *n += 1;
+    *n
+}
+
+fn corpus(name: &str) -> Option<Vec<u8>> {
+    if name.contains('/') || name.contains("..") {
+        return None;
+    }
+    std::fs::read(super::corpus_dir().join("jpg").join(name)).ok()
+}
+
+fn jpeg(name: &str) -> HttpResponse {
+    match corpus(name) {
+        Some(b) => HttpResponse::Ok().content_type("image/jpeg").body(b),
+        None => HttpResponse::NotFound().finish(),
+    }
+}
+
+async fn img(s: web::Data<Shared>, req: HttpRequest, name: web::Path<String>) -> HttpResponse {
+    count(&s, &req);
+    jpeg(&name)
+}
+
+/// A corpus image declared as any type (`/typed/text/plain/x.jpg`).
+async fn typed(
+    s: web::Data<Shared>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> HttpResponse {
+    count(&s, &req);
+    let (t, sub, name) = path.into_inner();
+    match corpus(&name) {
+        Some(b) => HttpResponse::Ok()
+            .insert_header(("content-type", format!("{t}/{sub}")))
+            .body(b),
+        None => HttpResponse::NotFound().finish(),
+    }
+}
+
+async fn html_as_jpeg(s: web::Data<Shared>, req: HttpRequest) -> HttpResponse {
+    count(&s, &req);
+    HttpResponse::Ok()
+        .content_type("image/jpeg")
+        .body("<!doctype html><html><body>Not found, but 200</body></html>")
+}
+
+async fn page(s: web::Data<Shared>, req: HttpRequest) -> HttpResponse {
+    count(&s, &req);
+    HttpResponse::Ok()
+        .content_type("text/html")
+        .body("<!doctype html><html><body>a product page</body></html>")
+}
+
+/// Headers and the first bytes of a JPEG, then nothing for a long time.
+async fn slow(s: web::Data<Shared>, req: HttpRequest) -> HttpResponse {
+    count(&s, &req);
+    let body = stream::unfold(0u8, |step| async move {
+        match step {
+            0 => Some((
+                Ok::<_, actix_web::Error>(Bytes::from_static(&[0xFF, 0xD8, 0xFF, 0xE0])),
+                1,
+            )),
+            _ => {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                None
+            }
+        }
+    });
+    HttpResponse::Ok().content_type("image/jpeg").streaming(body)
+}
+
+/// A JPEG start, then zeros forever, without a length.
+async fn endless(s: web::Data<Shared>, req: HttpRequest) -> HttpResponse {
+    count(&s, &req);
+    let body = stream::unfold(true, |first| async move {
+        let mut chunk = vec![0u8; CHUNK];
+        if first {
+            chunk[..4].copy_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0]);
+        }
+        Some((Ok::<_, actix_web::Error>(Bytes::from(chunk)), false))
+    });
+    HttpResponse::Ok().content_type("image/jpeg").streaming(body)
+}
+
+/// Declares 1 GiB up front.
+async fn declared_huge(s: web::Data<Shared>, req: HttpRequest) -> HttpResponse {
+    count(&s, &req);
+    let body = stream::repeat_with(|| Ok::<_, actix_web::Error>(Bytes::from(vec![0u8; CHUNK])));
+    HttpResponse::Ok()
+        .content_type("image/jpeg")
+        .body(actix_web::body::SizedStream::new(1 << 30, body))
+}
+
+/// `n` redirects (relative Locations), then the image.
+async fn chain(
+    s: web::Data<Shared>,
+    req: HttpRequest,
+    path: web::Path<(u32, String)>,
+) -> HttpResponse {
+    count(&s, &req);
+    let (n, name) = path.into_inner();
+    if n == 0 {
+        return jpeg(&name);
+    }
+    HttpResponse::Found()
+        .insert_header(("location", format!("/chain/{}/{name}", n - 1)))
+        .finish()
+}
+
+#[derive(serde::Deserialize)]
+struct To {
+    url: String,
+}
+
+/// A redirect to any URL.
+async fn redirect_to(s: web::Data<Shared>, req: HttpRequest, q: web::Query<To>) -> HttpResponse {
+    count(&s, &req);
+    HttpResponse::Found()
+        .insert_header(("location", q.url.clone()))
+        .finish()
+}
+
+async fn status(s: web::Data<Shared>, req: HttpRequest, code: web::Path<u16>) -> HttpResponse {
+    count(&s, &req);
+    let code = actix_web::http::StatusCode::from_u16(*code).unwrap();
+    HttpResponse::build(code).body("no image here")
+}
+
+/// 500 on the first request, the image after.
+async fn flaky(
+    s: web::Data<Shared>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    if count(&s, &req) == 1 {
+        return HttpResponse::InternalServerError().body("try again");
+    }
+    jpeg(&path.1)
+}
+
+/// 429 with `Retry-After: 1` on the first request, the image after.
+async fn limited(
+    s: web::Data<Shared>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    if count(&s, &req) == 1 {
+        return HttpResponse::TooManyRequests()
+            .insert_header(("retry-after", "1"))
+            .body("slow down");
+    }
+    jpeg(&path.1)
+}
+
+/// The image, after holding the request open a moment; records how many were open at once.
+async fn hold(s: web::Data<Shared>, req: HttpRequest, name: web::Path<String>) -> HttpResponse {
+    count(&s, &req);
+    let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    s.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(HOLD).await;
+    s.in_flight.fetch_sub(1, Ordering::SeqCst);
+    jpeg(&name)
+}
