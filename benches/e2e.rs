@@ -357,7 +357,7 @@ async fn no_op(a: Args) {
                 .await
                 .expect("insert");
         }
-        photoq::dispatch::publish_new(&pool, &queue, &ids)
+        photoq::dispatch::publish_new(&pool, &queue, photoq::queue::Lane::Interactive, &ids)
             .await
             .expect("publish");
     }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::fetch::{Fetcher, SystemLookup};
 use crate::api::{self, AppState};
 use crate::cli::{Cli, Command, DlqCommand, KeysCommand};
 use crate::config::Config;
 use crate::db::{self, DbPool};
 use crate::dispatch;
+use crate::fetch::{Fetcher, SystemLookup};
 use crate::metrics::Metrics;
 use crate::queue::{Consumer, Queue};
 use crate::storage::Storage;
@@ -100,7 +100,8 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
     )));
 
     if let Some(concurrency) = roles.workers {
-        let consumer = Consumer::new(&config.redis, queue.clone(), consumer_name())?;
+        let consumer = Consumer::new(&config.redis, queue.clone(), consumer_name())?
+            .with_bulk_share(config.worker.bulk_share);
         let mut ctx = WorkerContext::new(
             pool.clone(),
             queue.clone(),

@@ -105,6 +105,8 @@ pub struct WorkerConfig {
     pub retry_poll_ms: u64,
     pub shutdown_grace_secs: u64,
     pub job_timeout_ms: u64,
+    /// Share of reads given to the bulk lane (imports) while uploads wait too, 0 to 1.
+    pub bulk_share: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -297,12 +299,17 @@ impl Config {
         {
             return invalid("upload limits must be > 0".into());
         }
-        if self.fetch.max_bytes == 0 || self.fetch.per_host == 0 || self.fetch.total_timeout_ms == 0 {
-            return invalid("fetch.max_bytes, fetch.per_host and fetch.total_timeout_ms must be > 0".into());
+        if self.fetch.max_bytes == 0 || self.fetch.per_host == 0 || self.fetch.total_timeout_ms == 0
+        {
+            return invalid(
+                "fetch.max_bytes, fetch.per_host and fetch.total_timeout_ms must be > 0".into(),
+            );
         }
         crate::fetch::Rules::new(&self.fetch.allow).map_err(ConfigError::Invalid)?;
         if self.import.max_products == 0 || self.import.max_images_per_product == 0 {
-            return invalid("import.max_products and import.max_images_per_product must be > 0".into());
+            return invalid(
+                "import.max_products and import.max_images_per_product must be > 0".into(),
+            );
         }
         if self.import.compressed && self.variants.contains_key(crate::pipeline::COMPRESSED) {
             return invalid(format!(
@@ -317,6 +324,9 @@ impl Config {
         if self.database.pool_size < 2 {
             // The reconciler holds one connection (its lock) while it uses another.
             return invalid("database.pool_size must be at least 2".into());
+        }
+        if !(0.0..=1.0).contains(&self.worker.bulk_share) {
+            return invalid("worker.bulk_share must be between 0 and 1".into());
         }
         if self.worker.concurrency == 0 {
             return invalid("worker.concurrency must be > 0".into());

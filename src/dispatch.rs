@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::db::{self, jobs::RedriveFilter, DbError, DbPool};
 use crate::metrics::Metrics;
-use crate::queue::{EntryStatus, Queue, QueueError};
+use crate::queue::{EntryStatus, Lane, Queue, QueueError};
 
 /// The advisory lock that lets one process at a time run a reconciliation round.
 const RECONCILER_LOCK: i64 = 7_283_642;
@@ -32,33 +32,49 @@ impl From<diesel::result::Error> for DispatchError {
     }
 }
 
-/// Puts jobs on the stream and records each photo's entry (for those still `queued` with
-/// the entry `seen` before: `None` for never published). If this fails, the reconciler
-/// publishes them after `reconciler.grace_secs`.
+/// A job to publish: the photo, its lane, and the entry seen for it before (`None` for
+/// never published).
+pub type Unpublished = (Uuid, Lane, Option<String>);
+
+/// Puts jobs on their lanes' streams and records each photo's entry (for those still
+/// `queued` with the entry seen before). If this fails, the reconciler publishes them after
+/// `reconciler.grace_secs`.
 pub async fn publish(
     pool: &DbPool,
     queue: &Queue,
-    jobs: &[(Uuid, Option<String>)],
+    jobs: &[Unpublished],
 ) -> Result<(), DispatchError> {
     if jobs.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = jobs.iter().map(|(id, _)| *id).collect();
-    let entries = queue.enqueue(&ids).await?;
-    let published: Vec<(Uuid, Option<String>, String)> = jobs
-        .iter()
-        .cloned()
-        .zip(entries)
-        .map(|((id, seen), entry)| (id, seen, entry))
-        .collect();
+    let mut published: Vec<(Uuid, Option<String>, String)> = Vec::with_capacity(jobs.len());
+    for lane in Lane::ALL {
+        let of_lane: Vec<&Unpublished> = jobs.iter().filter(|j| j.1 == lane).collect();
+        if of_lane.is_empty() {
+            continue;
+        }
+        let ids: Vec<Uuid> = of_lane.iter().map(|j| j.0).collect();
+        let entries = queue.enqueue(lane, &ids).await?;
+        published.extend(
+            of_lane
+                .into_iter()
+                .zip(entries)
+                .map(|((id, _, seen), entry)| (*id, seen.clone(), entry)),
+        );
+    }
     let mut conn = db::conn(pool).await?;
     db::jobs::mark_published(&mut conn, &published).await?;
     Ok(())
 }
 
-/// Publishes photos never published before (see [`publish`]).
-pub async fn publish_new(pool: &DbPool, queue: &Queue, ids: &[Uuid]) -> Result<(), DispatchError> {
-    let jobs: Vec<(Uuid, Option<String>)> = ids.iter().map(|id| (*id, None)).collect();
+/// Publishes photos never published before, all in one lane (see [`publish`]).
+pub async fn publish_new(
+    pool: &DbPool,
+    queue: &Queue,
+    lane: Lane,
+    ids: &[Uuid],
+) -> Result<(), DispatchError> {
+    let jobs: Vec<Unpublished> = ids.iter().map(|id| (*id, lane, None)).collect();
     publish(pool, queue, &jobs).await
 }
 
@@ -162,25 +178,27 @@ impl Reconciler {
             .filter_map(|o| o.entry_id.as_deref())
             .collect();
         let mut statuses = queue.entry_status(&known).await?.into_iter();
-        let mut republish: Vec<(Uuid, Option<String>)> = Vec::new();
-        let mut lifeless: HashMap<Uuid, (i64, Option<String>)> = HashMap::new();
+        let mut republish: Vec<Unpublished> = Vec::new();
+        let mut lifeless: HashMap<Uuid, (i64, Lane, Option<String>)> = HashMap::new();
         for o in overdue {
             let status = match o.entry_id {
                 Some(_) => statuses.next().unwrap_or(EntryStatus::Gone),
                 None => EntryStatus::Gone,
             };
+            let lane = o.lane();
             match (o.state.as_str(), o.attempt_id) {
                 ("processing", Some(attempt)) if status != EntryStatus::Pending => {
-                    lifeless.insert(o.id, (attempt, o.entry_id));
+                    lifeless.insert(o.id, (attempt, lane, o.entry_id));
                 }
                 ("queued", _) if matches!(status, EntryStatus::Gone | EntryStatus::Orphaned) => {
-                    republish.push((o.id, o.entry_id))
+                    republish.push((o.id, lane, o.entry_id))
                 }
                 _ => {}
             }
         }
         if !lifeless.is_empty() {
-            let pairs: Vec<(Uuid, i64)> = lifeless.iter().map(|(id, (a, _))| (*id, *a)).collect();
+            let pairs: Vec<(Uuid, i64)> =
+                lifeless.iter().map(|(id, (a, _, _))| (*id, *a)).collect();
             let reclaimed = {
                 let mut conn = db::conn(pool).await?;
                 db::jobs::reclaim_many(&mut conn, &pairs, config.retry.max_attempts as i32).await?
@@ -194,9 +212,10 @@ impl Reconciler {
                     }
                     None => {
                         round.requeued += 1;
-                        let seen = lifeless.remove(&id).and_then(|(_, entry)| entry);
+                        if let Some((_, lane, seen)) = lifeless.remove(&id) {
+                            republish.push((id, lane, seen));
+                        }
                         tracing::warn!(job_id = %id, "lifeless attempt reclaimed; job published again");
-                        republish.push((id, seen));
                     }
                 }
             }
@@ -269,12 +288,16 @@ pub async fn redrive(
     queue: &Queue,
     filter: &RedriveFilter,
 ) -> Result<Vec<Uuid>, DispatchError> {
-    let ids = {
+    let redriven = {
         let mut conn = db::conn(pool).await?;
         db::jobs::redrive(&mut conn, filter).await?
     };
-    if let Err(e) = publish_new(pool, queue, &ids).await {
-        tracing::warn!(error = %e, count = ids.len(), "redriven jobs left to the reconciler");
+    let jobs: Vec<Unpublished> = redriven
+        .iter()
+        .map(|(id, lane)| (*id, *lane, None))
+        .collect();
+    if let Err(e) = publish(pool, queue, &jobs).await {
+        tracing::warn!(error = %e, count = jobs.len(), "redriven jobs left to the reconciler");
     }
-    Ok(ids)
+    Ok(redriven.into_iter().map(|(id, _)| id).collect())
 }

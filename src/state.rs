@@ -22,6 +22,34 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Which stream a photo's job travels on. Interactive work (uploads) is read first; bulk
+/// work (imports) gets the rest and a configured share (`worker.bulk_share`), so a large
+/// import never makes an upload wait behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Interactive,
+    Bulk,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Interactive, Lane::Bulk];
+
+    /// Photos downloaded from a URL (imports) are bulk work; uploads are interactive.
+    pub fn of_photo(source_url: Option<&str>) -> Self {
+        match source_url {
+            Some(_) => Lane::Bulk,
+            None => Lane::Interactive,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Interactive => "interactive",
+            Lane::Bulk => "bulk",
+        }
+    }
+}
+
 /// Where a photo is in its life. Stored as text (see the `photos_state_check` constraint).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

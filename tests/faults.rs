@@ -570,7 +570,7 @@ async fn after_20k_jobs_the_stream_holds_no_more_than_in_flight_plus_100() {
             .await
             .unwrap();
         let ids: Vec<uuid::Uuid> = photos.iter().map(|p| p.id).collect();
-        photoq::dispatch::publish_new(&pool, &queue, &ids)
+        photoq::dispatch::publish_new(&pool, &queue, photoq::queue::Lane::Interactive, &ids)
             .await
             .unwrap();
     }

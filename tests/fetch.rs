@@ -149,7 +149,10 @@ async fn slow_endless_and_huge_bodies_are_cut_off() {
 async fn redirects_are_followed_up_to_the_limit() {
     let fx = Fixture::start().await;
     let f = open_fetcher();
-    let got = f.image(&fx.url(&format!("/chain/5/{IMAGE}"))).await.unwrap();
+    let got = f
+        .image(&fx.url(&format!("/chain/5/{IMAGE}")))
+        .await
+        .unwrap();
     assert_eq!(got.url.path(), format!("/chain/0/{IMAGE}"));
     let e = fetch_err(&f, &fx.url(&format!("/chain/6/{IMAGE}"))).await;
     assert_eq!(e.code(), "download_too_many_redirects");
@@ -206,7 +209,10 @@ fn control_connection(addr: &str, rec: &Recorder) {
     let _c = std::net::TcpStream::connect(addr).expect("control connection");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while rec.count() == before {
-        assert!(std::time::Instant::now() < deadline, "recorder missed {addr}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recorder missed {addr}"
+        );
         std::thread::yield_now();
     }
 }
@@ -331,7 +337,11 @@ async fn ssrf_table_is_refused_without_any_connection() {
     assert!(table >= 40, "{table} cases");
     // Every redirect was served by the fixture, and went nowhere.
     assert!(fx.hits("/to") >= redirected.len());
-    assert_eq!(rec.count(), seen_before, "a refused URL reached the recorder");
+    assert_eq!(
+        rec.count(),
+        seen_before,
+        "a refused URL reached the recorder"
+    );
     fx.stop().await;
 }
 

@@ -101,7 +101,10 @@ async fn an_import_downloads_processes_and_reports_each_product() {
             .iter()
             .map(|v| v["name"].as_str().unwrap())
             .collect();
-        assert!(names.contains(&"compressed") && names.contains(&"thumbnail"), "{names:?}");
+        assert!(
+            names.contains(&"compressed") && names.contains(&"thumbnail"),
+            "{names:?}"
+        );
         let compressed = image["variants"]
             .as_array()
             .unwrap()
@@ -114,12 +117,18 @@ async fn an_import_downloads_processes_and_reports_each_product() {
         assert!(image["exif"].is_object(), "{image}");
         // The original bytes are stored, as downloaded.
         let original = app.bytes(image["original"]["url"].as_str().unwrap()).await;
-        assert_eq!(original.len() as u64, image["original"]["bytes"].as_u64().unwrap());
+        assert_eq!(
+            original.len() as u64,
+            image["original"]["bytes"].as_u64().unwrap()
+        );
     }
     let source = common::read(common::corpus_dir().join("jpg").join(B));
     let second = &ok["images"][1];
     assert_eq!(second["original"]["bytes"], source.len());
-    assert!(second["source_url"].as_str().unwrap().ends_with(&format!("/chain/2/{B}")));
+    assert!(second["source_url"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/chain/2/{B}")));
 
     // One image gone: the product reports which and why.
     let missing = product(&app, "sku-missing").await;
@@ -136,7 +145,10 @@ async fn an_import_downloads_processes_and_reports_each_product() {
     let limited = product(&app, "sku-limited").await;
     assert_eq!(limited["state"], "processed", "{limited}");
     let history = app
-        .get_json(&format!("/v1/photos/{}", limited["images"][0]["id"].as_str().unwrap()))
+        .get_json(&format!(
+            "/v1/photos/{}",
+            limited["images"][0]["id"].as_str().unwrap()
+        ))
         .await;
     let first = &history["history"][0];
     assert_eq!(first["outcome"], "retry");
@@ -172,7 +184,13 @@ async fn an_import_downloads_processes_and_reports_each_product() {
     seen.sort();
     assert_eq!(
         seen,
-        ["sku-flaky", "sku-html", "sku-limited", "sku-missing", "sku-ok"]
+        [
+            "sku-flaky",
+            "sku-html",
+            "sku-limited",
+            "sku-missing",
+            "sku-ok"
+        ]
     );
     app.finish().await;
     fx.stop().await;
@@ -194,13 +212,17 @@ async fn reimporting_updates_products_and_an_idempotency_key_replays_the_answer(
 
     // The same product again, renamed and with a second image: updated, not duplicated;
     // the image it had keeps its photo.
-    let second = json!({"products": [{"external_id": "sku-1", "name": "Blue mug", "images": [a, b]}]});
+    let second =
+        json!({"products": [{"external_id": "sku-1", "name": "Blue mug", "images": [a, b]}]});
     let (status, updated) = post_import(&app, json_import(&app, &second)).await;
     assert_eq!(status, 202, "{updated}");
     let p = &updated["products"][0];
     assert_eq!(p["id"], answer["products"][0]["id"]);
     assert_eq!(p["created"], false);
-    assert_eq!(p["images"][0]["id"], answer["products"][0]["images"][0]["id"]);
+    assert_eq!(
+        p["images"][0]["id"],
+        answer["products"][0]["images"][0]["id"]
+    );
     assert_eq!(p["images"][0]["state"], "completed");
     assert_ne!(p["images"][1]["id"], p["images"][0]["id"]);
     wait_import(&app, updated["import_id"].as_str().unwrap()).await;
@@ -210,7 +232,10 @@ async fn reimporting_updates_products_and_an_idempotency_key_replays_the_answer(
     assert_eq!(product["images"].as_array().unwrap().len(), 2);
     // Both imports name the product.
     let earlier = app
-        .get_json(&format!("/v1/imports/{}", answer["import_id"].as_str().unwrap()))
+        .get_json(&format!(
+            "/v1/imports/{}",
+            answer["import_id"].as_str().unwrap()
+        ))
         .await;
     assert_eq!(earlier["products"]["total"], 1);
 
@@ -220,11 +245,15 @@ async fn reimporting_updates_products_and_an_idempotency_key_replays_the_answer(
         .post(app.url("/v1/photos"))
         .bearer_auth(&app.key)
         .header("Idempotency-Key", "upload-1")
-        .multipart(reqwest::multipart::Form::new().part(
-            "file",
-            reqwest::multipart::Part::bytes(common::read(common::corpus_dir().join("jpg").join(A)))
+        .multipart(
+            reqwest::multipart::Form::new().part(
+                "file",
+                reqwest::multipart::Part::bytes(common::read(
+                    common::corpus_dir().join("jpg").join(A),
+                ))
                 .file_name("a.jpg"),
-        ))
+            ),
+        )
         .send()
         .await
         .unwrap();
@@ -321,10 +350,18 @@ async fn csv_imports_as_json_does_and_bad_items_refuse_the_whole_import() {
     // Another key sees none of it.
     let (_, other) = app.new_key("other").await;
     let res = app
-        .get_as(&other, &format!("/v1/imports/{}", answer["import_id"].as_str().unwrap()))
+        .get_as(
+            &other,
+            &format!("/v1/imports/{}", answer["import_id"].as_str().unwrap()),
+        )
         .await;
     assert_eq!(res.status(), 404);
-    let page: Value = app.get_as(&other, "/v1/products").await.json().await.unwrap();
+    let page: Value = app
+        .get_as(&other, "/v1/products")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["products"].as_array().unwrap().len(), 0);
     app.finish().await;
     fx.stop().await;

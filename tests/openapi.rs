@@ -145,8 +145,11 @@ fn form(files: &[(&str, &str, Vec<u8>)]) -> reqwest::multipart::Form {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_answers_as_documented() {
+    let fixture = common::fixture::Fixture::start().await;
     let app = TestApp::builder()
-        .config("[upload]\nmax_files = 2")
+        .config(
+            "[upload]\nmax_files = 2\n[import]\nmax_products = 2\n[fetch]\nallow = [\"127.0.0.1\"]",
+        )
         .start()
         .await;
     let mut contract = Contract::fetch(&app).await;
@@ -286,6 +289,99 @@ async fn every_route_answers_as_documented() {
         .unwrap();
     assert_eq!(contract.check("post", redrive, res).await.0, 404);
 
+    // Imports: JSON and CSV accepted, refused in each documented way, then read back.
+    let imports = "/v1/imports";
+    let image = fixture.url("/img/Canon_40D.jpg");
+    let gone = fixture.url("/status/404");
+    let body = json!({"products": [
+        {"external_id": "p-1", "name": "Mug", "images": [image]},
+        {"external_id": "p-2", "images": [gone]},
+    ]});
+    let res = post(imports).json(&body).send().await.unwrap();
+    let (status, import) = contract.check("post", imports, res).await;
+    assert_eq!(status, 202, "{import}");
+    let csv = format!("external_id,name,images\np-3,,{image}\n");
+    let res = post(imports)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(contract.check("post", imports, res).await.0, 202);
+    let too_many = json!({"products": [
+        {"external_id": "a", "images": [image]},
+        {"external_id": "b", "images": [image]},
+        {"external_id": "c", "images": [image]},
+    ]});
+    let invalid = json!({"products": [{"external_id": "", "images": ["http://10.0.0.1/x.jpg"]}]});
+    for (body, status) in [
+        (too_many, 413),
+        (invalid, 422),
+        (json!({"products": 1}), 400),
+    ] {
+        let res = post(imports).json(&body).send().await.unwrap();
+        assert_eq!(contract.check("post", imports, res).await.0, status);
+    }
+    let res = post(imports)
+        .header("Idempotency-Key", "first-an-upload")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(contract.check("post", imports, res).await.0, 202);
+    let res = post(upload)
+        .header("Idempotency-Key", "first-an-upload")
+        .multipart(form(&[("file", "a.jpg", photo.clone())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(contract.check("post", upload, res).await.0, 409);
+    let import_id = import["import_id"].as_str().unwrap().to_owned();
+    let product = import["products"][0]["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + common::SETTLE_TIMEOUT;
+    while get(&format!("/v1/imports/{import_id}"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["state"]
+        == "processing"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "import did not settle"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let cases = [
+        (format!("/v1/imports/{import_id}"), "/v1/imports/{id}", 200),
+        (format!("/v1/imports/{nobody}"), "/v1/imports/{id}", 404),
+        (format!("/v1/products/{product}"), "/v1/products/{id}", 200),
+        (format!("/v1/products/{nobody}"), "/v1/products/{id}", 404),
+        (
+            format!("/v1/products?import={import_id}"),
+            "/v1/products",
+            200,
+        ),
+        (
+            "/v1/products?state=process_error&limit=1".into(),
+            "/v1/products",
+            200,
+        ),
+        ("/v1/products?state=done".into(), "/v1/products", 400),
+        (format!("/v1/products?import={nobody}"), "/v1/products", 404),
+    ];
+    for (path, template, status) in cases {
+        let res = get(&path).send().await.unwrap();
+        assert_eq!(
+            contract.check("get", template, res).await.0,
+            status,
+            "{path}"
+        );
+    }
+
     contract.assert_all_seen();
     app.finish().await;
+    fixture.stop().await;
 }

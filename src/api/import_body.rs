@@ -151,14 +151,20 @@ pub fn validate(
                 format!("must be 1 to {EXTERNAL_ID_MAX} characters"),
             );
         } else if id.chars().any(char::is_control) {
-            problem("external_id".into(), "must not hold control characters".into());
+            problem(
+                "external_id".into(),
+                "must not hold control characters".into(),
+            );
         } else if let Some(first) = seen.insert(id, index) {
             problem(
                 "external_id".into(),
                 format!("{id:?} is already product {first} of this import"),
             );
         }
-        if p.name.as_ref().is_some_and(|n| n.chars().count() > NAME_MAX) {
+        if p.name
+            .as_ref()
+            .is_some_and(|n| n.chars().count() > NAME_MAX)
+        {
             problem("name".into(), format!("longer than {NAME_MAX} characters"));
         }
         if p.images.is_empty() {
@@ -184,7 +190,10 @@ pub fn validate(
             } else if let Err(e) = rules.check_url(url) {
                 problem(field, format!("{e} ({})", e.code()));
             } else if p.images[..i].contains(url) {
-                problem(field, "the same URL is already an image of this product".into());
+                problem(
+                    field,
+                    "the same URL is already an image of this product".into(),
+                );
             }
         }
     }
@@ -218,7 +227,10 @@ mod tests {
                        sku-2,,https://b.example/x.png,\n";
         let from_json = from_json(json).expect("json");
         assert_eq!(from_csv(csv.as_bytes()).expect("csv"), from_json);
-        assert_eq!(from_csv(columns.as_bytes()).expect("csv columns"), from_json);
+        assert_eq!(
+            from_csv(columns.as_bytes()).expect("csv columns"),
+            from_json
+        );
     }
 
     #[test]
@@ -245,8 +257,7 @@ mod tests {
                 ],
             },
         ];
-        let Err(ApiError::Invalid(problems)) =
-            validate(&products, &limits(), &Rules::default())
+        let Err(ApiError::Invalid(problems)) = validate(&products, &limits(), &Rules::default())
         else {
             panic!("expected problems");
         };
@@ -272,6 +283,8 @@ mod tests {
         assert!(from_csv(b"external_id,price\nx,1\n").is_err());
         assert!(from_csv(b"name\nx\n").is_err());
         assert!(from_json(br#"{"products": [], "extra": 1}"#).is_err());
-        assert!(from_json(br#"{"products": [{"external_id": "a", "images": [], "x": 1}]}"#).is_err());
+        assert!(
+            from_json(br#"{"products": [{"external_id": "a", "images": [], "x": 1}]}"#).is_err()
+        );
     }
 }

@@ -22,6 +22,7 @@ use super::models::{
 use super::upload::{first_answer, publish_accepted, IdempotencyKey};
 use super::AppState;
 use crate::db::{self, idempotency, imports::ProductSpec};
+use crate::queue::Lane;
 
 /// The media type of a CSV import.
 const TEXT_CSV: &str = "text/csv";
@@ -150,7 +151,10 @@ pub async fn create_import(
         Ok(r) => r,
         Err(e) => {
             // A concurrent request with the same key won: answer as it did.
-            if let Some(key) = key.as_deref().filter(|_| e.violates(idempotency::CONSTRAINT)) {
+            if let Some(key) = key
+                .as_deref()
+                .filter(|_| e.violates(idempotency::CONSTRAINT))
+            {
                 if let Some(first) = first_answer(&state, caller.owner, key).await? {
                     return Ok(AcceptedJson(first));
                 }
@@ -158,7 +162,7 @@ pub async fn create_import(
             return Err(e.into());
         }
     };
-    publish_accepted(&state, import_id, &recorded.new_photos).await;
+    publish_accepted(&state, Lane::Bulk, import_id, &recorded.new_photos).await;
     tracing::info!(
         import_id = %import_id,
         products = recorded.products.len(),

@@ -144,9 +144,7 @@ pub fn app(
                 .service(web::resource("/batches/{id}").route(web::get().to(batches::get_batch)))
                 .service(web::resource("/imports").route(web::post().to(imports::create_import)))
                 .service(web::resource("/imports/{id}").route(web::get().to(imports::get_import)))
-                .service(
-                    web::resource("/products").route(web::get().to(products::list_products)),
-                )
+                .service(web::resource("/products").route(web::get().to(products::list_products)))
                 .service(
                     web::resource("/products/{id}").route(web::get().to(products::get_product)),
                 ),

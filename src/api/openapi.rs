@@ -6,6 +6,7 @@
 //! - a field that may be `null` (an `Option` in Rust, so not `required`) is `nullable`;
 //! - image routes answer `image/jpeg`, `image/png` or `image/webp`, not multipart;
 //! - the upload's `file` field repeats;
+//! - an import's CSV body is text, not the JSON schema;
 //! - query parameters state their ranges, formats and values;
 //! - each route lists the error statuses it can answer, and no others;
 //! - `/readyz` documents its 200 and 503 bodies.
@@ -14,13 +15,22 @@ use serde_json::{json, Map, Value};
 
 /// Statuses that only some routes answer, and which routes (method, path) those are.
 const ONLY_ON: &[(&str, &[(&str, &str)])] = &[
-    ("409", &[("post", "/v1/photos/{id}/retry")]),
-    ("413", &[("post", "/v1/photos")]),
+    (
+        "409",
+        &[
+            ("post", "/v1/photos/{id}/retry"),
+            // An Idempotency-Key first used for the other kind of request.
+            ("post", "/v1/photos"),
+            ("post", "/v1/imports"),
+        ],
+    ),
+    ("413", &[("post", "/v1/photos"), ("post", "/v1/imports")]),
     ("415", &[("post", "/v1/photos")]),
+    ("422", &[("post", "/v1/imports")]),
 ];
 
 /// Routes that answer no 404 (they name nothing that could be missing).
-const NEVER_404: &[(&str, &str)] = &[("post", "/v1/photos")];
+const NEVER_404: &[(&str, &str)] = &[("post", "/v1/photos"), ("post", "/v1/imports")];
 
 /// Image routes and the types their bytes come in.
 const IMAGE_ROUTES: &[&str] = &[
@@ -56,7 +66,7 @@ pub fn amend(spec: &mut Value) {
             }
             if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
                 for p in params {
-                    describe_parameter(p);
+                    describe_parameter(path, p);
                 }
             }
         }
@@ -71,6 +81,14 @@ pub fn amend(spec: &mut Value) {
             "items": {"type": "string", "format": "binary"},
             "minItems": 1,
         });
+    }
+    if let Some(csv) = spec.pointer_mut("/paths/~1v1~1imports/post/requestBody/content/text~1csv") {
+        *csv = json!({"schema": {
+            "type": "string",
+            "description": "A header row (`external_id`, `name`, and `images` with URLs \
+                            separated by spaces, or one `image_N` column per URL), then one \
+                            product per row.",
+        }});
     }
     readiness(spec);
 }
@@ -133,14 +151,17 @@ fn image_content(responses: &mut Map<String, Value>) {
     ok.insert("content".into(), Value::Object(content));
 }
 
-fn describe_parameter(param: &mut Value) {
+fn describe_parameter(path: &str, param: &mut Value) {
     let name = param
         .get("name")
         .and_then(Value::as_str)
         .unwrap_or_default();
     let extra = match name {
         "limit" => json!({"minimum": 1, "maximum": 200, "default": 50}),
-        "cursor" => json!({"format": "uuid"}),
+        "cursor" | "import" => json!({"format": "uuid"}),
+        "state" if path == "/v1/products" => {
+            json!({"enum": ["processing", "processed", "process_error"]})
+        }
         "state" => json!({"enum": ["queued", "processing", "completed", "failed", "dead"]}),
         _ => return,
     };

@@ -28,7 +28,10 @@ pub async fn get_product(
         .await?
         .ok_or(ApiError::NotFound("product"))?;
     let mut products = with_images(&mut conn, vec![row]).await?;
-    products.pop().map(Json).ok_or(ApiError::NotFound("product"))
+    products
+        .pop()
+        .map(Json)
+        .ok_or(ApiError::NotFound("product"))
 }
 
 /// List products

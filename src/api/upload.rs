@@ -253,7 +253,7 @@ pub async fn upload(
     }
 
     let ids: Vec<Uuid> = photos.iter().map(|p| p.id).collect();
-    publish_accepted(&state, batch_id, &ids).await;
+    publish_accepted(&state, crate::queue::Lane::Interactive, batch_id, &ids).await;
     state.metrics.photos_uploaded.inc_by(photos.len() as u64);
     tracing::info!(batch_id = %batch_id, photos = photos.len(), "batch accepted");
 
@@ -263,8 +263,13 @@ pub async fn upload(
 /// Puts the jobs of photos just committed on the stream. The request is accepted whether
 /// or not that works: the rows are committed, and the reconciler publishes unfinished jobs
 /// that never reached Redis.
-pub(super) async fn publish_accepted(state: &AppState, batch_id: Uuid, ids: &[Uuid]) {
-    let publish = crate::dispatch::publish_new(&state.pool, &state.queue, ids);
+pub(super) async fn publish_accepted(
+    state: &AppState,
+    lane: crate::queue::Lane,
+    batch_id: Uuid,
+    ids: &[Uuid],
+) {
+    let publish = crate::dispatch::publish_new(&state.pool, &state.queue, lane, ids);
     let timeout = Duration::from_secs(state.config.redis.response_timeout_secs);
     match tokio::time::timeout(timeout, publish).await {
         Ok(Ok(())) => {}

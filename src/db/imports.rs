@@ -100,8 +100,10 @@ pub async fn record(
         .bind::<Timestamptz, _>(now)
         .load(conn)
         .await?;
-        let by_external: HashMap<&str, &Upserted> =
-            upserted.iter().map(|u| (u.external_id.as_str(), u)).collect();
+        let by_external: HashMap<&str, &Upserted> = upserted
+            .iter()
+            .map(|u| (u.external_id.as_str(), u))
+            .collect();
         let product_ids: Vec<Uuid> = upserted.iter().map(|u| u.id).collect();
 
         // The images the updated products had. The upsert above locked those products'
@@ -179,9 +181,11 @@ pub async fn record(
                 .execute(conn)
                 .await?;
         }
-        diesel::delete(product_images::table.filter(product_images::product_id.eq_any(&product_ids)))
-            .execute(conn)
-            .await?;
+        diesel::delete(
+            product_images::table.filter(product_images::product_id.eq_any(&product_ids)),
+        )
+        .execute(conn)
+        .await?;
         diesel::sql_query(
             "INSERT INTO product_images (product_id, position, url, photo_id) \
              SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::uuid[])",

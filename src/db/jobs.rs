@@ -17,7 +17,7 @@ use super::attempts::{self, AttemptRef};
 use super::models::{Photo, Variant};
 use super::schema::{photos, variants};
 use super::DbError;
-use crate::state::{AttemptOutcome, PhotoState};
+use crate::state::{AttemptOutcome, Lane, PhotoState};
 
 /// Times a transaction over several photos is run again when PostgreSQL aborts it to break
 /// a deadlock (two workers holding the same photo twice, in different orders).
@@ -416,6 +416,14 @@ pub struct Overdue {
     pub entry_id: Option<String>,
     #[diesel(sql_type = Nullable<BigInt>)]
     pub attempt_id: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub source_url: Option<String>,
+}
+
+impl Overdue {
+    pub fn lane(&self) -> Lane {
+        Lane::of_photo(self.source_url.as_deref())
+    }
 }
 
 /// Unfinished photos after `after` (a keyset cursor over ids), at most `limit`: `queued`
@@ -432,7 +440,7 @@ pub async fn overdue(
         diesel::data_types::PgInterval::from_microseconds(d.as_micros() as i64)
     };
     Ok(diesel::sql_query(
-        "SELECT id, state, entry_id, attempt_id FROM photos \
+        "SELECT id, state, entry_id, attempt_id, source_url FROM photos \
          WHERE state IN ('queued', 'processing') AND id > $1 \
            AND CASE state \
              WHEN 'queued' THEN greatest(created_at, published_at, next_attempt_at) < now() - $2 \
@@ -529,10 +537,11 @@ pub struct RedriveFilter {
 
 /// `Redrive`: puts dead (and, if asked, failed) photos back in `queued` with a fresh
 /// attempt budget. Returns their ids; the caller publishes them.
+/// Returns the photos put back, each with its lane.
 pub async fn redrive(
     conn: &mut AsyncPgConnection,
     filter: &RedriveFilter,
-) -> Result<Vec<Uuid>, DbError> {
+) -> Result<Vec<(Uuid, Lane)>, DbError> {
     let mut states = vec![PhotoState::Dead.as_str()];
     if filter.include_failed {
         states.push(PhotoState::Failed.as_str());
@@ -549,7 +558,7 @@ pub async fn redrive(
     if let Some(photo) = filter.photo {
         query = query.filter(photos::id.eq(photo));
     }
-    Ok(query
+    let rows: Vec<(Uuid, Option<String>)> = query
         .set((
             photos::state.eq(PhotoState::Queued.as_str()),
             photos::attempts.eq(0),
@@ -561,9 +570,13 @@ pub async fn redrive(
             photos::completed_at.eq(None::<DateTime<Utc>>),
             photos::updated_at.eq(Utc::now()),
         ))
-        .returning(photos::id)
+        .returning((photos::id, photos::source_url))
         .get_results(conn)
-        .await?)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, source)| (id, Lane::of_photo(source.as_deref())))
+        .collect())
 }
 
 /// The columns `state::apply` decides on, of one photo (for tests and tools).

@@ -266,9 +266,13 @@ mod tests {
     fn allow_list_exempts_hosts_and_networks() {
         let rules = Rules::new(&["fixture.test".into(), "127.0.0.0/8".into()]).expect("rules");
         let lo: IpAddr = "127.0.0.1".parse().expect("ip");
-        assert!(rules.check_addr("FIXTURE.test.", "10.0.0.1".parse().expect("ip")).is_ok());
+        assert!(rules
+            .check_addr("FIXTURE.test.", "10.0.0.1".parse().expect("ip"))
+            .is_ok());
         assert!(rules.check_addr("other", lo).is_ok());
-        assert!(rules.check_addr("other", "::1".parse().expect("ip")).is_err());
+        assert!(rules
+            .check_addr("other", "::1".parse().expect("ip"))
+            .is_err());
         assert!(Rules::new(&["not a host!".into()]).is_err());
     }
 }

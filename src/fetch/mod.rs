@@ -161,6 +161,13 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// Makes ring the process's TLS provider: reqwest is built without a default one, and every
+/// HTTP client photoq (or its tests) builds needs it. Idempotent.
+pub fn install_tls_provider() {
+    // Err only when a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A downloaded image.
 #[derive(Debug)]
 pub struct Fetched {
@@ -181,9 +188,7 @@ pub struct Fetcher {
 
 impl Fetcher {
     pub fn new(config: &FetchConfig, lookup: Arc<dyn Lookup>) -> Result<Self, String> {
-        // reqwest is built without a default TLS provider; ring is photoq's. Installing
-        // it twice (several fetchers in one process) is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
         let rules = Arc::new(Rules::new(&config.allow)?);
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -215,7 +220,9 @@ impl Fetcher {
         let total = Duration::from_millis(self.config.total_timeout_ms);
         match tokio::time::timeout(total, self.follow(url)).await {
             Ok(r) => r,
-            Err(_) => Err(FetchError::Timeout("the download took longer than its total limit")),
+            Err(_) => Err(FetchError::Timeout(
+                "the download took longer than its total limit",
+            )),
         }
     }
 

@@ -9,6 +9,12 @@
 //!
 //! Every key of a prefix carries the same hash tag (`{prefix}:jobs`, ...), so the scripts,
 //! which touch several keys at once, also run on a Redis Cluster.
+//!
+//! Two lanes ([`Lane`]), each its own stream and retry set: interactive work (uploads) and
+//! bulk work (imports). Workers read interactive entries first and give bulk entries a
+//! configured share of what they read, so neither starves. An entry is named by a token:
+//! its stream id, prefixed `bulk:` in the bulk lane; the token is what the rest of photoq
+//! (and the photo row) keeps.
 
 mod scripts;
 
@@ -22,6 +28,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::config::RedisConfig;
+pub use crate::state::Lane;
 
 /// The consumer group every worker joins.
 pub const GROUP: &str = "workers";
@@ -43,10 +50,14 @@ pub enum QueueError {
 /// their hash tag: one prefix lives in one Redis Cluster slot.
 #[derive(Debug, Clone)]
 pub struct Keys {
-    /// The job stream (consumer group [`GROUP`]).
+    /// The interactive job stream (consumer group [`GROUP`]).
     pub jobs: String,
-    /// Sorted set of scheduled retries: photo id scored by due time (ms since the epoch).
+    /// The bulk job stream (consumer group [`GROUP`]).
+    pub bulk: String,
+    /// Sorted sets of scheduled retries, one per lane: photo id scored by due time (ms
+    /// since the epoch).
     pub delayed: String,
+    pub bulk_delayed: String,
     /// Dead-letter stream, for operators.
     pub dead: String,
     prefix: String,
@@ -56,9 +67,27 @@ impl Keys {
     pub fn new(prefix: &str) -> Self {
         Keys {
             jobs: format!("{{{prefix}}}:jobs"),
+            bulk: format!("{{{prefix}}}:bulk"),
             delayed: format!("{{{prefix}}}:delayed"),
+            bulk_delayed: format!("{{{prefix}}}:bulk-delayed"),
             dead: format!("{{{prefix}}}:dead"),
             prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The stream of a lane.
+    pub fn stream(&self, lane: Lane) -> &str {
+        match lane {
+            Lane::Interactive => &self.jobs,
+            Lane::Bulk => &self.bulk,
+        }
+    }
+
+    /// The retry set of a lane.
+    pub fn retries(&self, lane: Lane) -> &str {
+        match lane {
+            Lane::Interactive => &self.delayed,
+            Lane::Bulk => &self.bulk_delayed,
         }
     }
 
@@ -66,6 +95,39 @@ impl Keys {
     pub fn other(&self, name: &str) -> String {
         format!("{{{}}}:{name}", self.prefix)
     }
+}
+
+/// Prefix of the tokens of bulk entries.
+const BULK_TOKEN: &str = "bulk:";
+
+/// The lane and stream id an entry token names.
+pub fn locate(token: &str) -> (Lane, &str) {
+    match token.strip_prefix(BULK_TOKEN) {
+        Some(id) => (Lane::Bulk, id),
+        None => (Lane::Interactive, token),
+    }
+}
+
+/// The token of entry `id` of `lane`.
+fn token(lane: Lane, id: &str) -> String {
+    match lane {
+        Lane::Interactive => id.to_owned(),
+        Lane::Bulk => format!("{BULK_TOKEN}{id}"),
+    }
+}
+
+/// Stream ids by lane, each with its position in `tokens`.
+fn by_lane<T: AsRef<str>>(tokens: &[T]) -> [(Lane, Vec<(usize, &str)>); 2] {
+    let mut lanes = Lane::ALL.map(|l| (l, Vec::new()));
+    for (i, t) in tokens.iter().enumerate() {
+        let (lane, id) = locate(t.as_ref());
+        let slot = match lane {
+            Lane::Interactive => 0,
+            Lane::Bulk => 1,
+        };
+        lanes[slot].1.push((i, id));
+    }
+    lanes
 }
 
 /// A job: process this photo.
@@ -77,6 +139,7 @@ pub struct Job {
 /// One entry read from the stream. `job` is an error when the entry is malformed.
 #[derive(Debug)]
 pub struct Delivery {
+    /// The entry's token (see [`locate`]).
     pub entry_id: String,
     pub job: Result<Job, String>,
     /// How many times Redis has delivered this entry, this time included.
@@ -84,10 +147,10 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    fn from_entry(entry: StreamId) -> Self {
+    fn from_entry(lane: Lane, entry: StreamId) -> Self {
         Delivery {
             job: parse_job(entry.map.get(FIELD_PHOTO_ID)),
-            entry_id: entry.id,
+            entry_id: token(lane, &entry.id),
             deliveries: 1,
         }
     }
@@ -170,80 +233,106 @@ impl Queue {
     /// beginning of the stream, so entries added before any worker started are delivered.
     pub async fn ensure_group(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.get().await?;
-        let res: Result<(), _> = conn
-            .xgroup_create_mkstream(&self.keys.jobs, GROUP, "0")
-            .await;
-        match res {
-            Ok(()) => Ok(()),
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            Err(e) => Err(e.into()),
+        for lane in Lane::ALL {
+            let res: Result<(), _> = conn
+                .xgroup_create_mkstream(self.keys.stream(lane), GROUP, "0")
+                .await;
+            match res {
+                Ok(()) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        Ok(())
     }
 
-    /// Puts jobs on the stream in one round trip; returns each one's entry id, in order.
-    pub async fn enqueue(&self, photo_ids: &[Uuid]) -> Result<Vec<String>, QueueError> {
+    /// Puts jobs on a lane's stream in one round trip; returns each one's entry token, in
+    /// order.
+    pub async fn enqueue(&self, lane: Lane, photo_ids: &[Uuid]) -> Result<Vec<String>, QueueError> {
         if photo_ids.is_empty() {
             return Ok(Vec::new());
         }
         let mut conn = self.conn.get().await?;
-        let mut invocation = scripts::ENQUEUE.key(&self.keys.jobs);
+        let mut invocation = scripts::ENQUEUE.key(self.keys.stream(lane));
         for id in photo_ids {
             invocation.arg(id.to_string());
         }
-        Ok(invocation.invoke_async(&mut conn).await?)
+        let ids: Vec<String> = invocation.invoke_async(&mut conn).await?;
+        Ok(ids.iter().map(|id| token(lane, id)).collect())
     }
 
-    /// Schedules a photo's next attempt at `due_ms` (milliseconds since the Unix epoch).
-    pub async fn schedule(&self, photo_id: Uuid, due_ms: i64) -> Result<(), QueueError> {
+    /// Schedules a photo's next attempt at `due_ms` (milliseconds since the Unix epoch), in
+    /// the lane of the entry it came from.
+    pub async fn schedule(
+        &self,
+        entry: &str,
+        photo_id: Uuid,
+        due_ms: i64,
+    ) -> Result<(), QueueError> {
+        let (lane, _) = locate(entry);
         let mut conn = self.conn.get().await?;
         let _: i64 = conn
-            .zadd(&self.keys.delayed, photo_id.to_string(), due_ms)
+            .zadd(self.keys.retries(lane), photo_id.to_string(), due_ms)
             .await?;
         Ok(())
     }
 
-    /// Moves up to `limit` retries due by `now_ms` onto the stream; returns how many.
+    /// Moves up to `limit` retries per lane due by `now_ms` onto their streams; returns how
+    /// many.
     pub async fn promote_due(&self, now_ms: i64, limit: usize) -> Result<usize, QueueError> {
         let mut conn = self.conn.get().await?;
-        Ok(scripts::PROMOTE
-            .key(&self.keys.delayed)
-            .key(&self.keys.jobs)
-            .arg(now_ms)
-            .arg(limit)
-            .invoke_async(&mut conn)
-            .await?)
+        let mut moved = 0;
+        for lane in Lane::ALL {
+            let n: usize = scripts::PROMOTE
+                .key(self.keys.retries(lane))
+                .key(self.keys.stream(lane))
+                .arg(now_ms)
+                .arg(limit)
+                .invoke_async(&mut conn)
+                .await?;
+            moved += n;
+        }
+        Ok(moved)
     }
 
     pub async fn ack(&self, entry_id: &str) -> Result<(), QueueError> {
         self.ack_many(&[entry_id]).await
     }
 
-    /// Acknowledges and deletes several entries in one round trip.
+    /// Acknowledges and deletes several entries, one round trip per lane.
     pub async fn ack_many(&self, entry_ids: &[impl AsRef<str>]) -> Result<(), QueueError> {
         if entry_ids.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn.get().await?;
-        let mut invocation = scripts::ACK.key(&self.keys.jobs);
-        invocation.arg(GROUP);
-        for id in entry_ids {
-            invocation.arg(id.as_ref());
+        for (lane, ids) in by_lane(entry_ids) {
+            if ids.is_empty() {
+                continue;
+            }
+            let mut invocation = scripts::ACK.key(self.keys.stream(lane));
+            invocation.arg(GROUP);
+            for (_, id) in ids {
+                invocation.arg(id);
+            }
+            let _: i64 = invocation.invoke_async(&mut conn).await?;
         }
-        let _: i64 = invocation.invoke_async(&mut conn).await?;
         Ok(())
     }
 
-    /// Puts the job back at the end of the stream and acknowledges the old entry, atomically:
-    /// it is delivered again at once, to whichever worker reads next. Returns the new entry.
+    /// Puts the job back at the end of its stream and acknowledges the old entry,
+    /// atomically: it is delivered again at once, to whichever worker reads next. Returns
+    /// the new entry's token.
     pub async fn hand_back(&self, entry_id: &str, photo_id: Uuid) -> Result<String, QueueError> {
+        let (lane, id) = locate(entry_id);
         let mut conn = self.conn.get().await?;
-        Ok(scripts::HAND_BACK
-            .key(&self.keys.jobs)
+        let new: String = scripts::HAND_BACK
+            .key(self.keys.stream(lane))
             .arg(GROUP)
-            .arg(entry_id)
+            .arg(id)
             .arg(photo_id.to_string())
             .invoke_async(&mut conn)
-            .await?)
+            .await?;
+        Ok(token(lane, &new))
     }
 
     /// Records a dead letter for operators and, if the job came from an entry, acknowledges
@@ -254,12 +343,13 @@ impl Queue {
         photo_id: Uuid,
         reason: &str,
     ) -> Result<(), QueueError> {
+        let (lane, id) = entry_id.map_or((Lane::Interactive, ""), locate);
         let mut conn = self.conn.get().await?;
         let _: Value = scripts::DEAD_LETTER
-            .key(&self.keys.jobs)
+            .key(self.keys.stream(lane))
             .key(&self.keys.dead)
             .arg(GROUP)
-            .arg(entry_id.unwrap_or(""))
+            .arg(id)
             .arg(photo_id.to_string())
             .arg(reason)
             .arg(DEAD_STREAM_MAXLEN)
@@ -274,39 +364,59 @@ impl Queue {
             return Ok(Vec::new());
         }
         let mut conn = self.conn.get().await?;
-        let mut invocation = scripts::ENTRY_STATUS.key(&self.keys.jobs);
-        invocation.arg(GROUP);
-        for id in entry_ids {
-            invocation.arg(*id);
+        let mut out = vec![EntryStatus::Gone; entry_ids.len()];
+        for (lane, ids) in by_lane(entry_ids) {
+            if ids.is_empty() {
+                continue;
+            }
+            let mut invocation = scripts::ENTRY_STATUS.key(self.keys.stream(lane));
+            invocation.arg(GROUP);
+            for (_, id) in &ids {
+                invocation.arg(*id);
+            }
+            let codes: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+            for ((at, _), code) in ids.iter().zip(codes) {
+                out[*at] = match code {
+                    3 => EntryStatus::Pending,
+                    2 => EntryStatus::Orphaned,
+                    1 => EntryStatus::Waiting,
+                    _ => EntryStatus::Gone,
+                };
+            }
         }
-        let codes: Vec<i64> = invocation.invoke_async(&mut conn).await?;
-        Ok(codes
-            .into_iter()
-            .map(|c| match c {
-                3 => EntryStatus::Pending,
-                2 => EntryStatus::Orphaned,
-                1 => EntryStatus::Waiting,
-                _ => EntryStatus::Gone,
-            })
-            .collect())
+        Ok(out)
     }
 
     /// Removes consumers that hold no entries and have been idle for `idle` (their workers
     /// are gone); returns how many.
     pub async fn prune_consumers(&self, idle: Duration) -> Result<u64, QueueError> {
         let mut conn = self.conn.get().await?;
-        Ok(scripts::PRUNE_CONSUMERS
-            .key(&self.keys.jobs)
-            .arg(GROUP)
-            .arg(idle.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?)
+        let mut removed = 0;
+        for lane in Lane::ALL {
+            let n: u64 = scripts::PRUNE_CONSUMERS
+                .key(self.keys.stream(lane))
+                .arg(GROUP)
+                .arg(idle.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await?;
+            removed += n;
+        }
+        Ok(removed)
     }
 
-    /// Entries in the job stream (waiting or in flight).
+    /// Entries in the job streams of both lanes (waiting or in flight).
     pub async fn stream_len(&self) -> Result<u64, QueueError> {
+        let mut total = 0;
+        for lane in Lane::ALL {
+            total += self.lane_len(lane).await?;
+        }
+        Ok(total)
+    }
+
+    /// Entries in one lane's stream.
+    pub async fn lane_len(&self, lane: Lane) -> Result<u64, QueueError> {
         let mut conn = self.conn.get().await?;
-        Ok(conn.xlen(&self.keys.jobs).await?)
+        Ok(conn.xlen(self.keys.stream(lane)).await?)
     }
 
     pub async fn ping(&self) -> Result<(), QueueError> {
@@ -315,18 +425,27 @@ impl Queue {
         Ok(())
     }
 
-    /// Entries delivered to a consumer and not yet acknowledged.
+    /// Entries delivered to a consumer and not yet acknowledged, in both lanes.
     pub async fn pending(&self) -> Result<u64, QueueError> {
         let mut conn = self.conn.get().await?;
-        let reply: redis::streams::StreamPendingReply =
-            conn.xpending(&self.keys.jobs, GROUP).await?;
-        Ok(reply.count() as u64)
+        let mut total = 0;
+        for lane in Lane::ALL {
+            let reply: redis::streams::StreamPendingReply =
+                conn.xpending(self.keys.stream(lane), GROUP).await?;
+            total += reply.count() as u64;
+        }
+        Ok(total)
     }
 
-    /// Retries waiting in the delayed set.
+    /// Retries waiting in the delayed sets.
     pub async fn scheduled(&self) -> Result<u64, QueueError> {
         let mut conn = self.conn.get().await?;
-        Ok(conn.zcard(&self.keys.delayed).await?)
+        let mut total = 0;
+        for lane in Lane::ALL {
+            let n: u64 = conn.zcard(self.keys.retries(lane)).await?;
+            total += n;
+        }
+        Ok(total)
     }
 
     /// Entries in the dead-letter stream.
@@ -336,14 +455,22 @@ impl Queue {
     }
 }
 
-/// A worker's own side of the stream: reads (on a connection of its own, since XREADGROUP
+/// A worker's own side of the streams: reads (on a connection of its own, since XREADGROUP
 /// BLOCK holds it), take-overs and heartbeats under its consumer name.
 pub struct Consumer {
     reader: LazyConn,
     queue: Queue,
     name: String,
     block_ms: u64,
+    /// Share of reads owed to the bulk lane while both lanes have work (0 to 1).
+    bulk_share: f64,
+    /// Bulk entries owed: grows by `bulk_share` per entry read, shrinks by one per bulk
+    /// entry read, kept between 0 and 1.
+    bulk_credit: std::sync::Mutex<f64>,
 }
+
+/// Share of reads the bulk lane gets when nothing else is set.
+pub const DEFAULT_BULK_SHARE: f64 = 0.2;
 
 impl Consumer {
     pub fn new(config: &RedisConfig, queue: Queue, name: String) -> Result<Self, QueueError> {
@@ -355,24 +482,93 @@ impl Consumer {
             queue,
             name,
             block_ms: config.block_ms,
+            bulk_share: DEFAULT_BULK_SHARE,
+            bulk_credit: std::sync::Mutex::new(0.0),
         })
+    }
+
+    /// The share of reads the bulk lane gets while interactive work waits too.
+    pub fn with_bulk_share(mut self, share: f64) -> Self {
+        self.bulk_share = share.clamp(0.0, 1.0);
+        self
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Reads up to `count` new entries, blocking up to the configured time for the first.
-    /// Recreates the group if Redis lost it.
+    /// Reads up to `count` new entries: interactive ones first, bulk ones with what is
+    /// left, and bulk ones first when the bulk lane is owed its share. When both lanes are
+    /// empty, blocks up to the configured time for the first entry of either. Recreates the
+    /// groups if Redis lost them.
     pub async fn read(&self, count: usize) -> Result<Vec<Delivery>, QueueError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let owed = {
+            let credit = self.bulk_credit.lock().unwrap_or_else(|p| p.into_inner());
+            (*credit as usize).min(count)
+        };
+        let mut conn = self.queue.conn.get().await?;
+        let reply: Result<Vec<(String, String, String)>, _> = scripts::READ
+            .key(&self.queue.keys.jobs)
+            .key(&self.queue.keys.bulk)
+            .arg(GROUP)
+            .arg(&self.name)
+            .arg(owed)
+            .arg(count)
+            .invoke_async(&mut conn)
+            .await;
+        let entries = match reply {
+            Err(e) if is_nogroup(&e) => {
+                self.queue.ensure_group().await?;
+                return Ok(Vec::new());
+            }
+            other => other?,
+        };
+        let deliveries: Vec<Delivery> = entries
+            .into_iter()
+            .map(|(lane, id, photo)| {
+                let lane = if lane == "bulk" {
+                    Lane::Bulk
+                } else {
+                    Lane::Interactive
+                };
+                Delivery {
+                    job: parse_job(Some(&Value::BulkString(photo.into_bytes()))),
+                    entry_id: token(lane, &id),
+                    deliveries: 1,
+                }
+            })
+            .collect();
+        if deliveries.is_empty() {
+            return self.read_blocking(count).await;
+        }
+        self.settle(&deliveries);
+        Ok(deliveries)
+    }
+
+    /// Keeps the bulk lane's credit for what was read.
+    fn settle(&self, read: &[Delivery]) {
+        let bulk = read
+            .iter()
+            .filter(|d| locate(&d.entry_id).0 == Lane::Bulk)
+            .count();
+        let mut credit = self.bulk_credit.lock().unwrap_or_else(|p| p.into_inner());
+        *credit = (*credit + self.bulk_share * read.len() as f64 - bulk as f64).clamp(0.0, 1.0);
+    }
+
+    /// Blocks until either lane has entries. Redis answers up to `count` from each stream;
+    /// bulk entries beyond `count` are handed back (put at the end of their stream).
+    async fn read_blocking(&self, count: usize) -> Result<Vec<Delivery>, QueueError> {
         let options = StreamReadOptions::default()
             .group(GROUP, &self.name)
             .count(count)
             .block(self.block_ms as usize);
         let mut conn = self.reader.get().await?;
-        let keys = [&self.queue.keys.jobs];
+        let keys = [&self.queue.keys.jobs, &self.queue.keys.bulk];
         let reply: Result<Option<StreamReadReply>, _> =
-            conn.xread_options(&keys, &[">"], &options).await;
+            conn.xread_options(&keys, &[">", ">"], &options).await;
         let reply = match reply {
             Err(e) if e.code() == Some("NOGROUP") => {
                 self.queue.ensure_group().await?;
@@ -380,42 +576,66 @@ impl Consumer {
             }
             other => other?,
         };
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .map(Delivery::from_entry)
-            .collect())
+        let mut deliveries: Vec<Delivery> = Vec::new();
+        for key in reply.into_iter().flat_map(|r| r.keys) {
+            let lane = if key.key == self.queue.keys.bulk {
+                Lane::Bulk
+            } else {
+                Lane::Interactive
+            };
+            deliveries.extend(key.ids.into_iter().map(|e| Delivery::from_entry(lane, e)));
+        }
+        // Interactive entries first; what does not fit goes back.
+        deliveries.sort_by_key(|d| locate(&d.entry_id).0 == Lane::Bulk);
+        for extra in deliveries.split_off(count.min(deliveries.len())) {
+            if let Ok(job) = &extra.job {
+                self.queue.hand_back(&extra.entry_id, job.photo_id).await?;
+            } else {
+                self.queue.ack(&extra.entry_id).await?;
+            }
+        }
+        self.settle(&deliveries);
+        Ok(deliveries)
     }
 
     /// Takes over up to `count` entries that other consumers left unacknowledged for longer
-    /// than `min_idle` (their worker is presumed dead), with their delivery counts.
+    /// than `min_idle` (their worker is presumed dead), with their delivery counts;
+    /// interactive ones first.
     pub async fn take_over(
         &self,
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<Delivery>, QueueError> {
         let mut conn = self.queue.conn.get().await?;
-        let reply: Result<Vec<(String, String, u32)>, _> = scripts::TAKE_OVER
-            .key(&self.queue.keys.jobs)
-            .arg(GROUP)
-            .arg(&self.name)
-            .arg(min_idle.as_millis() as u64)
-            .arg(count)
-            .invoke_async(&mut conn)
-            .await;
-        let reply = match reply {
-            Err(e) if e.code() == Some("NOGROUP") || is_nogroup(&e) => return Ok(Vec::new()),
-            other => other?,
-        };
-        Ok(reply
-            .into_iter()
-            .map(|(entry_id, photo, deliveries)| Delivery {
-                job: parse_job(Some(&Value::BulkString(photo.into_bytes()))),
-                entry_id,
-                deliveries,
-            })
-            .collect())
+        let mut out = Vec::new();
+        for lane in Lane::ALL {
+            let want = count - out.len();
+            if want == 0 {
+                break;
+            }
+            let reply: Result<Vec<(String, String, u32)>, _> = scripts::TAKE_OVER
+                .key(self.queue.keys.stream(lane))
+                .arg(GROUP)
+                .arg(&self.name)
+                .arg(min_idle.as_millis() as u64)
+                .arg(want)
+                .invoke_async(&mut conn)
+                .await;
+            let reply = match reply {
+                Err(e) if e.code() == Some("NOGROUP") || is_nogroup(&e) => continue,
+                other => other?,
+            };
+            out.extend(
+                reply
+                    .into_iter()
+                    .map(|(entry_id, photo, deliveries)| Delivery {
+                        job: parse_job(Some(&Value::BulkString(photo.into_bytes()))),
+                        entry_id: token(lane, &entry_id),
+                        deliveries,
+                    }),
+            );
+        }
+        Ok(out)
     }
 
     /// Acknowledges and deletes those of `entry_ids` this consumer still holds; entries
@@ -425,12 +645,17 @@ impl Consumer {
             return Ok(());
         }
         let mut conn = self.queue.conn.get().await?;
-        let mut invocation = scripts::RELEASE.key(&self.queue.keys.jobs);
-        invocation.arg(GROUP).arg(&self.name);
-        for id in entry_ids {
-            invocation.arg(id.as_ref());
+        for (lane, ids) in by_lane(entry_ids) {
+            if ids.is_empty() {
+                continue;
+            }
+            let mut invocation = scripts::RELEASE.key(self.queue.keys.stream(lane));
+            invocation.arg(GROUP).arg(&self.name);
+            for (_, id) in ids {
+                invocation.arg(id);
+            }
+            let _: i64 = invocation.invoke_async(&mut conn).await?;
         }
-        let _: i64 = invocation.invoke_async(&mut conn).await?;
         Ok(())
     }
 
@@ -438,12 +663,13 @@ impl Consumer {
     /// over; does not count as a delivery. False when another consumer has taken the entry
     /// over meanwhile: this worker's attempt is stale.
     pub async fn heartbeat(&self, entry_id: &str) -> Result<bool, QueueError> {
+        let (lane, id) = locate(entry_id);
         let mut conn = self.queue.conn.get().await?;
         let renewed: i64 = scripts::HEARTBEAT
-            .key(&self.queue.keys.jobs)
+            .key(self.queue.keys.stream(lane))
             .arg(GROUP)
             .arg(&self.name)
-            .arg(entry_id)
+            .arg(id)
             .invoke_async(&mut conn)
             .await?;
         Ok(renewed == 1)
@@ -470,6 +696,15 @@ fn parse_job(value: Option<&Value>) -> Result<Job, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_name_the_lane() {
+        assert_eq!(locate("1-0"), (Lane::Interactive, "1-0"));
+        assert_eq!(locate(&token(Lane::Bulk, "1-0")), (Lane::Bulk, "1-0"));
+        let lanes = by_lane(&["1-0", "bulk:2-0", "3-0"]);
+        assert_eq!(lanes[0].1, [(0, "1-0"), (2, "3-0")]);
+        assert_eq!(lanes[1].1, [(1, "2-0")]);
+    }
 
     #[test]
     fn parses_job_entries() {

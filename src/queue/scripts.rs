@@ -49,6 +49,37 @@ return #due
     )
 });
 
+/// KEYS: interactive stream, bulk stream. ARGV: group, consumer, bulk entries owed, count.
+/// Reads up to `count` new entries without blocking: first the bulk entries owed, then
+/// interactive ones, then bulk ones with what is left. Returns {lane, entry id, photo id
+/// or ''} for each.
+pub static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local out = {}
+local count = tonumber(ARGV[4])
+local function take(key, lane, n)
+  if n <= 0 then return end
+  local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', key, '>')
+  if not reply then return end
+  for _, entry in ipairs(reply[1][2]) do
+    local photo, fields = '', entry[2]
+    if fields then
+      for i = 1, #fields, 2 do
+        if fields[i] == 'photo_id' then photo = fields[i + 1] end
+      end
+    end
+    out[#out + 1] = {lane, entry[1], photo}
+  end
+end
+take(KEYS[2], 'bulk', math.min(tonumber(ARGV[3]), count))
+take(KEYS[1], 'interactive', count - #out)
+take(KEYS[2], 'bulk', count - #out)
+return out
+",
+    )
+});
+
 /// KEYS: jobs. ARGV: group, entry id, photo id. Re-adds the job, acknowledges and deletes
 /// the old entry; returns the new entry's id.
 pub static HAND_BACK: LazyLock<Script> = LazyLock::new(|| {

@@ -29,8 +29,8 @@ use tracing::Instrument;
 use super::commit::{CommitError, Committed, Finished};
 use super::{retry, WorkerContext};
 use crate::db::jobs::{Completion, Delivered, Ending, OriginalInfo};
-use crate::fetch::FetchError;
 use crate::db::{self, attempts::AttemptRef, models::Photo, models::Variant, DbError};
+use crate::fetch::FetchError;
 use crate::metrics::JobOutcome;
 use crate::pipeline::{self, PipelineError};
 use crate::queue::{Delivery, QueueError};
@@ -395,7 +395,9 @@ async fn run(
             if !end(ctx, photo_id, attempt, retry).await? {
                 return stale(ctx, entry).await;
             }
-            ctx.queue.schedule(photo_id, due.timestamp_millis()).await?;
+            ctx.queue
+                .schedule(entry, photo_id, due.timestamp_millis())
+                .await?;
             ctx.queue.ack(entry).await?;
             Ok(Outcome::Retry)
         }
@@ -447,7 +449,10 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
             original: None,
         });
     }
-    let (original, downloaded) = match (ctx.storage.get(&photo.original_key).await, &photo.source_url) {
+    let (original, downloaded) = match (
+        ctx.storage.get(&photo.original_key).await,
+        &photo.source_url,
+    ) {
         (Ok(b), _) => (b, None),
         (Err(StorageError::NotFound(_)), Some(url)) => {
             let fetched = download(ctx, photo, url).await?;

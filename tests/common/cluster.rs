@@ -213,7 +213,7 @@ impl Cluster {
 }
 
 pub async fn wait_until_up(base: &str) {
-    let client = reqwest::Client::new();
+    let client = super::http_client();
     let deadline = Instant::now() + PROCESS_TIMEOUT;
     while client.get(format!("{base}/healthz")).send().await.is_err() {
         assert!(Instant::now() < deadline, "{base} did not come up");
@@ -233,7 +233,7 @@ impl Client {
         Client {
             base: base.to_owned(),
             key: key.to_owned(),
-            http: reqwest::Client::new(),
+            http: super::http_client(),
         }
     }
 

@@ -162,7 +162,9 @@ async fn slow(s: web::Data<Shared>, req: HttpRequest) -> HttpResponse {
             }
         }
     });
-    HttpResponse::Ok().content_type("image/jpeg").streaming(body)
+    HttpResponse::Ok()
+        .content_type("image/jpeg")
+        .streaming(body)
 }
 
 /// A JPEG start, then zeros forever, without a length.
@@ -175,7 +177,9 @@ async fn endless(s: web::Data<Shared>, req: HttpRequest) -> HttpResponse {
         }
         Some((Ok::<_, actix_web::Error>(Bytes::from(chunk)), false))
     });
-    HttpResponse::Ok().content_type("image/jpeg").streaming(body)
+    HttpResponse::Ok()
+        .content_type("image/jpeg")
+        .streaming(body)
 }
 
 /// Declares 1 GiB up front.

@@ -16,6 +16,12 @@ use photoq::config::Config;
 use serde_json::Value;
 use uuid::Uuid;
 
+/// An HTTP client for the tests (with photoq's TLS provider installed).
+pub fn http_client() -> reqwest::Client {
+    photoq::fetch::install_tls_provider();
+    reqwest::Client::new()
+}
+
 /// Server the tests use; override with PHOTOQ_TEST_DATABASE_URL (without a database name).
 pub fn pg_server() -> String {
     std::env::var("PHOTOQ_TEST_DATABASE_URL")
@@ -126,7 +132,7 @@ impl Builder {
         TestApp {
             base: format!("http://{addr}"),
             key,
-            client: reqwest::Client::new(),
+            client: http_client(),
             config,
             name,
             running: Some(running),
