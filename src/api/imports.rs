@@ -9,7 +9,7 @@ use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use paperclip::actix::{api_v2_operation, web::Json, AcceptedJson, OperationModifier};
-use paperclip::v2::models::{DefaultOperationRaw, DefaultSchemaRaw, MediaRange};
+use paperclip::v2::models::{DefaultOperationRaw, DefaultSchemaRaw};
 use uuid::Uuid;
 
 use super::auth::Caller;
@@ -85,14 +85,8 @@ impl paperclip::v2::schema::Apiv2Schema for ImportBody {}
 
 impl OperationModifier for ImportBody {
     fn update_parameter(op: &mut DefaultOperationRaw) {
+        // The JSON body; the CSV form is added to the document in `openapi::amend`.
         <Json<ImportRequest> as OperationModifier>::update_parameter(op);
-        op.consumes = Some(
-            [
-                MediaRange(mime::APPLICATION_JSON),
-                MediaRange(TEXT_CSV.parse().unwrap_or(mime::TEXT_PLAIN)),
-            ]
-            .into(),
-        );
     }
 
     fn update_definitions(map: &mut std::collections::BTreeMap<String, DefaultSchemaRaw>) {

@@ -82,13 +82,18 @@ pub fn amend(spec: &mut Value) {
             "minItems": 1,
         });
     }
-    if let Some(csv) = spec.pointer_mut("/paths/~1v1~1imports/post/requestBody/content/text~1csv") {
-        *csv = json!({"schema": {
-            "type": "string",
-            "description": "A header row (`external_id`, `name`, and `images` with URLs \
-                            separated by spaces, or one `image_N` column per URL), then one \
-                            product per row.",
-        }});
+    if let Some(Value::Object(content)) =
+        spec.pointer_mut("/paths/~1v1~1imports/post/requestBody/content")
+    {
+        content.insert(
+            "text/csv".into(),
+            json!({"schema": {
+                "type": "string",
+                "description": "A header row (`external_id`, `name`, and `images` with URLs \
+                                separated by spaces, or one `image_N` column per URL), then \
+                                one product per row.",
+            }}),
+        );
     }
     readiness(spec);
 }
