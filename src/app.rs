@@ -37,6 +37,11 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("outgoing http: {0}")]
     Fetch(String),
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    /// A client command finished, but some of what it submitted failed (listed above).
+    #[error("some products ended with errors")]
+    SomeFailed,
     #[error("http: {0}")]
     Http(#[from] std::io::Error),
     #[error(transparent)]
@@ -178,6 +183,7 @@ pub async fn main(cli: Cli) -> ExitCode {
     crate::telemetry::init();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(StartError::SomeFailed) => ExitCode::from(2),
         Err(e) => {
             tracing::error!(error = %e, "photoq stopped with an error");
             eprintln!("error: {e}");
@@ -210,6 +216,12 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             db::migrate(&config.database.url).await?;
             println!("migrations applied");
             return Ok(());
+        }
+        Command::Import(args) => {
+            return match crate::client::import::run(&args).await? {
+                crate::client::import::Finished::WithErrors => Err(StartError::SomeFailed),
+                _ => Ok(()),
+            }
         }
         Command::Keys(cmd) => return keys(&config, cmd).await,
         Command::Dlq(cmd) => return dlq(&config, cmd).await,

@@ -39,6 +39,10 @@ pub enum Command {
     /// Make the configured variants of local image files, without the service (no
     /// database, queue or storage): to try a configuration, or to benchmark the pipeline.
     Render(RenderArgs),
+    /// Import products from a JSON or CSV file into a running photoq, follow the import
+    /// with a progress bar and list the failures. Exit status 0 when every product is
+    /// processed, 2 when some ended with errors, 1 when the import could not be made.
+    Import(crate::client::import::ImportArgs),
 }
 
 #[derive(Debug, Args)]

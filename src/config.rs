@@ -360,8 +360,11 @@ impl Config {
 /// `PHOTOQ_DATABASE_URL` → `database.url`, `PHOTOQ_BIND` → `bind`,
 /// `PHOTOQ_VARIANTS_THUMBNAIL_WIDTH` → `variants.thumbnail.width`.
 fn env_provider() -> Env {
+    // Not configuration: the config file, logging, the client subcommands' key and server,
+    // and the test suite's own variables.
     Env::prefixed(ENV_PREFIX)
-        .ignore(&["CONFIG", "LOG"])
+        .ignore(&["CONFIG", "LOG", "API_KEY", "SERVER"])
+        .filter(|key| !key.as_str().starts_with("TEST_") && !key.as_str().starts_with("test_"))
         .map(|key| env_key_to_path(key.as_str()).into())
 }
 

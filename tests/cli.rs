@@ -25,6 +25,7 @@ fn every_command_has_help() {
         vec!["dlq", "list", "--help"],
         vec!["dlq", "redrive", "--help"],
         vec!["render", "--help"],
+        vec!["import", "--help"],
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -178,4 +179,73 @@ async fn no_op_workers_record_every_state_but_make_nothing() {
     }
     assert!(cluster.stored("variants").is_empty(), "no variant stored");
     cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn import_follows_an_import_and_lists_its_failures() {
+    let fx = common::fixture::Fixture::start().await;
+    let app = common::TestApp::builder()
+        .config("[fetch]\nallow = [\"127.0.0.1\"]")
+        .start()
+        .await;
+    let dir = std::env::temp_dir().join(format!("pqimport_{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("key");
+    std::fs::write(&key_file, format!("{}\n", app.key)).unwrap();
+    let image = fx.url("/img/Canon_40D.jpg");
+    let run = |file: &std::path::Path, with_key_file: bool| {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.arg("import").arg(file).args(["--server", &app.base]);
+        if with_key_file {
+            cmd.arg("--key-file").arg(&key_file);
+        } else {
+            cmd.env("PHOTOQ_API_KEY", &app.key);
+        }
+        cmd.output()
+    };
+
+    // One product fine, one with a missing image: exit status 2, the failure listed.
+    let json_file = dir.join("products.json");
+    let body = serde_json::json!({"products": [
+        {"external_id": "cli-ok", "images": [image]},
+        {"external_id": "cli-gone", "images": [image, fx.url("/status/404")]},
+    ]});
+    std::fs::write(&json_file, body.to_string()).unwrap();
+    let out = run(&json_file, false).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("cli-gone"))
+        .unwrap_or_else(|| panic!("no failure row: {stdout}"));
+    assert!(row.contains("download_not_found") && row.contains("/status/404"), "{row}");
+    assert!(!stdout.contains("cli-ok "), "{stdout}");
+
+    // CSV, every product fine: exit status 0.
+    let csv_file = dir.join("products.csv");
+    std::fs::write(&csv_file, format!("external_id,images\ncli-csv,{image}\n")).unwrap();
+    let out = run(&csv_file, true).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 products processed"));
+
+    // Refused items: exit status 1, each problem printed.
+    std::fs::write(&csv_file, "external_id,images\n,ftp://x/a.jpg\n").unwrap();
+    let out = run(&csv_file, true).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("external_id") && stderr.contains("images[0]"), "{stderr}");
+
+    // No key at all.
+    let out = tokio::process::Command::new(BIN)
+        .arg("import")
+        .arg(&csv_file)
+        .env_remove("PHOTOQ_API_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PHOTOQ_API_KEY"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    app.finish().await;
+    fx.stop().await;
 }

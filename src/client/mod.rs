@@ -1,0 +1,141 @@
+//! photoq's own API client, for the client subcommands (`photoq import`): the server URL,
+//! the key (from `PHOTOQ_API_KEY` or `--key-file`), JSON requests and typed errors.
+
+pub mod import;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::Value;
+
+/// The environment variable a client subcommand takes its key from.
+pub const KEY_ENV: &str = "PHOTOQ_API_KEY";
+/// The environment variable naming the server, if `--server` is not given.
+pub const SERVER_ENV: &str = "PHOTOQ_SERVER";
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What every client subcommand takes.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The photoq API to talk to.
+    #[arg(long, env = SERVER_ENV, default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    pub server: String,
+    /// A file holding the API key (else the key is read from PHOTOQ_API_KEY).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no API key: set {KEY_ENV} or pass --key-file")]
+    NoKey,
+    #[error("{0}: {1}")]
+    File(PathBuf, std::io::Error),
+    #[error("invalid server URL {0:?}")]
+    Server(String),
+    #[error("request failed: {0}")]
+    Request(#[from] reqwest::Error),
+    /// The server answered with an error body.
+    #[error("{status} {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        /// The whole error body (e.g. `problems` of an import).
+        body: Value,
+    },
+}
+
+/// A client of one photoq server, with one key.
+pub struct Client {
+    http: reqwest::Client,
+    base: url::Url,
+    key: String,
+}
+
+impl Client {
+    pub fn new(args: &ClientArgs) -> Result<Self, ClientError> {
+        let key = match &args.key_file {
+            Some(path) => read_key(path)?,
+            None => std::env::var(KEY_ENV)
+                .ok()
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty())
+                .ok_or(ClientError::NoKey)?,
+        };
+        let base = url::Url::parse(&args.server)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| ClientError::Server(args.server.clone()))?;
+        crate::fetch::install_tls_provider();
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("photoq-cli/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Client { http, base, key })
+    }
+
+    fn url(&self, path: &str) -> Result<url::Url, ClientError> {
+        self.base
+            .join(path)
+            .map_err(|_| ClientError::Server(format!("{}{path}", self.base)))
+    }
+
+    /// POSTs `body` as `content_type`; the JSON answer.
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut req = self
+            .http
+            .post(self.url(path)?)
+            .bearer_auth(&self.key)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
+        answer(req.send().await?).await
+    }
+
+    /// GETs a JSON resource.
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        let req = self.http.get(self.url(path)?).bearer_auth(&self.key);
+        answer(req.send().await?).await
+    }
+}
+
+fn read_key(path: &Path) -> Result<String, ClientError> {
+    let raw = std::fs::read_to_string(path).map_err(|e| ClientError::File(path.into(), e))?;
+    let key = raw.trim().to_owned();
+    if key.is_empty() {
+        return Err(ClientError::NoKey);
+    }
+    Ok(key)
+}
+
+/// The JSON body of a success, or the API's error.
+async fn answer(res: reqwest::Response) -> Result<Value, ClientError> {
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(body);
+    }
+    let field = |f: &str| {
+        body.pointer(&format!("/error/{f}"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    Err(ClientError::Api {
+        status: status.as_u16(),
+        code: field("code"),
+        message: field("message"),
+        body,
+    })
+}
