@@ -218,14 +218,21 @@ async fn import_follows_an_import_and_lists_its_failures() {
         .lines()
         .find(|l| l.starts_with("cli-gone"))
         .unwrap_or_else(|| panic!("no failure row: {stdout}"));
-    assert!(row.contains("download_not_found") && row.contains("/status/404"), "{row}");
+    assert!(
+        row.contains("download_not_found") && row.contains("/status/404"),
+        "{row}"
+    );
     assert!(!stdout.contains("cli-ok "), "{stdout}");
 
     // CSV, every product fine: exit status 0.
     let csv_file = dir.join("products.csv");
     std::fs::write(&csv_file, format!("external_id,images\ncli-csv,{image}\n")).unwrap();
     let out = run(&csv_file, true).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 products processed"));
 
     // Refused items: exit status 1, each problem printed.
@@ -233,7 +240,10 @@ async fn import_follows_an_import_and_lists_its_failures() {
     let out = run(&csv_file, true).await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("external_id") && stderr.contains("images[0]"), "{stderr}");
+    assert!(
+        stderr.contains("external_id") && stderr.contains("images[0]"),
+        "{stderr}"
+    );
 
     // No key at all.
     let out = tokio::process::Command::new(BIN)

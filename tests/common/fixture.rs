@@ -18,6 +18,8 @@ const HOLD: Duration = Duration::from_millis(200);
 
 #[derive(Default)]
 struct Shared {
+    /// Where `/img/{name}` and the others find their files.
+    dir: std::path::PathBuf,
     hits: Mutex<HashMap<String, usize>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
@@ -30,8 +32,17 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// Serves the corpus's camera JPEGs.
     pub async fn start() -> Fixture {
-        let shared = Arc::new(Shared::default());
+        Self::serving(super::corpus_dir().join("jpg")).await
+    }
+
+    /// Serves the files of `dir`.
+    pub async fn serving(dir: std::path::PathBuf) -> Fixture {
+        let shared = Arc::new(Shared {
+            dir,
+            ..Shared::default()
+        });
         let data = web::Data::from(shared.clone());
         let server = HttpServer::new(move || {
             App::new()
@@ -98,15 +109,15 @@ fn count(shared: &Shared, req: &HttpRequest) -> usize {
     *n
 }
 
-fn corpus(name: &str) -> Option<Vec<u8>> {
+fn corpus(s: &Shared, name: &str) -> Option<Vec<u8>> {
     if name.contains('/') || name.contains("..") {
         return None;
     }
-    std::fs::read(super::corpus_dir().join("jpg").join(name)).ok()
+    std::fs::read(s.dir.join(name)).ok()
 }
 
-fn jpeg(name: &str) -> HttpResponse {
-    match corpus(name) {
+fn jpeg(s: &Shared, name: &str) -> HttpResponse {
+    match corpus(s, name) {
         Some(b) => HttpResponse::Ok().content_type("image/jpeg").body(b),
         None => HttpResponse::NotFound().finish(),
     }
@@ -114,7 +125,7 @@ fn jpeg(name: &str) -> HttpResponse {
 
 async fn img(s: web::Data<Shared>, req: HttpRequest, name: web::Path<String>) -> HttpResponse {
     count(&s, &req);
-    jpeg(&name)
+    jpeg(&s, &name)
 }
 
 /// A corpus image declared as any type (`/typed/text/plain/x.jpg`).
@@ -125,7 +136,7 @@ async fn typed(
 ) -> HttpResponse {
     count(&s, &req);
     let (t, sub, name) = path.into_inner();
-    match corpus(&name) {
+    match corpus(&s, &name) {
         Some(b) => HttpResponse::Ok()
             .insert_header(("content-type", format!("{t}/{sub}")))
             .body(b),
@@ -200,7 +211,7 @@ async fn chain(
     count(&s, &req);
     let (n, name) = path.into_inner();
     if n == 0 {
-        return jpeg(&name);
+        return jpeg(&s, &name);
     }
     HttpResponse::Found()
         .insert_header(("location", format!("/chain/{}/{name}", n - 1)))
@@ -235,7 +246,7 @@ async fn flaky(
     if count(&s, &req) == 1 {
         return HttpResponse::InternalServerError().body("try again");
     }
-    jpeg(&path.1)
+    jpeg(&s, &path.1)
 }
 
 /// 429 with `Retry-After: 1` on the first request, the image after.
@@ -249,7 +260,7 @@ async fn limited(
             .insert_header(("retry-after", "1"))
             .body("slow down");
     }
-    jpeg(&path.1)
+    jpeg(&s, &path.1)
 }
 
 /// The image, after holding the request open a moment; records how many were open at once.
@@ -259,5 +270,5 @@ async fn hold(s: web::Data<Shared>, req: HttpRequest, name: web::Path<String>) -
     s.max_in_flight.fetch_max(now, Ordering::SeqCst);
     tokio::time::sleep(HOLD).await;
     s.in_flight.fetch_sub(1, Ordering::SeqCst);
-    jpeg(&name)
+    jpeg(&s, &name)
 }
