@@ -12,7 +12,7 @@
 //!    latency (created to completed, server clock: the thumbnail is ready then) is
 //!    reported with how much of the import was still left; then the import runs to its end.
 //!
-//! Defaults: N = 500, B = 5000, U = 20, DIR the 12 MP set under /tmp/corpus/big/12mp if it
+//! `--background 0` skips the second part. Defaults: N = 500, B = 5000, U = 20, DIR the 12 MP set under /tmp/corpus/big/12mp if it
 //! exists (`../shared/bench/make-big-corpus.sh`), else the shared corpus; C = 2 (the
 //! default `worker.concurrency`). PostgreSQL and Redis as for `benches/e2e.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -220,6 +220,22 @@ async fn run(a: Args) {
     for id in &batches {
         client.wait_batch(id).await;
         uploaded.extend(batch_photos(&client, id).await);
+    }
+
+    if a.background == 0 {
+        drop(worker);
+        drop(api);
+        cluster.cleanup().await;
+        fx.stop().await;
+        println!(
+            "photoq imports: 1 worker process x concurrency {}; {} images imported: {:.2} images/s; \
+             the same files uploaded: {:.2} images/s",
+            a.concurrency,
+            a.images,
+            rate(&imported),
+            rate(&uploaded)
+        );
+        return;
     }
 
     // 2. Uploads while a large import runs.

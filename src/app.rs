@@ -12,7 +12,6 @@ use crate::cli::{Cli, Command, DlqCommand, KeysCommand};
 use crate::config::Config;
 use crate::db::{self, DbPool};
 use crate::dispatch;
-use crate::fetch::{Fetcher, SystemLookup};
 use crate::metrics::Metrics;
 use crate::queue::{Consumer, Queue};
 use crate::storage::Storage;
@@ -91,7 +90,9 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
     }
     let storage = Storage::from_config(&config.storage)?;
     let metrics = Metrics::new()?;
-    let fetcher = Fetcher::new(&config.fetch, Arc::new(SystemLookup)).map_err(StartError::Fetch)?;
+    // The API checks import URLs against the same rules the workers download under.
+    let fetch_rules =
+        Arc::new(crate::fetch::Rules::new(&config.fetch.allow).map_err(StartError::Fetch)?);
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     let mut addr = None;
@@ -114,9 +115,9 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
             storage.clone(),
             config.clone(),
             metrics.clone(),
-            fetcher.clone(),
             concurrency,
-        );
+        )
+        .map_err(StartError::Fetch)?;
         ctx.no_op = roles.no_op;
         tasks.push(tokio::spawn(worker::run(
             ctx,
@@ -136,7 +137,7 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
             metrics,
             uploads: Arc::new(tokio::sync::Semaphore::new(config.upload.max_concurrent)),
             limiter,
-            fetch_rules: fetcher.rules(),
+            fetch_rules,
         };
         let server = actix_web::HttpServer::new(move || api::app(state.clone()))
             .disable_signals()

@@ -19,9 +19,9 @@ use super::models::{
     photo_url, product_url, ImageCounts, ImportResponse, ImportView, ImportedImage,
     ImportedProduct, ProductCounts, StateCounts,
 };
-use super::upload::{first_answer, publish_accepted, IdempotencyKey};
+use super::upload::{first_answer, lost_race, publish_accepted, IdempotencyKey};
 use super::AppState;
-use crate::db::{self, idempotency, imports::ProductSpec};
+use crate::db::{self, imports::ProductSpec};
 use crate::queue::Lane;
 
 /// The media type of a CSV import.
@@ -145,15 +145,10 @@ pub async fn create_import(
         Ok(r) => r,
         Err(e) => {
             // A concurrent request with the same key won: answer as it did.
-            if let Some(key) = key
-                .as_deref()
-                .filter(|_| e.violates(idempotency::CONSTRAINT))
-            {
-                if let Some(first) = first_answer(&state, caller.owner, key).await? {
-                    return Ok(AcceptedJson(first));
-                }
-            }
-            return Err(e.into());
+            return match lost_race(&state, caller.owner, key.as_deref(), &e).await? {
+                Some(first) => Ok(AcceptedJson(first)),
+                None => Err(e.into()),
+            };
         }
     };
     publish_accepted(&state, Lane::Bulk, import_id, &recorded.new_photos).await;

@@ -240,16 +240,10 @@ pub async fn upload(
         for p in &photos {
             let _ = state.storage.delete(&p.original_key).await;
         }
-        // A concurrent request with the same key won: answer as it did.
-        if let Some(key) = idempotency
-            .as_deref()
-            .filter(|_| e.violates(idempotency::CONSTRAINT))
-        {
-            if let Some(first) = first_answer(&state, caller.owner, key).await? {
-                return Ok(AcceptedJson(first));
-            }
-        }
-        return Err(e.into());
+        return match lost_race(&state, caller.owner, idempotency.as_deref(), &e).await? {
+            Some(first) => Ok(AcceptedJson(first)),
+            None => Err(e.into()),
+        };
     }
 
     let ids: Vec<Uuid> = photos.iter().map(|p| p.id).collect();
@@ -279,6 +273,20 @@ pub(super) async fn publish_accepted(
         Err(_) => {
             tracing::warn!(batch_id = %batch_id, "publish timed out; jobs left to the reconciler")
         }
+    }
+}
+
+/// When a commit failed because a concurrent request with the same idempotency key
+/// committed first: that request's answer, to give again.
+pub(super) async fn lost_race<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    owner: Uuid,
+    key: Option<&str>,
+    error: &crate::db::DbError,
+) -> Result<Option<T>, ApiError> {
+    match key.filter(|_| error.violates(idempotency::CONSTRAINT)) {
+        Some(key) => first_answer(state, owner, key).await,
+        None => Ok(None),
     }
 }
 

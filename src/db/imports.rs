@@ -250,6 +250,19 @@ const PRODUCT_STATE: &str = "CASE \
     WHEN bool_or(ph.state IN ('failed', 'dead')) THEN 'process_error' \
     ELSE 'processed' END";
 
+/// Products with their status, joined to their images' photos; `rest` adds the WHERE
+/// clause and what follows it (`pr`, `pi` and `ph` are the tables).
+fn products_query(rest: &str) -> String {
+    format!(
+        "SELECT pr.id, pr.external_id, pr.name, pr.created_at, pr.updated_at, \
+                {PRODUCT_STATE} AS state \
+         FROM products AS pr \
+         JOIN product_images AS pi ON pi.product_id = pr.id \
+         JOIN photos AS ph ON ph.id = pi.photo_id \
+         {rest}"
+    )
+}
+
 /// A product with its status.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct ProductRow {
@@ -285,13 +298,8 @@ pub async fn list_products(
     owner: Uuid,
     filter: &ProductFilter,
 ) -> Result<Vec<ProductRow>, DbError> {
-    let sql = format!(
-        "SELECT pr.id, pr.external_id, pr.name, pr.created_at, pr.updated_at, \
-                {PRODUCT_STATE} AS state \
-         FROM products AS pr \
-         JOIN product_images AS pi ON pi.product_id = pr.id \
-         JOIN photos AS ph ON ph.id = pi.photo_id \
-         WHERE pr.owner_id = $1 \
+    let sql = products_query(&format!(
+        "WHERE pr.owner_id = $1 \
            AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM import_products AS ip \
                 WHERE ip.product_id = pr.id AND ip.import_id = $2)) \
            AND ($3::text IS NULL OR pr.external_id = $3) \
@@ -300,7 +308,7 @@ pub async fn list_products(
          HAVING ($5::text IS NULL OR {PRODUCT_STATE} = $5) \
          ORDER BY pr.id \
          LIMIT $6"
-    );
+    ));
     Ok(diesel::sql_query(sql)
         .bind::<SqlUuid, _>(owner)
         .bind::<Nullable<SqlUuid>, _>(filter.import)
@@ -318,15 +326,7 @@ pub async fn product(
     owner: Uuid,
     id: Uuid,
 ) -> Result<Option<ProductRow>, DbError> {
-    let sql = format!(
-        "SELECT pr.id, pr.external_id, pr.name, pr.created_at, pr.updated_at, \
-                {PRODUCT_STATE} AS state \
-         FROM products AS pr \
-         JOIN product_images AS pi ON pi.product_id = pr.id \
-         JOIN photos AS ph ON ph.id = pi.photo_id \
-         WHERE pr.owner_id = $1 AND pr.id = $2 \
-         GROUP BY pr.id"
-    );
+    let sql = products_query("WHERE pr.owner_id = $1 AND pr.id = $2 GROUP BY pr.id");
     Ok(diesel::sql_query(sql)
         .bind::<SqlUuid, _>(owner)
         .bind::<SqlUuid, _>(id)

@@ -210,11 +210,6 @@ impl Fetcher {
         })
     }
 
-    /// The rules, for checking URLs before any request (the API validates imports with it).
-    pub fn rules(&self) -> Arc<Rules> {
-        self.rules.clone()
-    }
-
     /// Downloads the image at `url`, within the total timeout.
     pub async fn image(&self, url: &str) -> Result<Fetched, FetchError> {
         let total = Duration::from_millis(self.config.total_timeout_ms);
@@ -300,7 +295,7 @@ impl Fetcher {
                 break;
             }
         }
-        let format = format.ok_or_else(|| FetchError::NotImage(declared))?;
+        let format = format.ok_or(FetchError::NotImage(declared))?;
         Ok((buf.freeze(), format))
     }
 }

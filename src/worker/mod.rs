@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::db::{self, DbPool};
-use crate::fetch::Fetcher;
+use crate::fetch::{Fetcher, SystemLookup};
 use crate::metrics::Metrics;
 use crate::pipeline::Spec;
 use crate::queue::{Consumer, Delivery, Queue};
@@ -72,9 +72,10 @@ impl WorkerContext {
         storage: Storage,
         config: Arc<Config>,
         metrics: Metrics,
-        fetcher: Fetcher,
         concurrency: usize,
-    ) -> Self {
+    ) -> Result<Self, String> {
+        // Downloads resolve names with the system's resolver; `fetcher` may be replaced.
+        let fetcher = Fetcher::new(&config.fetch, Arc::new(SystemLookup))?;
         let consumer = Arc::new(consumer);
         let committer = commit::Committer::spawn(
             pool.clone(),
@@ -83,7 +84,7 @@ impl WorkerContext {
             metrics.clone(),
             concurrency,
         );
-        WorkerContext {
+        Ok(WorkerContext {
             committer,
             pool,
             queue,
@@ -98,7 +99,7 @@ impl WorkerContext {
             db_down: Arc::new(AtomicBool::new(false)),
             interrupt: CancellationToken::new(),
             no_op: false,
-        }
+        })
     }
 }
 
