@@ -166,6 +166,18 @@ pub struct ImportConfig {
     pub compressed: bool,
     pub compressed_format: OutputFormat,
     pub compressed_quality: u8,
+    /// Metadata of a JPEG original kept in a JPEG `compressed` rendition.
+    pub compressed_keep: Vec<KeptMetadata>,
+}
+
+/// Metadata a rendition may keep from its original.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KeptMetadata {
+    /// The EXIF block (camera, date, GPS, ...), its orientation reset to 1.
+    Exif,
+    /// The ICC colour profile.
+    Icc,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -317,6 +329,13 @@ impl Config {
                  (or set import.compressed = false)",
                 crate::pipeline::COMPRESSED
             ));
+        }
+        if !self.import.compressed_keep.is_empty()
+            && self.import.compressed_format != OutputFormat::Jpeg
+        {
+            return invalid(
+                "import.compressed_keep needs import.compressed_format = \"jpeg\"".into(),
+            );
         }
         if !(1..=100).contains(&self.import.compressed_quality) {
             return invalid("import.compressed_quality must be 1..=100".into());

@@ -20,6 +20,8 @@ allow = ["127.0.0.1"]
 connect_timeout_ms = 1000
 read_timeout_ms = 1000
 total_timeout_ms = 5000
+[import]
+compressed_keep = ["exif", "icc"]
 [retry]
 max_attempts = 3
 base_delay_ms = 50
@@ -113,6 +115,25 @@ async fn an_import_downloads_processes_and_reports_each_product() {
             .unwrap();
         assert_eq!(compressed["width"], image["original"]["width"]);
         assert_eq!(compressed["height"], image["original"]["height"]);
+        // The rendition keeps the camera's EXIF (upright now), the thumbnail nothing.
+        let kept = app.bytes(compressed["url"].as_str().unwrap()).await;
+        let exif = rexif::parse_buffer(&kept).expect("EXIF kept");
+        let tag = |t| exif.entries.iter().find(|e| e.tag == t);
+        assert!(tag(rexif::ExifTag::Make).is_some());
+        if let Some(o) = tag(rexif::ExifTag::Orientation) {
+            assert_eq!(o.value.to_i64(0), Some(1));
+        }
+        let thumb = image["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "thumbnail")
+            .unwrap();
+        let thumb = app.bytes(thumb["url"].as_str().unwrap()).await;
+        assert!(
+            rexif::parse_buffer(&thumb).is_err(),
+            "thumbnail without metadata"
+        );
         assert_eq!(image["original"]["content_type"], "image/jpeg");
         assert!(image["exif"].is_object(), "{image}");
         // The original bytes are stored, as downloaded.

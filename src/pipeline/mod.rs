@@ -11,6 +11,7 @@ pub mod adjust;
 pub mod decode;
 pub mod encode;
 pub mod exif;
+pub mod metadata;
 pub mod orient;
 pub mod resize;
 pub mod sniff;
@@ -22,7 +23,7 @@ pub use exif::Exif;
 use resize::Pixels;
 pub use sniff::{sniff, SourceFormat};
 pub use variant::VariantSpec;
-use variant::{Geometry, Rect};
+use variant::{Geometry, OutputFormat, Rect};
 
 /// Errors of the image work. All are the input's fault, so retrying cannot help, except
 /// `Internal`, which is a bug.
@@ -112,6 +113,7 @@ impl Spec {
                 quality: v.quality,
                 grayscale: v.grayscale,
                 sharpen: v.sharpen,
+                keep: metadata::Keep::default(),
             })
             .collect();
         Spec {
@@ -141,6 +143,14 @@ impl Spec {
                 quality: import.compressed_quality,
                 grayscale: false,
                 sharpen: 0.0,
+                keep: metadata::Keep {
+                    exif: import
+                        .compressed_keep
+                        .contains(&crate::config::KeptMetadata::Exif),
+                    icc: import
+                        .compressed_keep
+                        .contains(&crate::config::KeptMetadata::Icc),
+                },
             });
         }
         spec
@@ -210,7 +220,14 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
         }
         pixels = adjust::sharpen(pixels, planned.spec.sharpen);
         let oriented = orient::apply(pixels, orientation)?;
-        let encoded = encode::encode(&oriented, planned.spec.format, planned.spec.quality)?;
+        let mut encoded = encode::encode(&oriented, planned.spec.format, planned.spec.quality)?;
+        if planned.spec.keep.any()
+            && format == SourceFormat::Jpeg
+            && planned.spec.format == OutputFormat::Jpeg
+        {
+            encoded.data =
+                metadata::insert(encoded.data, &metadata::carried(data, planned.spec.keep));
+        }
         variants.push(EncodedVariant {
             name: planned.spec.name.clone(),
             width: oriented.width,
@@ -275,7 +292,7 @@ fn smallest_adequate(sources: &[Pixels], g: Geometry, full_w: u32, full_h: u32) 
 
 #[cfg(test)]
 mod tests {
-    use super::variant::{Fit, OutputFormat};
+    use super::variant::Fit;
     use super::*;
     use image::{DynamicImage, RgbImage, RgbaImage};
 
@@ -289,6 +306,7 @@ mod tests {
             quality: 80,
             grayscale: false,
             sharpen: 0.0,
+            keep: metadata::Keep::default(),
         }
     }
 
@@ -495,5 +513,52 @@ mod tests {
             .max()
             .unwrap_or(0);
         assert!(worst < 24, "largest pixel difference {worst}");
+    }
+
+    #[test]
+    fn a_variant_that_keeps_metadata_carries_exif_upright_and_icc() {
+        // A 40x20 JPEG whose EXIF says "rotate 90° clockwise", with an ICC profile.
+        let pixels = resize::Pixels {
+            width: 40,
+            height: 20,
+            layout: resize::Layout::Rgb,
+            data: vec![128; 40 * 20 * 3],
+        };
+        let plain = encode::jpeg(&pixels, 90).unwrap();
+        let mut source = plain[..2].to_vec();
+        source.extend(metadata::tests::exif_segment(6));
+        source.extend(metadata::tests::icc_segment());
+        source.extend_from_slice(&plain[2..]);
+        let mut full = variant("compressed", 1000);
+        full.keep = metadata::Keep {
+            exif: true,
+            icc: true,
+        };
+        let out = process(&source, &spec_with(vec![full, variant("thumbnail", 10)])).unwrap();
+        let compressed = &out.variants[0];
+        assert_eq!(
+            (compressed.width, compressed.height),
+            (20, 40),
+            "turned upright"
+        );
+        let exif = rexif::parse_buffer(&compressed.data).unwrap();
+        let orientation = exif
+            .entries
+            .iter()
+            .find(|e| e.tag == rexif::ExifTag::Orientation)
+            .unwrap();
+        assert_eq!(orientation.value.to_i64(0), Some(1));
+        assert!(exif.entries.iter().any(|e| e.tag == rexif::ExifTag::Make));
+        let icc = metadata::tests::icc_segment();
+        assert!(compressed
+            .data
+            .windows(icc.len())
+            .any(|w| w == icc.as_slice()));
+        // The thumbnail keeps nothing.
+        assert!(rexif::parse_buffer(&out.variants[1].data).is_err());
+        assert!(!out.variants[1]
+            .data
+            .windows(12)
+            .any(|w| w == b"ICC_PROFILE\0"));
     }
 }

@@ -14,6 +14,8 @@ pub struct VariantSpec {
     pub quality: u8,
     pub grayscale: bool,
     pub sharpen: f32,
+    /// Metadata of a JPEG source carried into a JPEG variant (none by default).
+    pub keep: super::metadata::Keep,
 }
 
 /// A rectangle in source pixels; fractional, as the resizer takes it.
@@ -152,6 +154,7 @@ mod tests {
             quality: 80,
             grayscale: false,
             sharpen: 0.0,
+            keep: Default::default(),
         }
     }
 
