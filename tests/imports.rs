@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Instant;
-
 use common::fixture::Fixture;
 use common::TestApp;
 use serde_json::{json, Value};
@@ -44,19 +42,6 @@ fn json_import(app: &TestApp, body: &Value) -> reqwest::RequestBuilder {
     app.client.post(app.url("/v1/imports")).json(body)
 }
 
-/// Polls the import until no product is processing.
-async fn wait_import(app: &TestApp, id: &str) -> Value {
-    let deadline = Instant::now() + common::SETTLE_TIMEOUT;
-    loop {
-        let import = app.get_json(&format!("/v1/imports/{id}")).await;
-        if import["state"] != "processing" {
-            return import;
-        }
-        assert!(Instant::now() < deadline, "import did not settle: {import}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
 async fn product(app: &TestApp, external_id: &str) -> Value {
     let page = app
         .get_json(&format!("/v1/products?external_id={external_id}"))
@@ -84,7 +69,7 @@ async fn an_import_downloads_processes_and_reports_each_product() {
     assert_eq!(accepted["products"].as_array().unwrap().len(), 5);
     assert_eq!(accepted["products"][0]["images"][1]["state"], "queued");
 
-    let import = wait_import(&app, id).await;
+    let import = app.wait_import(id).await;
     assert_eq!(import["state"], "completed_with_errors", "{import}");
     assert_eq!(import["products"]["processed"], 3, "{import}");
     assert_eq!(import["products"]["process_error"], 2, "{import}");
@@ -229,7 +214,7 @@ async fn reimporting_updates_products_and_an_idempotency_key_replays_the_answer(
     // The same key again: the first answer, nothing new.
     let (status, again) = post_import(&app, keyed(&first)).await;
     assert_eq!((status, &again), (202, &answer));
-    wait_import(&app, answer["import_id"].as_str().unwrap()).await;
+    app.wait_import(answer["import_id"].as_str().unwrap()).await;
 
     // The same product again, renamed and with a second image: updated, not duplicated;
     // the image it had keeps its photo.
@@ -246,7 +231,8 @@ async fn reimporting_updates_products_and_an_idempotency_key_replays_the_answer(
     );
     assert_eq!(p["images"][0]["state"], "completed");
     assert_ne!(p["images"][1]["id"], p["images"][0]["id"]);
-    wait_import(&app, updated["import_id"].as_str().unwrap()).await;
+    app.wait_import(updated["import_id"].as_str().unwrap())
+        .await;
     let product = product(&app, "sku-1").await;
     assert_eq!(product["name"], "Blue mug");
     assert_eq!(product["state"], "processed");
@@ -317,7 +303,7 @@ async fn csv_imports_as_json_does_and_bad_items_refuse_the_whole_import() {
         .collect();
     assert_eq!(shape, [("csv-1", 2), ("csv-2", 1)]);
     assert_eq!(products[0]["images"][1]["source_url"], b);
-    let import = wait_import(&app, answer["import_id"].as_str().unwrap()).await;
+    let import = app.wait_import(answer["import_id"].as_str().unwrap()).await;
     assert_eq!(import["state"], "completed", "{import}");
     assert_eq!(product(&app, "csv-1").await["name"], "Mug, blue");
 

@@ -168,11 +168,8 @@ async fn an_upload_does_not_wait_behind_an_import() {
         left >= 20,
         "the upload finished only when {left} of 40 import images were left"
     );
-    let deadline = Instant::now() + common::SETTLE_TIMEOUT;
-    while unfinished(&app, &import).await > 0 {
-        assert!(Instant::now() < deadline, "the import did not finish");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let done = app.wait_import(&import).await;
+    assert_eq!(done["images"]["completed"], 40, "{done}");
     app.finish().await;
     fx.stop().await;
 }

@@ -131,6 +131,23 @@ impl Contract {
     }
 }
 
+impl Contract {
+    /// GETs each path with the app's key and checks the answer against the route
+    /// `template`: documented, and with the expected status.
+    async fn check_gets(&mut self, app: &TestApp, cases: &[(String, &str, u16)]) {
+        for (path, template, status) in cases {
+            let res = app
+                .client
+                .get(app.url(path))
+                .bearer_auth(&app.key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(self.check("get", template, res).await.0, *status, "{path}");
+        }
+    }
+}
+
 fn form(files: &[(&str, &str, Vec<u8>)]) -> reqwest::multipart::Form {
     files.iter().fold(
         reqwest::multipart::Form::new(),
@@ -238,14 +255,7 @@ async fn every_route_answers_as_documented() {
         ("/v1/dead-letters".into(), "/v1/dead-letters", 200),
         ("/v1/dead-letters?limit=999".into(), "/v1/dead-letters", 400),
     ];
-    for (path, template, status) in cases {
-        let res = get(&path).send().await.unwrap();
-        assert_eq!(
-            contract.check("get", template, res).await.0,
-            status,
-            "{path}"
-        );
-    }
+    contract.check_gets(&app, &cases).await;
     let variant = format!("/v1/photos/{good}/variants/thumbnail");
     let etag = get(&variant).send().await.unwrap().headers()["etag"].clone();
     let res = get(&variant)
@@ -338,22 +348,7 @@ async fn every_route_answers_as_documented() {
     assert_eq!(contract.check("post", upload, res).await.0, 409);
     let import_id = import["import_id"].as_str().unwrap().to_owned();
     let product = import["products"][0]["id"].as_str().unwrap().to_owned();
-    let deadline = std::time::Instant::now() + common::SETTLE_TIMEOUT;
-    while get(&format!("/v1/imports/{import_id}"))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["state"]
-        == "processing"
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "import did not settle"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    app.wait_import(&import_id).await;
     let cases = [
         (format!("/v1/imports/{import_id}"), "/v1/imports/{id}", 200),
         (format!("/v1/imports/{nobody}"), "/v1/imports/{id}", 404),
@@ -372,14 +367,7 @@ async fn every_route_answers_as_documented() {
         ("/v1/products?state=done".into(), "/v1/products", 400),
         (format!("/v1/products?import={nobody}"), "/v1/products", 404),
     ];
-    for (path, template, status) in cases {
-        let res = get(&path).send().await.unwrap();
-        assert_eq!(
-            contract.check("get", template, res).await.0,
-            status,
-            "{path}"
-        );
-    }
+    contract.check_gets(&app, &cases).await;
 
     contract.assert_all_seen();
     app.finish().await;

@@ -263,6 +263,19 @@ impl TestApp {
         }
     }
 
+    /// Polls the import until no product is processing; returns the import.
+    pub async fn wait_import(&self, import_id: &str) -> Value {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let import = self.get_json(&format!("/v1/imports/{import_id}")).await;
+            if import["state"] != "processing" {
+                return import;
+            }
+            assert!(Instant::now() < deadline, "import did not settle: {import}");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// Every photo of a batch, in upload order.
     pub async fn batch_photos(&self, batch_id: &str) -> Vec<Value> {
         let mut out = Vec::new();
