@@ -105,6 +105,12 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
         shutdown.clone(),
     )));
 
+    tasks.push(tokio::spawn(crate::events::run_pruner(
+        pool.clone(),
+        config.clone(),
+        shutdown.clone(),
+    )));
+
     if let Some(concurrency) = roles.workers {
         let consumer = Consumer::new(&config.redis, queue.clone(), consumer_name())?
             .with_bulk_share(config.worker.bulk_share);
@@ -129,6 +135,12 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
     if roles.api {
         let limiter =
             crate::limits::Limiter::new(queue.clone(), config.limits.clone(), metrics.clone());
+        let hub = crate::events::Hub::start(
+            pool.clone(),
+            queue.clone(),
+            config.events.clone(),
+            shutdown.clone(),
+        );
         let state = AppState {
             config: config.clone(),
             pool,
@@ -138,6 +150,7 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
             uploads: Arc::new(tokio::sync::Semaphore::new(config.upload.max_concurrent)),
             limiter,
             fetch_rules,
+            hub,
         };
         let server = actix_web::HttpServer::new(move || api::app(state.clone()))
             .disable_signals()

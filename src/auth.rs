@@ -51,6 +51,36 @@ pub async fn authenticate(pool: &DbPool, key: &str) -> Result<Option<Uuid>, DbEr
         .map(|k| k.id))
 }
 
+/// Every stream token starts with this.
+pub const STREAM_TOKEN_PREFIX: &str = "pqs_";
+
+/// Issues a stream token for `key`: it opens `owner`'s event streams (SSE, WebSocket) until
+/// it expires, and nothing else. Returns the token (shown once, stored hashed) and its
+/// expiry.
+pub async fn issue_stream_token(
+    pool: &DbPool,
+    key: Uuid,
+    ttl: std::time::Duration,
+) -> Result<(String, chrono::DateTime<Utc>), DbError> {
+    let mut bytes = [0u8; KEY_BYTES];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = format!("{STREAM_TOKEN_PREFIX}{}", hex::encode(bytes));
+    let expires_at = Utc::now()
+        + chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::minutes(5));
+    let mut conn = db::conn(pool).await?;
+    db::events::insert_token(&mut conn, &hash_key(&token), key, expires_at).await?;
+    Ok((token, expires_at))
+}
+
+/// The owner whose streams an unexpired stream token opens.
+pub async fn stream_token_owner(pool: &DbPool, token: &str) -> Result<Option<Uuid>, DbError> {
+    if !token.starts_with(STREAM_TOKEN_PREFIX) {
+        return Ok(None);
+    }
+    let mut conn = db::conn(pool).await?;
+    db::events::token_owner(&mut conn, &hash_key(token)).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

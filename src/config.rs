@@ -28,6 +28,7 @@ const SECTIONS: &[&str] = &[
     "limits",
     "fetch",
     "import",
+    "events",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub fetch: FetchConfig,
     pub import: ImportConfig,
+    pub events: EventsConfig,
     pub variants: BTreeMap<String, VariantConfig>,
 }
 
@@ -115,6 +117,24 @@ pub struct RetryConfig {
     pub max_attempts: u32,
     pub base_delay_ms: u64,
     pub max_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Days an event is kept in the log.
+    pub retention_days: u32,
+    /// How often old events and expired stream tokens are removed.
+    pub prune_interval_secs: u64,
+    /// Seconds between keep-alive comments on an idle SSE stream (and WebSocket pings).
+    pub keepalive_secs: u64,
+    /// How often an API process reads the log on its own while Redis cannot tell it that
+    /// events were written.
+    pub fallback_poll_ms: u64,
+    /// Longest `wait` a long-poll request may ask for.
+    pub max_wait_secs: u64,
+    /// Lifetime of a stream token (`POST /v1/events/tokens`).
+    pub token_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -318,6 +338,17 @@ impl Config {
             );
         }
         crate::fetch::Rules::new(&self.fetch.allow).map_err(ConfigError::Invalid)?;
+        if self.events.retention_days == 0
+            || self.events.keepalive_secs == 0
+            || self.events.fallback_poll_ms == 0
+            || self.events.token_ttl_secs == 0
+        {
+            return invalid(
+                "events.retention_days, keepalive_secs, fallback_poll_ms and token_ttl_secs \
+                 must be > 0"
+                    .into(),
+            );
+        }
         if self.import.max_products == 0 || self.import.max_images_per_product == 0 {
             return invalid(
                 "import.max_products and import.max_images_per_product must be > 0".into(),

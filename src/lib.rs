@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod dispatch;
+pub mod events;
 pub mod fetch;
 pub mod limits;
 pub mod metrics;

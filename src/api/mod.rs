@@ -6,6 +6,7 @@ pub mod batches;
 pub mod binary;
 pub mod dead_letters;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod import_body;
 pub mod imports;
@@ -14,6 +15,7 @@ pub mod openapi;
 pub mod photos;
 pub mod products;
 pub mod upload;
+pub mod ws;
 
 use std::sync::Arc;
 
@@ -42,6 +44,8 @@ pub struct AppState {
     pub limiter: crate::limits::Limiter,
     /// The address rules import URLs are checked against before they are accepted.
     pub fetch_rules: Arc<crate::fetch::Rules>,
+    /// Hands this process's event followers their owners' new events.
+    pub hub: crate::events::Hub,
 }
 
 /// Largest JSON body accepted (the JSON routes take a few small fields).
@@ -78,7 +82,7 @@ fn spec() -> DefaultApiRaw {
             ),
             ..Default::default()
         },
-        tags: ["Photos", "Batches", "Imports", "DeadLetters", "Operations"]
+        tags: ["Photos", "Batches", "Imports", "Events", "DeadLetters", "Operations"]
             .iter()
             .map(|t| Tag {
                 name: (*t).into(),
@@ -142,6 +146,14 @@ pub fn app(
                         .route(web::get().to(photos::get_original)),
                 )
                 .service(web::resource("/batches/{id}").route(web::get().to(batches::get_batch)))
+                .service(
+                    web::resource("/batches/{id}/events")
+                        .route(web::get().to(events::batch_events)),
+                )
+                .service(web::resource("/events").route(web::get().to(events::events)))
+                .service(
+                    web::resource("/events/tokens").route(web::post().to(events::create_token)),
+                )
                 .service(web::resource("/imports").route(web::post().to(imports::create_import)))
                 .service(web::resource("/imports/{id}").route(web::get().to(imports::get_import)))
                 .service(web::resource("/products").route(web::get().to(products::list_products)))
@@ -155,6 +167,8 @@ pub fn app(
         .with_swagger_ui_at(DOCS_PATH)
         .build()
         .route("/metrics", actix_web::web::get().to(health::metrics))
+        // A WebSocket upgrade, outside paperclip; `openapi::amend` documents it.
+        .route("/v1/ws", actix_web::web::get().to(ws::ws))
         .default_service(actix_web::web::to(|| async {
             ApiError::NotFound("route").into_response()
         }))

@@ -9,7 +9,9 @@
 //! - an import's CSV body is text, not the JSON schema;
 //! - query parameters state their ranges, formats and values;
 //! - each route lists the error statuses it can answer, and no others;
-//! - `/readyz` documents its 200 and 503 bodies.
+//! - `/readyz` documents its 200 and 503 bodies;
+//! - the event routes answer `text/event-stream` too, and take a header key or a token;
+//! - the WebSocket route (outside paperclip) is described with its messages.
 
 use serde_json::{json, Map, Value};
 
@@ -30,7 +32,15 @@ const ONLY_ON: &[(&str, &[(&str, &str)])] = &[
 ];
 
 /// Routes that answer no 404 (they name nothing that could be missing).
-const NEVER_404: &[(&str, &str)] = &[("post", "/v1/photos"), ("post", "/v1/imports")];
+const NEVER_404: &[(&str, &str)] = &[
+    ("post", "/v1/photos"),
+    ("post", "/v1/imports"),
+    ("get", "/v1/events"),
+    ("post", "/v1/events/tokens"),
+];
+
+/// Routes that follow the event log: SSE or long-poll, by `Accept`.
+const EVENT_ROUTES: &[&str] = &["/v1/events", "/v1/batches/{id}/events"];
 
 /// Image routes and the types their bytes come in.
 const IMAGE_ROUTES: &[&str] = &[
@@ -64,6 +74,9 @@ pub fn amend(spec: &mut Value) {
             if IMAGE_ROUTES.contains(&path.as_str()) {
                 image_content(responses);
             }
+            if EVENT_ROUTES.contains(&path.as_str()) {
+                event_stream_content(responses);
+            }
             if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
                 for p in params {
                     describe_parameter(path, p);
@@ -96,6 +109,80 @@ pub fn amend(spec: &mut Value) {
         );
     }
     readiness(spec);
+    event_security(spec);
+    websocket(spec);
+}
+
+/// The event routes answer an SSE stream beside the long-poll JSON.
+fn event_stream_content(responses: &mut Map<String, Value>) {
+    let Some(Value::Object(content)) = responses.get_mut("200").and_then(|r| r.get_mut("content"))
+    else {
+        return;
+    };
+    content.insert(
+        "text/event-stream".into(),
+        json!({"schema": {
+            "type": "string",
+            "description": "Server-Sent Events: `id: <event id>`, `event: <type>`, \
+                            `data: <the Event as JSON>` per event; `event: reset` when the \
+                            requested position is older than the log; `: keep-alive` \
+                            comments while idle.",
+        }}),
+    );
+}
+
+/// The event routes take the key in the header or a stream token in the query: either.
+fn event_security(spec: &mut Value) {
+    let schemes: Vec<String> = spec
+        .pointer("/components/securitySchemes")
+        .and_then(Value::as_object)
+        .map(|s| s.keys().cloned().collect())
+        .unwrap_or_default();
+    let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for path in EVENT_ROUTES {
+        if let Some(op) = paths.get_mut(*path).and_then(|p| p.get_mut("get")) {
+            let either: Vec<Value> = schemes.iter().map(|s| json!({ s: [] })).collect();
+            op["security"] = Value::Array(either);
+        }
+    }
+}
+
+/// `/v1/ws` is a WebSocket upgrade that paperclip does not see.
+fn websocket(spec: &mut Value) {
+    let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let error = json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}});
+    let either: Vec<Value> = ["Caller", "StreamCaller"]
+        .iter()
+        .map(|s| json!({ *s: [] }))
+        .collect();
+    paths.insert(
+        "/v1/ws".into(),
+        json!({"get": {
+            "tags": ["Events"],
+            "summary": "Follow events over a WebSocket",
+            "description": "Upgrades to a WebSocket (key in the header, or `?token=` from \
+                `POST /v1/events/tokens`). Send JSON text messages \
+                `{\"type\": \"subscribe\", \"batch\": <id, optional>, \"after\": <event id, optional>}` \
+                and `{\"type\": \"unsubscribe\", \"batch\": <id, optional>}`; photoq sends \
+                `subscribed`, `event` (`{\"type\": \"event\", \"batch\", \"event\": Event}`), \
+                `reset`, `unsubscribed` (`reason`: `requested` or `batch_finished`) and \
+                `error` messages, and pings every `events.keepalive_secs`.",
+            "security": either,
+            "parameters": [{"name": "token", "in": "query", "required": false,
+                            "schema": {"type": "string"}}],
+            "responses": {
+                "101": {"description": "Switching to the WebSocket protocol"},
+                "400": {"description": "Not a WebSocket upgrade request", "content": error.clone()},
+                "401": {"description": "Missing, unknown or revoked API key or token", "content": error.clone()},
+                "429": {"description": "Too many requests for the key", "content": error.clone()},
+                "503": {"description": "PostgreSQL unreachable", "content": error},
+            },
+        }}),
+    );
 }
 
 /// Properties of object schemas that are not required are nullable: photoq writes an absent
@@ -168,6 +255,8 @@ fn describe_parameter(path: &str, param: &mut Value) {
             json!({"enum": ["processing", "processed", "process_error"]})
         }
         "state" => json!({"enum": ["queued", "processing", "completed", "failed", "dead"]}),
+        "after" => json!({"minimum": 0}),
+        "wait" => json!({"minimum": 0, "default": 30}),
         _ => return,
     };
     if let (Some(Value::Object(schema)), Value::Object(extra)) = (param.get_mut("schema"), extra) {

@@ -63,6 +63,9 @@ pub async fn record(
     respond: impl Fn(&Recorded) -> serde_json::Value + Send + Sync,
 ) -> Result<(Recorded, serde_json::Value), DbError> {
     conn.transaction::<_, DbError, _>(async |conn| {
+        // The event triggers lock the owner's event counter before products; so must we,
+        // before the product upsert below locks products.
+        super::events::lock_owner(conn, owner).await?;
         let now = Utc::now();
         diesel::insert_into(batches::table)
             .values(&Batch {
@@ -181,6 +184,20 @@ pub async fn record(
                 .execute(conn)
                 .await?;
         }
+        // Linked before the images, so that the products' events name this import.
+        let links: Vec<_> = product_ids
+            .iter()
+            .map(|p| {
+                (
+                    import_products::import_id.eq(import_id),
+                    import_products::product_id.eq(*p),
+                )
+            })
+            .collect();
+        diesel::insert_into(import_products::table)
+            .values(links)
+            .execute(conn)
+            .await?;
         diesel::delete(
             product_images::table.filter(product_images::product_id.eq_any(&product_ids)),
         )
@@ -196,19 +213,6 @@ pub async fn record(
         .bind::<Array<SqlUuid>, _>(&img_photo)
         .execute(conn)
         .await?;
-        let links: Vec<_> = product_ids
-            .iter()
-            .map(|p| {
-                (
-                    import_products::import_id.eq(import_id),
-                    import_products::product_id.eq(*p),
-                )
-            })
-            .collect();
-        diesel::insert_into(import_products::table)
-            .values(links)
-            .execute(conn)
-            .await?;
         let response = respond(&recorded);
         if let Some(key) = idempotency {
             super::idempotency::insert(conn, owner, key, import_id, &response).await?;
@@ -243,22 +247,15 @@ pub async fn get(
         .optional()?)
 }
 
-/// A product's status as its images add up: `processing` while any image is queued or
-/// processing, then `process_error` if any failed or is dead, else `processed`.
-const PRODUCT_STATE: &str = "CASE \
-    WHEN bool_or(ph.state IN ('queued', 'processing')) THEN 'processing' \
-    WHEN bool_or(ph.state IN ('failed', 'dead')) THEN 'process_error' \
-    ELSE 'processed' END";
-
-/// Products with their status, joined to their images' photos; `rest` adds the WHERE
-/// clause and what follows it (`pr`, `pi` and `ph` are the tables).
+/// Products with their status (`pr`); `rest` adds the WHERE clause and what follows it.
+/// The status is kept by the event triggers as the images add up: `processing` while any
+/// image is queued or processing, then `process_error` if any failed or is dead, else
+/// `processed`.
 fn products_query(rest: &str) -> String {
     format!(
         "SELECT pr.id, pr.external_id, pr.name, pr.created_at, pr.updated_at, \
-                {PRODUCT_STATE} AS state \
+                coalesce(pr.state, 'processing') AS state \
          FROM products AS pr \
-         JOIN product_images AS pi ON pi.product_id = pr.id \
-         JOIN photos AS ph ON ph.id = pi.photo_id \
          {rest}"
     )
 }
@@ -298,17 +295,16 @@ pub async fn list_products(
     owner: Uuid,
     filter: &ProductFilter,
 ) -> Result<Vec<ProductRow>, DbError> {
-    let sql = products_query(&format!(
+    let sql = products_query(
         "WHERE pr.owner_id = $1 \
            AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM import_products AS ip \
                 WHERE ip.product_id = pr.id AND ip.import_id = $2)) \
            AND ($3::text IS NULL OR pr.external_id = $3) \
            AND ($4::uuid IS NULL OR pr.id > $4) \
-         GROUP BY pr.id \
-         HAVING ($5::text IS NULL OR {PRODUCT_STATE} = $5) \
+           AND ($5::text IS NULL OR pr.state = $5) \
          ORDER BY pr.id \
-         LIMIT $6"
-    ));
+         LIMIT $6",
+    );
     Ok(diesel::sql_query(sql)
         .bind::<SqlUuid, _>(owner)
         .bind::<Nullable<SqlUuid>, _>(filter.import)
@@ -326,7 +322,7 @@ pub async fn product(
     owner: Uuid,
     id: Uuid,
 ) -> Result<Option<ProductRow>, DbError> {
-    let sql = products_query("WHERE pr.owner_id = $1 AND pr.id = $2 GROUP BY pr.id");
+    let sql = products_query("WHERE pr.owner_id = $1 AND pr.id = $2");
     Ok(diesel::sql_query(sql)
         .bind::<SqlUuid, _>(owner)
         .bind::<SqlUuid, _>(id)
@@ -361,16 +357,13 @@ pub async fn counts(
     conn: &mut AsyncPgConnection,
     import: Uuid,
 ) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), DbError> {
-    let products: Vec<StateCount> = diesel::sql_query(format!(
-        "SELECT state, count(*) AS n FROM ( \
-             SELECT {PRODUCT_STATE} AS state \
-             FROM import_products AS ip \
-             JOIN product_images AS pi ON pi.product_id = ip.product_id \
-             JOIN photos AS ph ON ph.id = pi.photo_id \
-             WHERE ip.import_id = $1 \
-             GROUP BY ip.product_id) AS s \
-         GROUP BY state"
-    ))
+    let products: Vec<StateCount> = diesel::sql_query(
+        "SELECT coalesce(pr.state, 'processing') AS state, count(*) AS n \
+         FROM import_products AS ip \
+         JOIN products AS pr ON pr.id = ip.product_id \
+         WHERE ip.import_id = $1 \
+         GROUP BY 1",
+    )
     .bind::<SqlUuid, _>(import)
     .load(conn)
     .await?;

@@ -3,6 +3,7 @@
 
 pub mod attempts;
 pub mod batches;
+pub mod events;
 pub mod idempotency;
 pub mod imports;
 pub mod jobs;

@@ -16,6 +16,10 @@ diesel::table! {
         id -> Uuid,
         owner_id -> Uuid,
         created_at -> Timestamptz,
+        total -> Int4,
+        unfinished -> Int4,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -64,6 +68,7 @@ diesel::table! {
         name -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        state -> Nullable<Text>,
     }
 }
 
@@ -121,7 +126,38 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    event_counters (owner_id) {
+        owner_id -> Uuid,
+        last_id -> Int8,
+        pruned_through -> Int8,
+    }
+}
+
+diesel::table! {
+    events (owner_id, id) {
+        owner_id -> Uuid,
+        id -> Int8,
+        #[sql_name = "type"]
+        type_ -> Text,
+        batch_id -> Nullable<Uuid>,
+        photo_id -> Nullable<Uuid>,
+        product_id -> Nullable<Uuid>,
+        data -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    stream_tokens (token_hash) {
+        token_hash -> Text,
+        key_id -> Uuid,
+        expires_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(batches -> api_keys (owner_id));
+diesel::joinable!(stream_tokens -> api_keys (key_id));
 diesel::joinable!(photos -> api_keys (owner_id));
 diesel::joinable!(photos -> batches (batch_id));
 diesel::joinable!(variants -> photos (photo_id));
@@ -137,6 +173,8 @@ diesel::joinable!(product_images -> photos (photo_id));
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     batches,
+    event_counters,
+    events,
     idempotency_keys,
     import_products,
     imports,
@@ -144,5 +182,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     photos,
     product_images,
     products,
+    stream_tokens,
     variants,
 );

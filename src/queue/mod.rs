@@ -209,6 +209,8 @@ impl LazyConn {
 pub struct Queue {
     conn: LazyConn,
     keys: Keys,
+    /// Wakes the task that publishes "events written" notices (started on first use).
+    notices: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<()>>>,
 }
 
 impl Queue {
@@ -217,6 +219,7 @@ impl Queue {
         Ok(Queue {
             conn: LazyConn::new(config, Duration::from_secs(config.response_timeout_secs))?,
             keys: Keys::new(&config.prefix),
+            notices: Arc::default(),
         })
     }
 
@@ -417,6 +420,44 @@ impl Queue {
     pub async fn lane_len(&self, lane: Lane) -> Result<u64, QueueError> {
         let mut conn = self.conn.get().await?;
         Ok(conn.xlen(self.keys.stream(lane)).await?)
+    }
+
+    /// The pub/sub channel that tells API processes new events are in the log.
+    pub fn events_channel(&self) -> String {
+        self.keys.other("events")
+    }
+
+    /// Tells every API process, through Redis pub/sub, that events were committed; call it
+    /// after a transaction that changed photos. Never waits: notices are published by a
+    /// background task, and those asked for while one is on its way fold into the next.
+    /// A lost notice delays events by at most `events.fallback_poll_ms`-ish polling, never
+    /// loses them: the log is in PostgreSQL.
+    pub fn events_written(&self) {
+        let tx = self.notices.get_or_init(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+            let queue = self.clone();
+            tokio::spawn(async move {
+                let channel = queue.events_channel();
+                while rx.recv().await.is_some() {
+                    let sent: Result<(), QueueError> = async {
+                        let mut conn = queue.conn.get().await?;
+                        let _: i64 = conn.publish(&channel, 1).await?;
+                        Ok(())
+                    }
+                    .await;
+                    if let Err(e) = sent {
+                        tracing::debug!(error = %e, "events notice not published");
+                    }
+                }
+            });
+            tx
+        });
+        let _ = tx.try_send(());
+    }
+
+    /// A connection of its own for subscribing to pub/sub channels.
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, QueueError> {
+        Ok(self.conn.client.get_async_pubsub().await?)
     }
 
     pub async fn ping(&self) -> Result<(), QueueError> {

@@ -174,6 +174,7 @@ pub async fn start_all(ctx: &WorkerContext, deliveries: Vec<Delivery>) -> Vec<St
     let mut ready = Vec::new();
     match started {
         Ok(starts) => {
+            ctx.queue.events_written();
             for (photo, attempt) in starts.started {
                 if let Some(d) = entries.remove(&photo.id) {
                     ready.push(Started {
@@ -412,7 +413,11 @@ async fn end(
     ending: Ending<'_>,
 ) -> Result<bool, JobError> {
     let mut conn = db::conn(&ctx.pool).await?;
-    Ok(db::jobs::finish(&mut conn, photo_id, attempt, ending).await?)
+    let changed = db::jobs::finish(&mut conn, photo_id, attempt, ending).await?;
+    if changed {
+        ctx.queue.events_written();
+    }
+    Ok(changed)
 }
 
 /// Gives the job back to the stream unfinished, to be delivered again at once; its attempt
@@ -429,8 +434,15 @@ async fn give_back(
     // `processing` under this attempt and the reconciler reclaims it.
     if let Ok(mut conn) = db::conn(&ctx.pool).await {
         let back = Ending::HandBack { entry: new_entry };
-        if let Err(e) = db::jobs::finish(&mut conn, photo_id, attempt, back).await {
-            tracing::warn!(error = %e, "hand-back not recorded; the reconciler will reclaim the attempt");
+        match db::jobs::finish(&mut conn, photo_id, attempt, back).await {
+            Ok(changed) => {
+                if changed {
+                    ctx.queue.events_written();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "hand-back not recorded; the reconciler will reclaim the attempt")
+            }
         }
     }
     handed?;

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod fixture;
+pub mod sse;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

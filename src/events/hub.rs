@@ -1,0 +1,211 @@
+//! One per API process: the Redis pub/sub listener and the per-owner feeds.
+//!
+//! A feed exists while somebody follows its owner. It reads the owner's new events from the
+//! log when Redis says events were written (or, while Redis cannot say, every
+//! `events.fallback_poll_ms`; and every [`SAFETY_POLL`] in any case), and broadcasts each
+//! once to its followers. So 2,000 followers of one owner cost one query per notice, not
+//! 2,000.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::Event;
+use crate::config::EventsConfig;
+use crate::db::{self, DbPool};
+use crate::queue::Queue;
+
+/// Events a follower may fall behind its feed before it reads the log instead.
+const FEED_BUFFER: usize = 1024;
+/// Events a feed reads per query.
+pub(super) const PAGE: i64 = 500;
+/// A feed reads the log this often even while Redis notices arrive (a notice can be lost
+/// between a publisher and Redis).
+const SAFETY_POLL: Duration = Duration::from_secs(5);
+/// Wait before subscribing to Redis again after losing it.
+const RESUBSCRIBE: Duration = Duration::from_secs(1);
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: DbPool,
+    config: EventsConfig,
+    feeds: Mutex<HashMap<Uuid, broadcast::Sender<Arc<Event>>>>,
+    /// Bumped on every Redis notice.
+    wake: watch::Sender<u64>,
+    /// True while the pub/sub subscription is up.
+    redis_up: AtomicBool,
+    shutdown: CancellationToken,
+}
+
+impl Hub {
+    /// Starts the Redis listener; feeds start with their first follower.
+    pub fn start(
+        pool: DbPool,
+        queue: Queue,
+        config: EventsConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let hub = Hub {
+            inner: Arc::new(Inner {
+                pool,
+                config,
+                feeds: Mutex::new(HashMap::new()),
+                wake: watch::Sender::new(0),
+                redis_up: AtomicBool::new(false),
+                shutdown,
+            }),
+        };
+        tokio::spawn(hub.clone().listen(queue));
+        hub
+    }
+
+    pub(super) fn pool(&self) -> &DbPool {
+        &self.inner.pool
+    }
+
+    pub(super) fn stopping(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// Resolves when the process begins to shut down.
+    pub async fn stopped(&self) {
+        self.inner.shutdown.cancelled().await
+    }
+
+    pub fn config(&self) -> &EventsConfig {
+        &self.inner.config
+    }
+
+    /// True while Redis pub/sub tells this process about new events (else it polls).
+    pub fn notified(&self) -> bool {
+        self.inner.redis_up.load(Ordering::Relaxed)
+    }
+
+    /// Owners with a feed in this process now.
+    pub fn feeds(&self) -> usize {
+        self.inner.feeds.lock().map(|f| f.len()).unwrap_or(0)
+    }
+
+    /// A receiver of `owner`'s new events, starting the owner's feed if needed.
+    pub(super) fn subscribe(&self, owner: Uuid) -> broadcast::Receiver<Arc<Event>> {
+        let mut feeds = match self.inner.feeds.lock() {
+            Ok(f) => f,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(tx) = feeds.get(&owner) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = broadcast::channel(FEED_BUFFER);
+        feeds.insert(owner, tx.clone());
+        tokio::spawn(self.clone().feed(owner, tx));
+        rx
+    }
+
+    /// Listens on the events channel, bumping `wake` per notice; subscribes again after
+    /// Redis goes away.
+    async fn listen(self, queue: Queue) {
+        let channel = queue.events_channel();
+        loop {
+            match queue.pubsub().await {
+                Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                    Ok(()) => {
+                        self.inner.redis_up.store(true, Ordering::Relaxed);
+                        // Anything written while unsubscribed is picked up now.
+                        self.inner.wake.send_modify(|n| *n += 1);
+                        let mut messages = pubsub.on_message();
+                        loop {
+                            tokio::select! {
+                                _ = self.inner.shutdown.cancelled() => return,
+                                msg = messages.next() => match msg {
+                                    Some(_) => self.inner.wake.send_modify(|n| *n += 1),
+                                    None => break,
+                                },
+                            }
+                        }
+                        tracing::warn!("redis pub/sub lost; events are polled until it is back");
+                    }
+                    Err(e) => tracing::debug!(error = %e, "subscribing to events failed"),
+                },
+                Err(e) => tracing::debug!(error = %e, "redis pub/sub unavailable"),
+            }
+            self.inner.redis_up.store(false, Ordering::Relaxed);
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RESUBSCRIBE) => {}
+            }
+        }
+    }
+
+    /// `owner`'s feed: reads new events from the log and broadcasts them, until nobody
+    /// follows (or shutdown).
+    async fn feed(self, owner: Uuid, tx: broadcast::Sender<Arc<Event>>) {
+        let fallback = Duration::from_millis(self.inner.config.fallback_poll_ms);
+        let mut wake = self.inner.wake.subscribe();
+        let mut last: Option<i64> = None;
+        loop {
+            if tx.receiver_count() == 0 {
+                let mut feeds = match self.inner.feeds.lock() {
+                    Ok(f) => f,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                // Followers subscribe under this lock: none can arrive in between.
+                if tx.receiver_count() == 0 {
+                    feeds.remove(&owner);
+                    return;
+                }
+            }
+            match self.read(owner, &mut last, &tx).await {
+                Ok(()) => {}
+                Err(e) => tracing::debug!(error = %e, %owner, "reading the event log failed"),
+            }
+            let poll = if self.notified() { SAFETY_POLL } else { fallback };
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => {
+                    if let Ok(mut feeds) = self.inner.feeds.lock() {
+                        feeds.remove(&owner);
+                    }
+                    return;
+                }
+                _ = wake.changed() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// Broadcasts the events after `last` (from the head at the first call).
+    async fn read(
+        &self,
+        owner: Uuid,
+        last: &mut Option<i64>,
+        tx: &broadcast::Sender<Arc<Event>>,
+    ) -> Result<(), db::DbError> {
+        let mut conn = db::conn(&self.inner.pool).await?;
+        let Some(mut after) = *last else {
+            *last = Some(db::events::head(&mut conn, owner).await?.last_id);
+            return Ok(());
+        };
+        loop {
+            let page = db::events::after(&mut conn, owner, None, after, PAGE).await?;
+            let full = page.events.len() as i64 >= PAGE;
+            after = page.covered(PAGE);
+            for e in page.events {
+                let _ = tx.send(Arc::new(Event::from(e)));
+            }
+            *last = Some(after);
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+}

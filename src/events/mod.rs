@@ -1,0 +1,124 @@
+//! Live progress. The event log is in PostgreSQL (`db::events`; the database's triggers
+//! write it in the transaction of each change); Redis pub/sub only says "something new"
+//! (`Queue::events_written`). Each API process keeps one [`Hub`]: a feed per owner that
+//! somebody follows reads the owner's new events once and hands them to every
+//! [`Follower`] (an SSE stream, a WebSocket subscription, a long-poll request). Followers
+//! resume from an event id by reading the log, and fall back to it whenever they could
+//! have missed something, so every event reaches them once, in id order.
+
+mod follow;
+mod hub;
+
+pub use follow::{Follower, Next, Start};
+pub use hub::Hub;
+
+use chrono::{DateTime, Utc};
+use paperclip::actix::Apiv2Schema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::db::events::EventRow;
+
+/// Every event type, in the order the README and the OpenAPI document list them.
+pub const EVENT_TYPES: &[(&str, &str)] = &[
+    ("photo.queued", "a photo was accepted, or is waiting for its next attempt"),
+    ("photo.processing", "an attempt at a photo started"),
+    ("photo.completed", "a photo's variants are stored"),
+    ("photo.failed", "a photo cannot be processed (its input is at fault)"),
+    ("photo.dead", "a photo ran out of attempts"),
+    ("batch.started", "the first photo of a batch started"),
+    ("batch.completed", "every photo of a batch completed"),
+    (
+        "batch.completed_with_errors",
+        "every photo of a batch finished, some failed or dead",
+    ),
+    ("product.processing", "an imported product has images still being processed"),
+    ("product.processed", "every image of a product is processed"),
+    ("product.process_error", "a product's images are finished, some failed"),
+];
+
+/// The type a client reloads its state after: the events it asked to resume from are gone
+/// (older than the retention) or unknown.
+pub const RESET: &str = "reset";
+
+/// True for the types that end a batch.
+pub fn ends_batch(kind: &str) -> bool {
+    kind == "batch.completed" || kind == "batch.completed_with_errors"
+}
+
+/// One event, as clients receive it (SSE `data:`, long-poll, WebSocket, webhook body).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Apiv2Schema)]
+pub struct Event {
+    /// Per API key: 1, 2, 3, … with no gaps, in commit order. Resume after it with
+    /// `Last-Event-ID` or `after`.
+    pub id: i64,
+    /// One of the event types listed in the README (`photo.completed`, `batch.completed`, …).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When the change was written.
+    pub created_at: DateTime<Utc>,
+    /// The batch (or import) the event belongs to.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub batch_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub photo_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub product_id: Option<Uuid>,
+    /// The change: `state`, `previous_state`, `attempts`, `error_code`, `error`,
+    /// `next_attempt_at`, `width`, `height` for photos; counts for batch ends; `external_id`
+    /// and states for products.
+    pub data: serde_json::Value,
+}
+
+impl From<EventRow> for Event {
+    fn from(r: EventRow) -> Self {
+        Event {
+            id: r.id,
+            kind: r.type_,
+            created_at: r.created_at,
+            batch_id: r.batch_id,
+            photo_id: r.photo_id,
+            product_id: r.product_id,
+            data: r.data,
+        }
+    }
+}
+
+/// Removes events older than the retention and expired stream tokens, every
+/// `events.prune_interval_secs`, until `shutdown`. Every process runs it; the deletes are
+/// chunked and idempotent.
+pub async fn run_pruner(
+    pool: crate::db::DbPool,
+    config: std::sync::Arc<crate::config::Config>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    /// Events removed per statement.
+    const CHUNK: i64 = 10_000;
+    let every = std::time::Duration::from_secs(config.events.prune_interval_secs.max(1));
+    loop {
+        let result: Result<usize, crate::db::DbError> = async {
+            let mut conn = crate::db::conn(&pool).await?;
+            let before = Utc::now() - chrono::Duration::days(config.events.retention_days.into());
+            let mut removed = 0;
+            loop {
+                let n = crate::db::events::prune(&mut conn, before, CHUNK).await?;
+                removed += n;
+                if (n as i64) < CHUNK {
+                    break;
+                }
+            }
+            crate::db::events::prune_tokens(&mut conn, Utc::now()).await?;
+            Ok(removed)
+        }
+        .await;
+        match result {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "pruned events past their retention"),
+            Err(e) => tracing::warn!(error = %e, "pruning events failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

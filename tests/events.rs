@@ -1,0 +1,318 @@
+//! Live progress: the event log read over SSE, long-poll and stream tokens, across API
+//! processes, through a Redis restart, and after retention pruned what a client asked for.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::cluster::{self, Cluster};
+use common::sse::Sse;
+use common::{corpus_dir, read, PrivateRedis, TestApp};
+use photoq::events::Event;
+use serde_json::Value;
+
+fn jpeg(name: &str) -> (String, Vec<u8>) {
+    (name.to_owned(), read(corpus_dir().join("jpg").join(name)))
+}
+
+/// A JPEG cut short: accepted (its bytes start as a JPEG's), then fails to decode.
+fn truncated() -> (String, Vec<u8>) {
+    let mut bytes = read(corpus_dir().join("jpg").join("Canon_40D.jpg"));
+    bytes.truncate(2048);
+    ("cut.jpg".to_owned(), bytes)
+}
+
+/// Checks that `events` is a batch's whole story, told in order: ids increase, every photo
+/// goes queued → processing → a final state with nothing after it, the batch starts once,
+/// after its first photo starts, and ends last. Returns each photo's final state.
+fn assert_story(events: &[Event], batch: &str) -> HashMap<String, String> {
+    assert!(
+        events.windows(2).all(|w| w[0].id < w[1].id),
+        "ids increase: {:?}",
+        events.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    let mut photos: HashMap<String, Vec<&str>> = HashMap::new();
+    let mut started = None;
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.batch_id.map(|b| b.to_string()).as_deref(), Some(batch));
+        if let Some(photo) = e.photo_id {
+            photos
+                .entry(photo.to_string())
+                .or_default()
+                .push(e.kind.as_str());
+        } else if e.kind == "batch.started" {
+            assert!(started.is_none(), "one batch.started");
+            started = Some(i);
+        }
+    }
+    let first_processing = events.iter().position(|e| e.kind == "photo.processing");
+    assert!(started > first_processing, "the batch starts with its first photo");
+    let last = events.last().expect("events");
+    assert!(photoq::events::ends_batch(&last.kind), "ends with the batch: {}", last.kind);
+    let mut finals = HashMap::new();
+    for (photo, kinds) in photos {
+        assert_eq!(kinds[0], "photo.queued", "{photo}: {kinds:?}");
+        assert_eq!(kinds[1], "photo.processing", "{photo}: {kinds:?}");
+        let end = *kinds.last().expect("kinds");
+        assert!(
+            ["photo.completed", "photo.failed", "photo.dead"].contains(&end),
+            "{photo} ends finished: {kinds:?}"
+        );
+        let finishes = kinds.iter().filter(|k| **k == end).count();
+        assert_eq!(finishes, 1, "{photo} finishes once: {kinds:?}");
+        finals.insert(photo, end.trim_start_matches("photo.").to_owned());
+    }
+    finals
+}
+
+/// Reads an SSE stream until the server ends it.
+async fn drain(sse: &mut Sse) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Some(e) = sse.next_event().await {
+        out.push(e);
+    }
+    out
+}
+
+async fn long_poll(app: &TestApp, key: &str, path: &str) -> Value {
+    let res = app.get_as(key, path).await;
+    assert_eq!(res.status(), 200, "GET {path}");
+    res.json().await.expect("json")
+}
+
+fn events_of(page: &Value) -> Vec<Event> {
+    serde_json::from_value(page["events"].clone()).expect("events")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stream_tells_the_whole_story_once_across_a_reconnect_and_then_ends() {
+    let app = TestApp::start().await;
+    let batch = app
+        .upload_ok(vec![
+            jpeg("Canon_40D.jpg"),
+            jpeg("Nikon_D70.jpg"),
+            jpeg("Pentax_K10D.jpg"),
+            truncated(),
+        ])
+        .await;
+    let id = batch["batch_id"].as_str().expect("batch id").to_owned();
+    let url = app.url(&format!("/v1/batches/{id}/events"));
+
+    // Three events, then the connection drops.
+    let mut first = Sse::open(&app.client, &url, Some(&app.key), &[]).await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(first.next_event().await.expect("event"));
+    }
+    drop(first);
+    // Reconnecting with Last-Event-ID gets exactly the rest; the stream ends after the
+    // batch's last event.
+    let last = seen.last().expect("seen").id.to_string();
+    let mut again = Sse::open(&app.client, &url, Some(&app.key), &[("Last-Event-ID", last)]).await;
+    seen.extend(drain(&mut again).await);
+
+    let finals = assert_story(&seen, &id);
+    assert_eq!(finals.len(), 4);
+    assert_eq!(finals.values().filter(|s| *s == "completed").count(), 3);
+    assert_eq!(finals.values().filter(|s| *s == "failed").count(), 1);
+    let end = seen.last().expect("end");
+    assert_eq!(end.kind, "batch.completed_with_errors");
+    assert_eq!(end.data["completed"], 3);
+    assert_eq!(end.data["failed"], 1);
+    let failed = seen.iter().find(|e| e.kind == "photo.failed").expect("failed");
+    assert!(failed.data["error_code"].is_string(), "{:?}", failed.data);
+
+    // The log says the same, as a long-poll page, and the photos agree.
+    let page = long_poll(&app, &app.key, &format!("/v1/batches/{id}/events?after=0&wait=0")).await;
+    assert_eq!(events_of(&page), seen);
+    for photo in app.batch_photos(&id).await {
+        let pid = photo["id"].as_str().expect("id");
+        assert_eq!(Some(photo["state"].as_str().expect("state")), finals.get(pid).map(String::as_str));
+    }
+    // A finished batch's stream, opened again after its end, ends at once.
+    let end_id = end.id.to_string();
+    let mut after_end =
+        Sse::open(&app.client, &url, Some(&app.key), &[("Last-Event-ID", end_id)]).await;
+    assert!(drain(&mut after_end).await.is_empty());
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_tokens_and_resets() {
+    let app = TestApp::start().await;
+    let (_, other_key) = app.new_key("other").await;
+
+    // Nothing yet: an empty page at once.
+    let page = long_poll(&app, &app.key, "/v1/events?wait=0").await;
+    assert_eq!(page["events"], serde_json::json!([]));
+    assert_eq!(page["reset"], false);
+    let head = page["last_event_id"].as_i64().expect("id");
+
+    // A long-poll waiting for the next events answers when they come.
+    let waiting = {
+        let client = app.client.clone();
+        let url = app.url(&format!("/v1/events?after={head}&wait=30"));
+        let key = app.key.clone();
+        tokio::spawn(async move {
+            let res = client.get(url).bearer_auth(key).send().await.expect("poll");
+            assert_eq!(res.status(), 200);
+            res.json::<Value>().await.expect("json")
+        })
+    };
+    let batch = app.upload_ok(vec![jpeg("Canon_40D.jpg")]).await;
+    let id = batch["batch_id"].as_str().expect("batch").to_owned();
+    let answered = waiting.await.expect("long poll");
+    let got = events_of(&answered);
+    assert!(!got.is_empty(), "the long-poll answered with events: {answered}");
+    assert_eq!(got[0].id, head + 1);
+    assert_eq!(got[0].kind, "photo.queued");
+    app.wait_batch(&id).await;
+
+    // Another key sees none of it.
+    let theirs = long_poll(&app, &other_key, "/v1/events?after=0&wait=0").await;
+    assert_eq!(theirs["events"], serde_json::json!([]));
+    let res = app.get_as(&other_key, &format!("/v1/batches/{id}/events?wait=0")).await;
+    assert_eq!(res.status(), 404);
+
+    // A stream token opens the event stream without a header, and nothing else.
+    let res = app
+        .client
+        .post(app.url("/v1/events/tokens"))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(res.status(), 201);
+    let token: Value = res.json().await.expect("json");
+    let token = token["token"].as_str().expect("token").to_owned();
+    let mut sse = Sse::open(
+        &app.client,
+        &app.url(&format!("/v1/batches/{id}/events?token={token}")),
+        None,
+        &[],
+    )
+    .await;
+    assert_story(&drain(&mut sse).await, &id);
+    let res = app
+        .get_public(&format!("/v1/batches/{id}?token={token}"))
+        .await;
+    assert_eq!(res.status(), 401, "a stream token is not an API key");
+    let res = app.get_public("/v1/events?wait=0&token=pqs_0000").await;
+    assert_eq!(res.status(), 401);
+    // Expired: refused.
+    let pool = photoq::db::pool(&app.config.database).expect("pool");
+    let mut conn = photoq::db::conn(&pool).await.expect("conn");
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query("UPDATE stream_tokens SET expires_at = now() - interval '1 second'"),
+        &mut conn,
+    )
+    .await
+    .expect("expire");
+    let res = app
+        .get_public(&format!("/v1/events?wait=0&token={token}"))
+        .await;
+    assert_eq!(res.status(), 401, "an expired token opens nothing");
+
+    // Retention removes the events; a client resuming from one of them is told to reload.
+    let all = long_poll(&app, &app.key, "/v1/events?after=0&wait=0").await;
+    let last = all["last_event_id"].as_i64().expect("last");
+    assert!(last > head);
+    let removed = photoq::db::events::prune(&mut conn, chrono::Utc::now(), 100_000)
+        .await
+        .expect("prune");
+    assert_eq!(removed as i64, last, "every event pruned");
+    let page = long_poll(&app, &app.key, "/v1/events?after=1&wait=0").await;
+    assert_eq!(page["reset"], true);
+    assert_eq!(page["last_event_id"], last);
+    assert_eq!(page["events"], serde_json::json!([]));
+    let mut sse = Sse::open(
+        &app.client,
+        &app.url("/v1/events"),
+        Some(&app.key),
+        &[("Last-Event-ID", "1".into())],
+    )
+    .await;
+    let reset = loop {
+        let m = sse.next().await.expect("message");
+        if !m.data.is_empty() {
+            break m;
+        }
+    };
+    assert_eq!(reset.event, "reset");
+    assert_eq!(reset.id, last.to_string());
+    // Resuming from the newest id is no reset.
+    let page = long_poll(&app, &app.key, &format!("/v1/events?after={last}&wait=0")).await;
+    assert_eq!(page["reset"], false);
+
+    // Bad cursors are refused clearly.
+    let res = app.get("/v1/events?after=-1&wait=0").await;
+    assert_eq!(res.status(), 400);
+    let res = app.get("/v1/events?wait=100000").await;
+    assert_eq!(res.status(), 400);
+    drop(conn);
+    app.finish().await;
+}
+
+/// Two `serve` processes and a worker, on a Redis of the test's own: a client following
+/// node A gets the events of photos uploaded through node B, in order and once each; while
+/// Redis is down it still gets them (read from the log), and after Redis comes back empty
+/// the sequence goes on without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_every_node_in_order_and_survive_a_redis_restart() {
+    let mut redis = PrivateRedis::new();
+    redis.start().await;
+    let mut cluster = Cluster::new("pqevents");
+    cluster.redis_url = redis.url();
+    cluster
+        .set("PHOTOQ_RECONCILER_INTERVAL_SECS", 1)
+        .set("PHOTOQ_RECONCILER_GRACE_SECS", 1)
+        .set("PHOTOQ_REDIS_BLOCK_MS", 250);
+    let key = cluster.key();
+    let (_a, a) = cluster.serve().await;
+    let (_b, b) = cluster.serve().await;
+    let _worker = cluster.work(2);
+    let through_b = cluster::Client::new(&b, &key);
+    let http = common::http_client();
+
+    let mut sse = Sse::open(&http, &format!("{a}/v1/events"), Some(&key), &[]).await;
+    let first = through_b
+        .upload(&[jpeg("Canon_40D.jpg"), jpeg("Nikon_D70.jpg")])
+        .await;
+    let first_id = first["batch_id"].as_str().expect("batch").to_owned();
+    let mut seen = Vec::new();
+    while !seen.last().is_some_and(|e: &Event| e.kind.starts_with("batch.completed")) {
+        seen.push(sse.next_event().await.expect("event"));
+    }
+    assert_story(&seen, &first_id);
+
+    // Redis goes away: uploads are still accepted, and node A still tells of them.
+    redis.stop();
+    let second = through_b
+        .upload(&[jpeg("Pentax_K10D.jpg"), jpeg("Canon_40D.jpg")])
+        .await;
+    let second_id = second["batch_id"].as_str().expect("batch").to_owned();
+    let mut during = Vec::new();
+    while during.len() < 2 {
+        during.push(sse.next_event().await.expect("event while redis is down"));
+    }
+    assert!(during.iter().all(|e| e.kind == "photo.queued"), "{during:?}");
+    // Back, empty: the reconciler publishes the jobs again and the story goes on.
+    redis.start().await;
+    let mut rest = during;
+    while !rest.last().is_some_and(|e: &Event| e.kind.starts_with("batch.completed")) {
+        rest.push(sse.next_event().await.expect("event after redis is back"));
+    }
+    assert_story(&rest, &second_id);
+    seen.extend(rest);
+
+    // Dense: every id from the first on, once each, which is exactly the log.
+    let ids: Vec<i64> = seen.iter().map(|e| e.id).collect();
+    let expected: Vec<i64> = (ids[0]..ids[0] + ids.len() as i64).collect();
+    assert_eq!(ids, expected, "every id once, in order");
+    let log = through_b
+        .get(&format!("/v1/events?after={}&wait=0", ids[0] - 1))
+        .await;
+    assert_eq!(events_of(&log), seen, "what A streamed is the log B reads");
+    drop(sse);
+    cluster.cleanup().await;
+}
