@@ -316,3 +316,123 @@ async fn events_reach_every_node_in_order_and_survive_a_redis_restart() {
     drop(sse);
     cluster.cleanup().await;
 }
+
+mod ws {
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{json, Value};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    use super::*;
+
+    type Socket =
+        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+    async fn connect(app: &TestApp, query: &str, key: Option<&str>) -> Socket {
+        let url = format!("{}/v1/ws{query}", app.base.replacen("http", "ws", 1));
+        let mut req = url.into_client_request().expect("request");
+        if let Some(key) = key {
+            req.headers_mut()
+                .insert("Authorization", format!("Bearer {key}").parse().expect("header"));
+        }
+        tokio_tungstenite::connect_async(req).await.expect("websocket").0
+    }
+
+    async fn send(socket: &mut Socket, message: Value) {
+        socket
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    /// The next JSON message (pings are answered by the library).
+    async fn next(socket: &mut Socket) -> Value {
+        loop {
+            let m = tokio::time::timeout(common::sse::NEXT_TIMEOUT, socket.next())
+                .await
+                .expect("a message in time")
+                .expect("socket open")
+                .expect("message");
+            if let Message::Text(text) = m {
+                return serde_json::from_str(&text).expect("json");
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_websocket_follows_batches_and_everything_and_resumes() {
+        let app = TestApp::start().await;
+        let mut socket = connect(&app, "", Some(&app.key)).await;
+
+        // Malformed messages get an error, and the connection stays.
+        send(&mut socket, json!({"type": "subscribe", "batch": "nope"})).await;
+        assert_eq!(next(&mut socket).await["code"], "bad_message");
+        send(&mut socket, json!({"type": "subscribe", "batch": uuid::Uuid::now_v7()})).await;
+        assert_eq!(next(&mut socket).await["code"], "not_found");
+
+        let batch = app
+            .upload_ok(vec![jpeg("Canon_40D.jpg"), jpeg("Nikon_D70.jpg")])
+            .await;
+        let id = batch["batch_id"].as_str().expect("batch").to_owned();
+        send(&mut socket, json!({"type": "subscribe", "batch": id})).await;
+        let subscribed = next(&mut socket).await;
+        assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+        let mut events = Vec::new();
+        loop {
+            let m = next(&mut socket).await;
+            match m["type"].as_str() {
+                Some("event") => {
+                    assert_eq!(m["batch"], json!(id));
+                    events.push(serde_json::from_value::<Event>(m["event"].clone()).expect("event"));
+                }
+                Some("unsubscribed") => {
+                    assert_eq!(m["reason"], "batch_finished");
+                    break;
+                }
+                other => panic!("unexpected {other:?}: {m}"),
+            }
+        }
+        assert_story(&events, &id);
+
+        // All events, resumed from the batch's second event: the rest of it, in order.
+        let after = events[1].id;
+        send(&mut socket, json!({"type": "subscribe", "after": after})).await;
+        assert_eq!(next(&mut socket).await["type"], "subscribed");
+        let mut rest = Vec::new();
+        while rest.len() < events.len() - 2 {
+            let m = next(&mut socket).await;
+            assert_eq!(m["type"], "event", "{m}");
+            assert_eq!(m["batch"], Value::Null);
+            rest.push(serde_json::from_value::<Event>(m["event"].clone()).expect("event"));
+        }
+        assert_eq!(rest, events[2..]);
+        send(&mut socket, json!({"type": "unsubscribe"})).await;
+        let m = next(&mut socket).await;
+        assert_eq!((m["type"].as_str(), m["reason"].as_str()), (Some("unsubscribed"), Some("requested")));
+        drop(socket);
+
+        // A browser's way in: a stream token in the query.
+        let res = app
+            .client
+            .post(app.url("/v1/events/tokens"))
+            .bearer_auth(&app.key)
+            .send()
+            .await
+            .expect("token");
+        let token: Value = res.json().await.expect("json");
+        let token = token["token"].as_str().expect("token");
+        let mut socket = connect(&app, &format!("?token={token}"), None).await;
+        send(&mut socket, json!({"type": "subscribe", "batch": id, "after": 0})).await;
+        assert_eq!(next(&mut socket).await["type"], "subscribed");
+        let first = next(&mut socket).await;
+        assert_eq!(first["event"]["id"], json!(events[0].id));
+        drop(socket);
+        let refused = tokio_tungstenite::connect_async(format!(
+            "{}/v1/ws?token=pqs_bogus",
+            app.base.replacen("http", "ws", 1)
+        ))
+        .await;
+        assert!(refused.is_err(), "a bad token opens no socket");
+        app.finish().await;
+    }
+}

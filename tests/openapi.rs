@@ -369,6 +369,45 @@ async fn every_route_answers_as_documented() {
     ];
     contract.check_gets(&app, &cases).await;
 
+    // Events: long-poll pages, a finished import's SSE stream (which ends), tokens, and the
+    // WebSocket route refusing a plain GET.
+    let cases = [
+        ("/v1/events?after=0&wait=0".to_owned(), "/v1/events", 200),
+        ("/v1/events?after=-1".into(), "/v1/events", 400),
+        ("/v1/events?wait=100000".into(), "/v1/events", 400),
+        (
+            format!("/v1/batches/{import_id}/events?wait=0"),
+            "/v1/batches/{id}/events",
+            200,
+        ),
+        (
+            format!("/v1/batches/{nobody}/events?wait=0"),
+            "/v1/batches/{id}/events",
+            404,
+        ),
+        ("/v1/ws".into(), "/v1/ws", 400),
+    ];
+    contract.check_gets(&app, &cases).await;
+    let res = app
+        .client
+        .get(app.url(&format!("/v1/batches/{import_id}/events")))
+        .bearer_auth(&app.key)
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let template = "/v1/batches/{id}/events";
+    assert_eq!(contract.check("get", template, res).await.0, 200);
+    let res = app.get_public("/v1/events?wait=0").await;
+    assert_eq!(contract.check("get", "/v1/events", res).await.0, 401);
+    let res = app.get_public("/v1/ws?token=pqs_nothing").await;
+    assert_eq!(contract.check("get", "/v1/ws", res).await.0, 401);
+    let tokens = "/v1/events/tokens";
+    let res = post(tokens).send().await.unwrap();
+    assert_eq!(contract.check("post", tokens, res).await.0, 201);
+    let res = app.client.post(app.url(tokens)).send().await.unwrap();
+    assert_eq!(contract.check("post", tokens, res).await.0, 401);
+
     contract.assert_all_seen();
     app.finish().await;
     fixture.stop().await;

@@ -144,7 +144,8 @@ BEGIN
             UPDATE products SET state = now_state WHERE id = p.id;
             evs := evs || ROW(
                 p.owner_id, 'product.' || now_state,
-                (SELECT max(ip.import_id) FROM import_products AS ip WHERE ip.product_id = p.id),
+                (SELECT ip.import_id FROM import_products AS ip WHERE ip.product_id = p.id
+                 ORDER BY ip.import_id DESC LIMIT 1),
                 NULL, p.id,
                 jsonb_strip_nulls(jsonb_build_object(
                     'product_id', p.id, 'external_id', p.external_id,

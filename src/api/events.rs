@@ -11,7 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse, Responder};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use paperclip::actix::{api_v2_operation, Apiv2Schema, CreatedJson, OperationModifier};
-use paperclip::v2::models::{DefaultOperationRaw, Either, Response};
+use paperclip::v2::models::{DefaultOperationRaw, DefaultSchemaRaw, Either, Response};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -80,6 +80,11 @@ impl Responder for EventsAnswer {
 impl paperclip::v2::schema::Apiv2Schema for EventsAnswer {}
 
 impl OperationModifier for EventsAnswer {
+    /// The long-poll page's schemas (and the event's) go into the document's components.
+    fn update_definitions(map: &mut std::collections::BTreeMap<String, DefaultSchemaRaw>) {
+        <paperclip::actix::web::Json<EventPage> as OperationModifier>::update_definitions(map);
+    }
+
     fn update_response(op: &mut DefaultOperationRaw) {
         op.responses.insert(
             "200".into(),
@@ -91,7 +96,7 @@ impl OperationModifier for EventsAnswer {
                      keep-alive comments. Otherwise a long-poll page as JSON."
                         .into(),
                 ),
-                schema: Some(<EventPage as paperclip::v2::schema::Apiv2Schema>::raw_schema()),
+                schema: Some(<EventPage as paperclip::v2::schema::Apiv2Schema>::schema_with_ref()),
                 ..Default::default()
             }),
         );

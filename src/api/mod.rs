@@ -109,6 +109,9 @@ pub fn app(
         .wrap(actix_web::middleware::from_fn(guard_docs))
         .wrap(actix_web::middleware::from_fn(amend_spec))
         .wrap(actix_web::middleware::Logger::new(ACCESS_LOG_FORMAT))
+        // A WebSocket upgrade, outside paperclip (`openapi::amend` documents it); ahead of
+        // the `/v1` scope, which would otherwise take the path.
+        .route("/v1/ws", actix_web::web::get().to(ws::ws))
         .wrap_api_with_spec(spec())
         .app_data(actix_web::web::Data::new(state))
         .app_data(actix_web::web::PathConfig::default().error_handler(|e, _| path_error(e)))
@@ -167,8 +170,6 @@ pub fn app(
         .with_swagger_ui_at(DOCS_PATH)
         .build()
         .route("/metrics", actix_web::web::get().to(health::metrics))
-        // A WebSocket upgrade, outside paperclip; `openapi::amend` documents it.
-        .route("/v1/ws", actix_web::web::get().to(ws::ws))
         .default_service(actix_web::web::to(|| async {
             ApiError::NotFound("route").into_response()
         }))
