@@ -29,6 +29,7 @@ const SECTIONS: &[&str] = &[
     "fetch",
     "import",
     "events",
+    "webhooks",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,7 @@ pub struct Config {
     pub fetch: FetchConfig,
     pub import: ImportConfig,
     pub events: EventsConfig,
+    pub webhooks: WebhooksConfig,
     pub variants: BTreeMap<String, VariantConfig>,
 }
 
@@ -135,6 +137,33 @@ pub struct EventsConfig {
     pub max_wait_secs: u64,
     /// Lifetime of a stream token (`POST /v1/events/tokens`).
     pub token_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Attempts at a delivery before it is dead.
+    pub max_attempts: u32,
+    /// Backoff between attempts: base × 2^(attempt-1), at most max, with jitter.
+    pub base_delay_ms: u64,
+    pub max_delay_ms: u64,
+    /// Longest a receiver may take to answer.
+    pub timeout_ms: u64,
+    /// Deliveries one worker process makes at once.
+    pub concurrency: usize,
+    /// How often a worker looks for due deliveries.
+    pub poll_ms: u64,
+}
+
+impl WebhooksConfig {
+    /// The backoff policy, in the shape the photo retries use.
+    pub fn retry(&self) -> RetryConfig {
+        RetryConfig {
+            max_attempts: self.max_attempts,
+            base_delay_ms: self.base_delay_ms,
+            max_delay_ms: self.max_delay_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -347,6 +376,15 @@ impl Config {
                 "events.retention_days, keepalive_secs, fallback_poll_ms and token_ttl_secs \
                  must be > 0"
                     .into(),
+            );
+        }
+        if self.webhooks.max_attempts == 0
+            || self.webhooks.timeout_ms == 0
+            || self.webhooks.concurrency == 0
+            || self.webhooks.poll_ms == 0
+        {
+            return invalid(
+                "webhooks.max_attempts, timeout_ms, concurrency and poll_ms must be > 0".into(),
             );
         }
         if self.import.max_products == 0 || self.import.max_images_per_product == 0 {

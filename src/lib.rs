@@ -22,4 +22,5 @@ pub mod render;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+pub mod webhooks;
 pub mod worker;

@@ -76,6 +76,33 @@ async fn an_import_downloads_processes_and_reports_each_product() {
     assert_eq!(import["images"]["completed"], 5, "{import}");
     assert_eq!(import["images"]["failed"], 2, "{import}");
 
+    // The import's event stream tells each product's way: first `processing`, then its
+    // end, once, after the images it depends on.
+    let page = app
+        .get_json(&format!("/v1/batches/{id}/events?after=0&wait=0"))
+        .await;
+    let events = page["events"].as_array().unwrap();
+    for p in accepted["products"].as_array().unwrap() {
+        let pid = &p["id"];
+        let kinds: Vec<&str> = events
+            .iter()
+            .filter(|e| &e["product_id"] == pid)
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds.first(), Some(&"product.processing"), "{pid}: {kinds:?}");
+        assert_eq!(kinds.len(), 2, "{pid}: {kinds:?}");
+        assert!(
+            ["product.processed", "product.process_error"].contains(&kinds[1]),
+            "{kinds:?}"
+        );
+    }
+    let ends: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .filter(|t| photoq::events::ends_batch(t))
+        .collect();
+    assert_eq!(ends, ["batch.completed_with_errors"]);
+
     // Processed: every image with the variants and the full-size compressed rendition.
     let ok = product(&app, "sku-ok").await;
     assert_eq!(ok["state"], "processed");

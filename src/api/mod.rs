@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod photos;
 pub mod products;
 pub mod upload;
+pub mod webhooks;
 pub mod ws;
 
 use std::sync::Arc;
@@ -82,7 +83,7 @@ fn spec() -> DefaultApiRaw {
             ),
             ..Default::default()
         },
-        tags: ["Photos", "Batches", "Imports", "Events", "DeadLetters", "Operations"]
+        tags: ["Photos", "Batches", "Imports", "Events", "Webhooks", "DeadLetters", "Operations"]
             .iter()
             .map(|t| Tag {
                 name: (*t).into(),
@@ -154,6 +155,19 @@ pub fn app(
                         .route(web::get().to(events::batch_events)),
                 )
                 .service(web::resource("/events").route(web::get().to(events::events)))
+                .service(
+                    web::resource("/webhooks")
+                        .route(web::post().to(webhooks::create_webhook))
+                        .route(web::get().to(webhooks::list_webhooks)),
+                )
+                .service(
+                    web::resource("/webhooks/{id}")
+                        .route(web::delete().to(webhooks::delete_webhook)),
+                )
+                .service(
+                    web::resource("/webhooks/{id}/deliveries")
+                        .route(web::get().to(webhooks::list_deliveries)),
+                )
                 .service(
                     web::resource("/events/tokens").route(web::post().to(events::create_token)),
                 )

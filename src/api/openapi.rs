@@ -24,11 +24,12 @@ const ONLY_ON: &[(&str, &[(&str, &str)])] = &[
             // An Idempotency-Key first used for the other kind of request.
             ("post", "/v1/photos"),
             ("post", "/v1/imports"),
+            ("post", "/v1/webhooks"),
         ],
     ),
     ("413", &[("post", "/v1/photos"), ("post", "/v1/imports")]),
     ("415", &[("post", "/v1/photos")]),
-    ("422", &[("post", "/v1/imports")]),
+    ("422", &[("post", "/v1/imports"), ("post", "/v1/webhooks")]),
 ];
 
 /// Routes that answer no 404 (they name nothing that could be missing).
@@ -37,6 +38,8 @@ const NEVER_404: &[(&str, &str)] = &[
     ("post", "/v1/imports"),
     ("get", "/v1/events"),
     ("post", "/v1/events/tokens"),
+    ("post", "/v1/webhooks"),
+    ("get", "/v1/webhooks"),
 ];
 
 /// Routes that follow the event log: SSE or long-poll, by `Accept`.

@@ -224,3 +224,18 @@ pub async fn batch_progress(
         .await
         .optional()?)
 }
+
+/// One of `owner`'s events, if the log still holds it.
+pub async fn get(
+    conn: &mut AsyncPgConnection,
+    owner: Uuid,
+    id: i64,
+) -> Result<Option<EventRow>, DbError> {
+    Ok(events::table
+        .filter(events::owner_id.eq(owner))
+        .filter(events::id.eq(id))
+        .select(EventRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}

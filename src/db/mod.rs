@@ -11,6 +11,7 @@ pub mod keys;
 pub mod models;
 pub mod photos;
 pub mod schema;
+pub mod webhooks;
 
 use std::time::Duration;
 

@@ -221,6 +221,51 @@ impl Fetcher {
         }
     }
 
+    /// POSTs `body` to `url` under the address rules, within `timeout`, following no
+    /// redirect (a 3xx answer is an error). Returns the status of a 2xx answer, reading at
+    /// most a little of its body.
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: header::HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<u16, FetchError> {
+        /// Bytes of a receiver's answer read (and dropped).
+        const ANSWER_BYTES: usize = 64 * 1024;
+        let url = self.rules.check_url(url)?;
+        let send = async {
+            let _permit = self.hosts.acquire(host_key(&url)).await;
+            let mut res = self
+                .client
+                .post(url.clone())
+                .headers(headers)
+                .body(body)
+                .send()
+                .await
+                .map_err(FetchError::from_reqwest)?;
+            let status = res.status();
+            if !status.is_success() {
+                return Err(FetchError::Status {
+                    status: status.as_u16(),
+                    retry_after: retry_after(res.headers()),
+                });
+            }
+            let mut read = 0;
+            while let Some(chunk) = res.chunk().await.map_err(FetchError::from_reqwest)? {
+                read += chunk.len();
+                if read >= ANSWER_BYTES {
+                    break;
+                }
+            }
+            Ok(status.as_u16())
+        };
+        match tokio::time::timeout(timeout, send).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::Timeout("no answer within the timeout")),
+        }
+    }
+
     async fn follow(&self, raw: &str) -> Result<Fetched, FetchError> {
         let mut url = self.rules.check_url(raw)?;
         let mut redirects = 0;

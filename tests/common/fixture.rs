@@ -1,6 +1,8 @@
 //! A real HTTP server on loopback serving corpus images, and misbehaving as suppliers do:
-//! slow and endless bodies, redirect chains, error statuses, rate limits, wrong types.
-//! photoq reaches it through `fetch.allow`.
+//! slow and endless bodies, redirect chains, error statuses, rate limits, wrong types; and a
+//! webhook receiver that records what it is sent. photoq reaches it through `fetch.allow`.
+//! It listens on 127.0.0.1 and on 127.0.0.2 (loopback too, for a private address that is
+//! not allow-listed).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +25,16 @@ struct Shared {
     hits: Mutex<HashMap<String, usize>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Every POST to `/hook/...`: its path, headers and body.
+    received: Mutex<Vec<Received>>,
+}
+
+/// A request the webhook receiver got.
+#[derive(Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: actix_web::http::header::HeaderMap,
+    pub body: Bytes,
 }
 
 pub struct Fixture {
@@ -60,12 +72,14 @@ impl Fixture {
                 .route("/flaky/{key}/{name}", web::get().to(flaky))
                 .route("/limited/{key}/{name}", web::get().to(limited))
                 .route("/hold/{name}", web::get().to(hold))
+                .route("/hook/{fails}/{name}", web::post().to(hook))
         })
         .workers(2)
         .disable_signals()
         .bind(("127.0.0.1", 0))
         .expect("fixture binds");
         let port = server.addrs()[0].port();
+        let server = server.bind(("127.0.0.2", port)).expect("fixture binds 127.0.0.2");
         let server = server.run();
         let handle = server.handle();
         tokio::spawn(server);
@@ -90,6 +104,11 @@ impl Fixture {
             .get(path)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Every request the webhook receiver got, in order.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.received.lock().unwrap().clone()
     }
 
     /// Most `/hold/...` requests open at once.
@@ -271,4 +290,21 @@ async fn hold(s: web::Data<Shared>, req: HttpRequest, name: web::Path<String>) -
     tokio::time::sleep(HOLD).await;
     s.in_flight.fetch_sub(1, Ordering::SeqCst);
     jpeg(&s, &name)
+}
+
+/// `POST /hook/{fails}/{name}`: a webhook receiver that records the request, answers 500 to
+/// the first `fails` requests on the path, then 204.
+async fn hook(req: HttpRequest, s: web::Data<Shared>, body: Bytes) -> HttpResponse {
+    let n = count(&s, &req);
+    s.received.lock().unwrap().push(Received {
+        path: req.path().to_owned(),
+        headers: req.headers().clone(),
+        body,
+    });
+    let fails: usize = req.match_info().query("fails").parse().unwrap_or(0);
+    if n <= fails {
+        HttpResponse::InternalServerError().body("not yet")
+    } else {
+        HttpResponse::NoContent().finish()
+    }
 }
