@@ -39,7 +39,7 @@ pub enum StartError {
     #[error(transparent)]
     Client(#[from] crate::client::ClientError),
     /// A client command finished, but some of what it submitted failed (listed above).
-    #[error("some products ended with errors")]
+    #[error("some of what was submitted ended with errors")]
     SomeFailed,
     #[error("http: {0}")]
     Http(#[from] std::io::Error),
@@ -246,6 +246,12 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             return match crate::client::import::run(&args).await? {
                 crate::client::import::Finished::WithErrors => Err(StartError::SomeFailed),
                 _ => Ok(()),
+            }
+        }
+        Command::Submit(args) => {
+            return match crate::client::submit::run(&args).await? {
+                crate::client::submit::Finished::WithErrors => Err(StartError::SomeFailed),
+                crate::client::submit::Finished::Completed => Ok(()),
             }
         }
         Command::Keys(cmd) => return keys(&config, cmd).await,

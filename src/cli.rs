@@ -43,6 +43,10 @@ pub enum Command {
     /// with a progress bar and list the failures. Exit status 0 when every product is
     /// processed, 2 when some ended with errors, 1 when the import could not be made.
     Import(crate::client::import::ImportArgs),
+    /// Upload image files (or directories of them) to a running photoq in batches, follow
+    /// their processing live, and print a summary (or `--json`). Exit status 0 when every
+    /// photo completed, 2 when some failed or could not be submitted, 1 on other errors.
+    Submit(crate::client::submit::SubmitArgs),
 }
 
 #[derive(Debug, Args)]

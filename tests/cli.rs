@@ -259,3 +259,78 @@ async fn import_follows_an_import_and_lists_its_failures() {
     app.finish().await;
     fx.stop().await;
 }
+
+#[tokio::test]
+async fn submit_uploads_a_directory_follows_it_and_resumes_without_duplicates() {
+    let app = common::TestApp::start().await;
+    let dir = std::env::temp_dir().join(format!("pqsubmit_{}", uuid::Uuid::new_v4().simple()));
+    let photos = dir.join("photos");
+    let out_dir = dir.join("out");
+    std::fs::create_dir_all(photos.join("nested")).unwrap();
+    let jpg = common::corpus_dir().join("jpg");
+    for name in ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg"] {
+        std::fs::copy(jpg.join(name), photos.join(name)).unwrap();
+    }
+    std::fs::copy(jpg.join("Sony_HDR-HC3.jpg"), photos.join("nested/sony.jpg")).unwrap();
+    let mut cut = std::fs::read(jpg.join("Canon_40D.jpg")).unwrap();
+    cut.truncate(2048);
+    std::fs::write(photos.join("cut.jpg"), cut).unwrap();
+    std::fs::write(photos.join("notes.txt"), "not a photo").unwrap();
+    std::fs::write(photos.join(".hidden.jpg"), "skipped unseen").unwrap();
+
+    // The server comes from PHOTOQ_SERVER, the key from PHOTOQ_API_KEY: neither trips the
+    // configuration photoq loads on the way.
+    let submit = || {
+        tokio::process::Command::new(BIN)
+            .arg("submit")
+            .arg(&photos)
+            .args(["--batch-size", "2", "--json", "--download"])
+            .arg(&out_dir)
+            .env("PHOTOQ_SERVER", &app.base)
+            .env("PHOTOQ_API_KEY", &app.key)
+            .output()
+    };
+    let out = submit().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["completed"], 4, "{report:#}");
+    assert_eq!(report["failed"], 1, "{report:#}");
+    assert_eq!(report["skipped"], 1, "{report:#}");
+    assert_eq!(report["batches"].as_array().unwrap().len(), 3, "five photos, two a batch");
+    let files = report["files"].as_array().unwrap();
+    assert_eq!(files.len(), 6, "{report:#}");
+    let by_name = |name: &str| {
+        files
+            .iter()
+            .find(|f| f["file"].as_str().unwrap().ends_with(name))
+            .unwrap_or_else(|| panic!("{name} in {report:#}"))
+            .clone()
+    };
+    assert_eq!(by_name("notes.txt")["error_code"], "not_an_image");
+    let failed = by_name("cut.jpg");
+    assert_eq!(failed["state"], "failed");
+    assert!(failed["error_code"].is_string(), "{failed}");
+    for f in files.iter().filter(|f| f["state"] == "completed") {
+        let photo = app
+            .get_json(&format!("/v1/photos/{}", f["photo_id"].as_str().unwrap()))
+            .await;
+        assert_eq!(photo["state"], "completed");
+        let downloaded = f["downloaded"].as_array().unwrap();
+        assert_eq!(downloaded.len(), photo["variants"].as_array().unwrap().len());
+        for path in downloaded {
+            let bytes = std::fs::read(path.as_str().unwrap()).unwrap();
+            assert!(bytes.starts_with(&[0xFF, 0xD8]), "a JPEG variant");
+        }
+    }
+
+    // Run again: the same batches answer (Idempotency-Key), nothing is uploaded twice.
+    let again = submit().await.unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    let second: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(second["batches"], report["batches"]);
+    let all = app.get_json("/v1/photos?limit=200").await;
+    assert_eq!(all["photos"].as_array().unwrap().len(), 5, "no photo twice");
+    std::fs::remove_dir_all(&dir).unwrap();
+    app.finish().await;
+}

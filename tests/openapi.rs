@@ -408,6 +408,50 @@ async fn every_route_answers_as_documented() {
     let res = app.client.post(app.url(tokens)).send().await.unwrap();
     assert_eq!(contract.check("post", tokens, res).await.0, 401);
 
+    // Webhooks.
+    let hooks = "/v1/webhooks";
+    let res = post(hooks)
+        .json(&json!({"url": "https://hooks.example.com/photoq", "event_types": ["batch.completed"]}))
+        .send()
+        .await
+        .unwrap();
+    let (status, hook) = contract.check("post", hooks, res).await;
+    assert_eq!(status, 201);
+    let hook_id = hook["id"].as_str().unwrap().to_owned();
+    let res = post(hooks)
+        .json(&json!({"url": "http://169.254.169.254/"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(contract.check("post", hooks, res).await.0, 422);
+    let res = post(hooks).json(&json!({"address": "x"})).send().await.unwrap();
+    assert_eq!(contract.check("post", hooks, res).await.0, 400);
+    let cases = [
+        (hooks.to_owned(), hooks, 200),
+        ("/v1/limits".into(), "/v1/limits", 200),
+        (
+            format!("/v1/webhooks/{hook_id}/deliveries"),
+            "/v1/webhooks/{id}/deliveries",
+            200,
+        ),
+        (
+            format!("/v1/webhooks/{nobody}/deliveries"),
+            "/v1/webhooks/{id}/deliveries",
+            404,
+        ),
+    ];
+    contract.check_gets(&app, &cases).await;
+    for status in [204, 404] {
+        let res = app
+            .client
+            .delete(app.url(&format!("/v1/webhooks/{hook_id}")))
+            .bearer_auth(&app.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(contract.check("delete", "/v1/webhooks/{id}", res).await.0, status);
+    }
+
     contract.assert_all_seen();
     app.finish().await;
     fixture.stop().await;

@@ -1,4 +1,4 @@
-//! Liveness, readiness and Prometheus metrics.
+//! Liveness, readiness, Prometheus metrics, and the limits a client must respect.
 
 use std::time::Duration;
 
@@ -57,4 +57,38 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             .body(text),
         Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
     }
+}
+
+/// What a client must stay within (the server's configuration).
+#[derive(Debug, serde::Serialize, serde::Deserialize, paperclip::actix::Apiv2Schema)]
+pub struct Limits {
+    /// Files per upload request.
+    pub upload_max_files: usize,
+    /// Bytes per uploaded file.
+    pub upload_max_file_bytes: u64,
+    /// Products per import.
+    pub import_max_products: usize,
+    /// Images per imported product.
+    pub import_max_images_per_product: usize,
+    /// Longest `wait` of a long-poll request, in seconds.
+    pub events_max_wait_secs: u64,
+}
+
+/// Limits
+///
+/// What this server accepts per request, for clients that split their work to fit
+/// (`photoq submit` does).
+#[api_v2_operation(tags(Operations))]
+pub async fn limits(
+    state: web::Data<AppState>,
+    _caller: super::auth::Caller,
+) -> Json<Limits> {
+    let c = &state.config;
+    Json(Limits {
+        upload_max_files: c.upload.max_files,
+        upload_max_file_bytes: c.upload.max_file_bytes,
+        import_max_products: c.import.max_products,
+        import_max_images_per_product: c.import.max_images_per_product,
+        events_max_wait_secs: c.events.max_wait_secs,
+    })
 }

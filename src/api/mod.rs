@@ -155,6 +155,7 @@ pub fn app(
                         .route(web::get().to(events::batch_events)),
                 )
                 .service(web::resource("/events").route(web::get().to(events::events)))
+                .service(web::resource("/limits").route(web::get().to(health::limits)))
                 .service(
                     web::resource("/webhooks")
                         .route(web::post().to(webhooks::create_webhook))

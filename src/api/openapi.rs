@@ -40,6 +40,7 @@ const NEVER_404: &[(&str, &str)] = &[
     ("post", "/v1/events/tokens"),
     ("post", "/v1/webhooks"),
     ("get", "/v1/webhooks"),
+    ("get", "/v1/limits"),
 ];
 
 /// Routes that follow the event log: SSE or long-poll, by `Accept`.

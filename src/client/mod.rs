@@ -1,7 +1,9 @@
-//! photoq's own API client, for the client subcommands (`photoq import`): the server URL,
-//! the key (from `PHOTOQ_API_KEY` or `--key-file`), JSON requests and typed errors.
+//! photoq's own API client, for the client subcommands (`photoq import`, `photoq submit`):
+//! the server URL, the key (from `PHOTOQ_API_KEY` or `--key-file`), JSON requests, the
+//! event stream and typed errors.
 
 pub mod import;
+pub mod submit;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +17,8 @@ pub const KEY_ENV: &str = "PHOTOQ_API_KEY";
 pub const SERVER_ENV: &str = "PHOTOQ_SERVER";
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest silence on an event stream (the server sends keep-alives every 15 s by default).
+const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What every client subcommand takes.
 #[derive(Debug, Clone, Args)]
@@ -48,9 +52,12 @@ pub enum ClientError {
     },
 }
 
-/// A client of one photoq server, with one key.
+/// A client of one photoq server, with one key. Cheap to clone.
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// For event streams: no limit on the whole request, only on silence.
+    streams: reqwest::Client,
     base: url::Url,
     key: String,
 }
@@ -70,11 +77,21 @@ impl Client {
             .filter(|u| matches!(u.scheme(), "http" | "https"))
             .ok_or_else(|| ClientError::Server(args.server.clone()))?;
         crate::fetch::install_tls_provider();
+        let agent = concat!("photoq-cli/", env!("CARGO_PKG_VERSION"));
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("photoq-cli/", env!("CARGO_PKG_VERSION")))
+            .user_agent(agent)
             .build()?;
-        Ok(Client { http, base, key })
+        let streams = reqwest::Client::builder()
+            .read_timeout(STREAM_READ_TIMEOUT)
+            .user_agent(agent)
+            .build()?;
+        Ok(Client {
+            http,
+            streams,
+            base,
+            key,
+        })
     }
 
     fn url(&self, path: &str) -> Result<url::Url, ClientError> {
@@ -101,6 +118,58 @@ impl Client {
             req = req.header("Idempotency-Key", k);
         }
         answer(req.send().await?).await
+    }
+
+    /// POSTs a multipart form; the JSON answer.
+    pub async fn post_multipart(
+        &self,
+        path: &str,
+        form: reqwest::multipart::Form,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut req = self
+            .http
+            .post(self.url(path)?)
+            .bearer_auth(&self.key)
+            .multipart(form);
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
+        answer(req.send().await?).await
+    }
+
+    /// Opens the key's event stream (SSE), after `last_event_id` if given, else from now.
+    pub async fn open_events(
+        &self,
+        last_event_id: Option<&str>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut req = self
+            .streams
+            .get(self.url("/v1/events")?)
+            .bearer_auth(&self.key)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let res = req.send().await?;
+        if !res.status().is_success() {
+            return Err(answer(res).await.err().unwrap_or(ClientError::NoKey));
+        }
+        Ok(res)
+    }
+
+    /// GETs raw bytes (a variant).
+    pub async fn get_bytes(&self, path: &str) -> Result<bytes::Bytes, ClientError> {
+        let res = self
+            .http
+            .get(self.url(path)?)
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
+        if !res.status().is_success() {
+            return Err(answer(res).await.err().unwrap_or(ClientError::NoKey));
+        }
+        Ok(res.bytes().await?)
     }
 
     /// GETs a JSON resource.
