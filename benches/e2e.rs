@@ -2,7 +2,7 @@
 //! this machine, driven over HTTP.
 //!
 //!   cargo bench --bench e2e -- [--photos N] [--workers W] [--concurrency C] [--dir DIR]
-//!   cargo bench --bench e2e -- --no-op [--jobs N] [--workers W] [--concurrency C]
+//!   cargo bench --bench e2e -- --no-op [--jobs N] [--workers W] [--concurrency C] [--no-events]
 //!   cargo bench --bench e2e -- --uploads N --upload-mib M
 //!
 //! Image mode uploads N photos from DIR (cycled; default the 12 MP set under
@@ -16,7 +16,8 @@
 //! same path (read, start recorded, completion recorded, acknowledged) without image work.
 //! It prints jobs/s from the first start to the last completion, as recorded in PostgreSQL,
 //! and Redis's `used_memory` before the jobs were published and once every one is
-//! acknowledged (with the job stream's length then).
+//! acknowledged (with the job stream's length then). `--no-events` switches the event log's
+//! triggers off in the run's database: the same run without events, to price them.
 //!
 //! Upload mode starts `photoq serve` alone and has N clients upload one file of M MiB each,
 //! all at once; it prints the API process's peak RSS (VmHWM) and how many were accepted.
@@ -54,6 +55,8 @@ const TIMEOUT: Duration = Duration::from_secs(1800);
 
 struct Args {
     no_op: bool,
+    /// No-op mode without the event log's triggers.
+    no_events: bool,
     /// Upload mode: clients, and MiB each uploads.
     uploads: usize,
     upload_mib: usize,
@@ -66,6 +69,7 @@ struct Args {
 fn args() -> Args {
     let mut a = Args {
         no_op: false,
+        no_events: false,
         uploads: 0,
         upload_mib: 20,
         count: 0,
@@ -78,6 +82,7 @@ fn args() -> Args {
         let mut value = || it.next().expect("a value after the flag");
         match arg.as_str() {
             "--no-op" => a.no_op = true,
+            "--no-events" => a.no_events = true,
             "--photos" | "--jobs" => a.count = value().parse().expect("a number"),
             "--workers" => a.workers = value().parse().expect("a number"),
             "--concurrency" => a.concurrency = value().parse().expect("a number"),
@@ -322,6 +327,15 @@ async fn no_op(a: Args) {
     let queue = photoq::queue::Queue::new(&config.redis).expect("redis");
     queue.ensure_group().await.expect("group");
     let (owner, _) = photoq::auth::create_key(&pool, "bench").await.expect("key");
+    if a.no_events {
+        let mut conn = photoq::db::conn(&pool).await.expect("conn");
+        for trigger in ["photos_inserted_events", "photos_updated_events"] {
+            diesel::sql_query(format!("ALTER TABLE photos DISABLE TRIGGER {trigger}"))
+                .execute(&mut conn)
+                .await
+                .expect("disable trigger");
+        }
+    }
     let memory_before = used_memory(&cluster.redis_url).await;
 
     let clock = Instant::now();
@@ -442,8 +456,11 @@ async fn no_op(a: Args) {
 
     let secs = w.secs.unwrap_or(f64::NAN);
     println!(
-        "photoq no-op: {} jobs, {} worker process(es) x concurrency {}",
-        a.count, a.workers, a.concurrency
+        "photoq no-op: {} jobs, {} worker process(es) x concurrency {}, events {}",
+        a.count,
+        a.workers,
+        a.concurrency,
+        if a.no_events { "off" } else { "on" }
     );
     println!(
         "  completed {} (each with its attempt recorded: {})",

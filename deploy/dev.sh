@@ -6,6 +6,8 @@
 #   deploy/dev.sh test   PostgreSQL and Redis up, then fmt, clippy and the whole test suite.
 #   deploy/dev.sh services   only make sure PostgreSQL, Redis and the build tools (cmake,
 #                        nasm, a C compiler) are installed and running.
+#   deploy/dev.sh photoq ARGS   any photoq command (`keys create`, `submit`, ...), with the
+#                        release binary `all` built (no second build).
 #
 # Debian or Ubuntu with Rust (rustup) is assumed. Builds go to $CARGO_TARGET_DIR, by default
 # ~/.cache/photoq/target, so they stay incremental across clones.
@@ -104,6 +106,10 @@ case "${1:-}" in
     shift
     exec cargo run --release -- all "$@"
     ;;
+  photoq)
+    shift
+    exec cargo run --release -q -- "$@"
+    ;;
   test)
     ensure_postgres
     ensure_redis
@@ -123,7 +129,7 @@ case "${1:-}" in
     exit "$status"
     ;;
   *)
-    echo "usage: deploy/dev.sh all|test|services" >&2
+    echo "usage: deploy/dev.sh all|test|services|photoq ARGS" >&2
     exit 2
     ;;
 esac

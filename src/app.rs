@@ -125,11 +125,8 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
         )
         .map_err(StartError::Fetch)?;
         ctx.no_op = roles.no_op;
-        let hooks = crate::fetch::Fetcher::new(
-            &config.fetch,
-            Arc::new(crate::fetch::SystemLookup),
-        )
-        .map_err(StartError::Fetch)?;
+        let hooks = crate::fetch::Fetcher::new(&config.fetch, Arc::new(crate::fetch::SystemLookup))
+            .map_err(StartError::Fetch)?;
         tasks.push(tokio::spawn(crate::webhooks::run(
             pool.clone(),
             hooks,

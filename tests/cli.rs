@@ -297,7 +297,11 @@ async fn submit_uploads_a_directory_follows_it_and_resumes_without_duplicates() 
     assert_eq!(report["completed"], 4, "{report:#}");
     assert_eq!(report["failed"], 1, "{report:#}");
     assert_eq!(report["skipped"], 1, "{report:#}");
-    assert_eq!(report["batches"].as_array().unwrap().len(), 3, "five photos, two a batch");
+    assert_eq!(
+        report["batches"].as_array().unwrap().len(),
+        3,
+        "five photos, two a batch"
+    );
     let files = report["files"].as_array().unwrap();
     assert_eq!(files.len(), 6, "{report:#}");
     let by_name = |name: &str| {
@@ -317,7 +321,10 @@ async fn submit_uploads_a_directory_follows_it_and_resumes_without_duplicates() 
             .await;
         assert_eq!(photo["state"], "completed");
         let downloaded = f["downloaded"].as_array().unwrap();
-        assert_eq!(downloaded.len(), photo["variants"].as_array().unwrap().len());
+        assert_eq!(
+            downloaded.len(),
+            photo["variants"].as_array().unwrap().len()
+        );
         for path in downloaded {
             let bytes = std::fs::read(path.as_str().unwrap()).unwrap();
             assert!(bytes.starts_with(&[0xFF, 0xD8]), "a JPEG variant");

@@ -1,6 +1,8 @@
 //! Live progress: the event log read over SSE, long-poll and stream tokens, across API
 //! processes, through a Redis restart, and after retention pruned what a client asked for.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -46,9 +48,16 @@ fn assert_story(events: &[Event], batch: &str) -> HashMap<String, String> {
         }
     }
     let first_processing = events.iter().position(|e| e.kind == "photo.processing");
-    assert!(started > first_processing, "the batch starts with its first photo");
+    assert!(
+        started > first_processing,
+        "the batch starts with its first photo"
+    );
     let last = events.last().expect("events");
-    assert!(photoq::events::ends_batch(&last.kind), "ends with the batch: {}", last.kind);
+    assert!(
+        photoq::events::ends_batch(&last.kind),
+        "ends with the batch: {}",
+        last.kind
+    );
     let mut finals = HashMap::new();
     for (photo, kinds) in photos {
         assert_eq!(kinds[0], "photo.queued", "{photo}: {kinds:?}");
@@ -108,7 +117,13 @@ async fn a_batch_stream_tells_the_whole_story_once_across_a_reconnect_and_then_e
     // Reconnecting with Last-Event-ID gets exactly the rest; the stream ends after the
     // batch's last event.
     let last = seen.last().expect("seen").id.to_string();
-    let mut again = Sse::open(&app.client, &url, Some(&app.key), &[("Last-Event-ID", last)]).await;
+    let mut again = Sse::open(
+        &app.client,
+        &url,
+        Some(&app.key),
+        &[("Last-Event-ID", last)],
+    )
+    .await;
     seen.extend(drain(&mut again).await);
 
     let finals = assert_story(&seen, &id);
@@ -119,20 +134,36 @@ async fn a_batch_stream_tells_the_whole_story_once_across_a_reconnect_and_then_e
     assert_eq!(end.kind, "batch.completed_with_errors");
     assert_eq!(end.data["completed"], 3);
     assert_eq!(end.data["failed"], 1);
-    let failed = seen.iter().find(|e| e.kind == "photo.failed").expect("failed");
+    let failed = seen
+        .iter()
+        .find(|e| e.kind == "photo.failed")
+        .expect("failed");
     assert!(failed.data["error_code"].is_string(), "{:?}", failed.data);
 
     // The log says the same, as a long-poll page, and the photos agree.
-    let page = long_poll(&app, &app.key, &format!("/v1/batches/{id}/events?after=0&wait=0")).await;
+    let page = long_poll(
+        &app,
+        &app.key,
+        &format!("/v1/batches/{id}/events?after=0&wait=0"),
+    )
+    .await;
     assert_eq!(events_of(&page), seen);
     for photo in app.batch_photos(&id).await {
         let pid = photo["id"].as_str().expect("id");
-        assert_eq!(Some(photo["state"].as_str().expect("state")), finals.get(pid).map(String::as_str));
+        assert_eq!(
+            Some(photo["state"].as_str().expect("state")),
+            finals.get(pid).map(String::as_str)
+        );
     }
     // A finished batch's stream, opened again after its end, ends at once.
     let end_id = end.id.to_string();
-    let mut after_end =
-        Sse::open(&app.client, &url, Some(&app.key), &[("Last-Event-ID", end_id)]).await;
+    let mut after_end = Sse::open(
+        &app.client,
+        &url,
+        Some(&app.key),
+        &[("Last-Event-ID", end_id)],
+    )
+    .await;
     assert!(drain(&mut after_end).await.is_empty());
     app.finish().await;
 }
@@ -163,7 +194,10 @@ async fn long_polls_tokens_and_resets() {
     let id = batch["batch_id"].as_str().expect("batch").to_owned();
     let answered = waiting.await.expect("long poll");
     let got = events_of(&answered);
-    assert!(!got.is_empty(), "the long-poll answered with events: {answered}");
+    assert!(
+        !got.is_empty(),
+        "the long-poll answered with events: {answered}"
+    );
     assert_eq!(got[0].id, head + 1);
     assert_eq!(got[0].kind, "photo.queued");
     app.wait_batch(&id).await;
@@ -171,7 +205,9 @@ async fn long_polls_tokens_and_resets() {
     // Another key sees none of it.
     let theirs = long_poll(&app, &other_key, "/v1/events?after=0&wait=0").await;
     assert_eq!(theirs["events"], serde_json::json!([]));
-    let res = app.get_as(&other_key, &format!("/v1/batches/{id}/events?wait=0")).await;
+    let res = app
+        .get_as(&other_key, &format!("/v1/batches/{id}/events?wait=0"))
+        .await;
     assert_eq!(res.status(), 404);
 
     // A stream token opens the event stream without a header, and nothing else.
@@ -280,7 +316,10 @@ async fn events_reach_every_node_in_order_and_survive_a_redis_restart() {
         .await;
     let first_id = first["batch_id"].as_str().expect("batch").to_owned();
     let mut seen = Vec::new();
-    while !seen.last().is_some_and(|e: &Event| e.kind.starts_with("batch.completed")) {
+    while !seen
+        .last()
+        .is_some_and(|e: &Event| e.kind.starts_with("batch.completed"))
+    {
         seen.push(sse.next_event().await.expect("event"));
     }
     assert_story(&seen, &first_id);
@@ -295,11 +334,17 @@ async fn events_reach_every_node_in_order_and_survive_a_redis_restart() {
     while during.len() < 2 {
         during.push(sse.next_event().await.expect("event while redis is down"));
     }
-    assert!(during.iter().all(|e| e.kind == "photo.queued"), "{during:?}");
+    assert!(
+        during.iter().all(|e| e.kind == "photo.queued"),
+        "{during:?}"
+    );
     // Back, empty: the reconciler publishes the jobs again and the story goes on.
     redis.start().await;
     let mut rest = during;
-    while !rest.last().is_some_and(|e: &Event| e.kind.starts_with("batch.completed")) {
+    while !rest
+        .last()
+        .is_some_and(|e: &Event| e.kind.starts_with("batch.completed"))
+    {
         rest.push(sse.next_event().await.expect("event after redis is back"));
     }
     assert_story(&rest, &second_id);
@@ -325,17 +370,23 @@ mod ws {
 
     use super::*;
 
-    type Socket =
-        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+    type Socket = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
 
     async fn connect(app: &TestApp, query: &str, key: Option<&str>) -> Socket {
         let url = format!("{}/v1/ws{query}", app.base.replacen("http", "ws", 1));
         let mut req = url.into_client_request().expect("request");
         if let Some(key) = key {
-            req.headers_mut()
-                .insert("Authorization", format!("Bearer {key}").parse().expect("header"));
+            req.headers_mut().insert(
+                "Authorization",
+                format!("Bearer {key}").parse().expect("header"),
+            );
         }
-        tokio_tungstenite::connect_async(req).await.expect("websocket").0
+        tokio_tungstenite::connect_async(req)
+            .await
+            .expect("websocket")
+            .0
     }
 
     async fn send(socket: &mut Socket, message: Value) {
@@ -367,7 +418,11 @@ mod ws {
         // Malformed messages get an error, and the connection stays.
         send(&mut socket, json!({"type": "subscribe", "batch": "nope"})).await;
         assert_eq!(next(&mut socket).await["code"], "bad_message");
-        send(&mut socket, json!({"type": "subscribe", "batch": uuid::Uuid::now_v7()})).await;
+        send(
+            &mut socket,
+            json!({"type": "subscribe", "batch": uuid::Uuid::now_v7()}),
+        )
+        .await;
         assert_eq!(next(&mut socket).await["code"], "not_found");
 
         let batch = app
@@ -383,7 +438,8 @@ mod ws {
             match m["type"].as_str() {
                 Some("event") => {
                     assert_eq!(m["batch"], json!(id));
-                    events.push(serde_json::from_value::<Event>(m["event"].clone()).expect("event"));
+                    events
+                        .push(serde_json::from_value::<Event>(m["event"].clone()).expect("event"));
                 }
                 Some("unsubscribed") => {
                     assert_eq!(m["reason"], "batch_finished");
@@ -408,7 +464,10 @@ mod ws {
         assert_eq!(rest, events[2..]);
         send(&mut socket, json!({"type": "unsubscribe"})).await;
         let m = next(&mut socket).await;
-        assert_eq!((m["type"].as_str(), m["reason"].as_str()), (Some("unsubscribed"), Some("requested")));
+        assert_eq!(
+            (m["type"].as_str(), m["reason"].as_str()),
+            (Some("unsubscribed"), Some("requested"))
+        );
         drop(socket);
 
         // A browser's way in: a stream token in the query.
@@ -422,7 +481,11 @@ mod ws {
         let token: Value = res.json().await.expect("json");
         let token = token["token"].as_str().expect("token");
         let mut socket = connect(&app, &format!("?token={token}"), None).await;
-        send(&mut socket, json!({"type": "subscribe", "batch": id, "after": 0})).await;
+        send(
+            &mut socket,
+            json!({"type": "subscribe", "batch": id, "after": 0}),
+        )
+        .await;
         assert_eq!(next(&mut socket).await["type"], "subscribed");
         let first = next(&mut socket).await;
         assert_eq!(first["event"]["id"], json!(events[0].id));

@@ -89,7 +89,11 @@ async fn an_import_downloads_processes_and_reports_each_product() {
             .filter(|e| &e["product_id"] == pid)
             .map(|e| e["type"].as_str().unwrap())
             .collect();
-        assert_eq!(kinds.first(), Some(&"product.processing"), "{pid}: {kinds:?}");
+        assert_eq!(
+            kinds.first(),
+            Some(&"product.processing"),
+            "{pid}: {kinds:?}"
+        );
         assert_eq!(kinds.len(), 2, "{pid}: {kinds:?}");
         assert!(
             ["product.processed", "product.process_error"].contains(&kinds[1]),

@@ -411,7 +411,9 @@ async fn every_route_answers_as_documented() {
     // Webhooks.
     let hooks = "/v1/webhooks";
     let res = post(hooks)
-        .json(&json!({"url": "https://hooks.example.com/photoq", "event_types": ["batch.completed"]}))
+        .json(
+            &json!({"url": "https://hooks.example.com/photoq", "event_types": ["batch.completed"]}),
+        )
         .send()
         .await
         .unwrap();
@@ -424,7 +426,11 @@ async fn every_route_answers_as_documented() {
         .await
         .unwrap();
     assert_eq!(contract.check("post", hooks, res).await.0, 422);
-    let res = post(hooks).json(&json!({"address": "x"})).send().await.unwrap();
+    let res = post(hooks)
+        .json(&json!({"address": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(contract.check("post", hooks, res).await.0, 400);
     let cases = [
         (hooks.to_owned(), hooks, 200),
@@ -449,7 +455,10 @@ async fn every_route_answers_as_documented() {
             .send()
             .await
             .unwrap();
-        assert_eq!(contract.check("delete", "/v1/webhooks/{id}", res).await.0, status);
+        assert_eq!(
+            contract.check("delete", "/v1/webhooks/{id}", res).await.0,
+            status
+        );
     }
 
     contract.assert_all_seen();

@@ -2,6 +2,8 @@
 //! each signed as Standard Webhooks says, again after it answers 500; every attempt is
 //! listed; a webhook on a private address that is not allow-listed is never called.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -40,7 +42,10 @@ async fn settled_deliveries(app: &TestApp, hook: &str, n: usize) -> Vec<Value> {
         if list.len() >= n && !open {
             return list;
         }
-        assert!(Instant::now() < deadline, "deliveries did not settle: {page}");
+        assert!(
+            Instant::now() < deadline,
+            "deliveries did not settle: {page}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -127,7 +132,11 @@ async fn deliveries_are_signed_retried_listed_and_never_sent_to_a_private_addres
         .iter()
         .flat_map(|d| d["history"].as_array().expect("history"))
         .collect();
-    assert_eq!(attempts.len(), 5, "two failures, three successes: {attempts:?}");
+    assert_eq!(
+        attempts.len(),
+        5,
+        "two failures, three successes: {attempts:?}"
+    );
     assert_eq!(attempts.iter().filter(|a| a["status"] == 500).count(), 2);
     assert_eq!(attempts.iter().filter(|a| a["status"] == 204).count(), 3);
 
@@ -149,16 +158,25 @@ async fn deliveries_are_signed_retried_listed_and_never_sent_to_a_private_addres
             .verify(&r.body, &headers)
             .expect("signature verifies with the webhook's secret");
         let wrong = standardwebhooks::Webhook::new(&photoq::webhooks::new_secret()).expect("s");
-        assert!(wrong.verify(&r.body, &headers).is_err(), "and with no other");
+        assert!(
+            wrong.verify(&r.body, &headers).is_err(),
+            "and with no other"
+        );
         let event: Event = serde_json::from_slice(&r.body).expect("event body");
         let id = headers["webhook-id"].to_str().expect("id").to_owned();
         if let Some(earlier) = delivered.insert(id, event.clone()) {
-            assert_eq!(earlier, event, "a retry sends the same event under the same id");
+            assert_eq!(
+                earlier, event,
+                "a retry sends the same event under the same id"
+            );
         }
     }
     let mut kinds: Vec<&str> = delivered.values().map(|e| e.kind.as_str()).collect();
     kinds.sort();
-    assert_eq!(kinds, ["batch.completed", "photo.completed", "photo.completed"]);
+    assert_eq!(
+        kinds,
+        ["batch.completed", "photo.completed", "photo.completed"]
+    );
 
     // The private address was never called; its delivery is dead, refused.
     let dead = settled_deliveries(&app, &private.id.to_string(), 1).await;
@@ -180,7 +198,10 @@ async fn deliveries_are_signed_retried_listed_and_never_sent_to_a_private_addres
     };
     assert_eq!(del(hook_id.clone()).await.expect("delete").status(), 204);
     assert_eq!(del(hook_id.clone()).await.expect("delete").status(), 404);
-    assert_eq!(del(private.id.to_string()).await.expect("delete").status(), 204);
+    assert_eq!(
+        del(private.id.to_string()).await.expect("delete").status(),
+        204
+    );
     assert_eq!(app.get_json("/v1/webhooks").await["webhooks"], json!([]));
     app.finish().await;
     receiver.stop().await;

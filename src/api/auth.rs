@@ -55,7 +55,11 @@ impl FromRequest for StreamCaller {
             .ok()
             .and_then(|q| q.into_inner().token);
         let caller = identify(req, token);
-        Box::pin(async move { Ok(StreamCaller { owner: caller.await?.owner }) })
+        Box::pin(async move {
+            Ok(StreamCaller {
+                owner: caller.await?.owner,
+            })
+        })
     }
 }
 

@@ -147,7 +147,8 @@ pub async fn create_token(
     caller: Caller,
 ) -> Result<CreatedJson<StreamToken>, ApiError> {
     let ttl = Duration::from_secs(state.config.events.token_ttl_secs);
-    let (token, expires_at) = crate::auth::issue_stream_token(&state.pool, caller.owner, ttl).await?;
+    let (token, expires_at) =
+        crate::auth::issue_stream_token(&state.pool, caller.owner, ttl).await?;
     Ok(CreatedJson(StreamToken { token, expires_at }))
 }
 
@@ -165,7 +166,9 @@ async fn answer(
         _ => None,
     };
     if resume.is_some_and(|id| id < 0) {
-        return Err(ApiError::bad_query("`after` must be an event id, 0 or more"));
+        return Err(ApiError::bad_query(
+            "`after` must be an event id, 0 or more",
+        ));
     }
     let start = match (resume, batch) {
         (Some(id), _) => Start::After(id),
@@ -175,7 +178,9 @@ async fn answer(
     let (follower, reset) = Follower::open(&state.hub, owner, batch, start).await?;
     if sse {
         if query.wait.is_some() {
-            return Err(ApiError::bad_query("`wait` is for long-polling, not for SSE"));
+            return Err(ApiError::bad_query(
+                "`wait` is for long-polling, not for SSE",
+            ));
         }
         return Ok(EventsAnswer::Stream(stream(state, follower, batch, reset)));
     }
@@ -226,7 +231,7 @@ async fn long_poll(
     } else {
         loop {
             match follower.next(deadline).await? {
-                Next::Events(events) => break events,
+                Next::Events(events) => break events.iter().map(|p| p.event.clone()).collect(),
                 Next::Idle if tokio::time::Instant::now() < deadline => continue,
                 Next::Idle | Next::Closed => break Vec::new(),
             }
@@ -281,10 +286,11 @@ async fn follow(
     keepalive: Duration,
     tx: mpsc::Sender<Bytes>,
 ) -> Result<(), StreamEnd> {
-    let send = |frame: String| {
+    let send_bytes = |frame: Bytes| {
         let tx = tx.clone();
-        async move { tx.send(Bytes::from(frame)).await.map_err(|_| StreamEnd::Gone) }
+        async move { tx.send(frame).await.map_err(|_| StreamEnd::Gone) }
     };
+    let send = |frame: String| send_bytes(Bytes::from(frame));
     // Tells EventSource to reconnect after 2 s, and gets the headers on their way.
     send("retry: 2000\n\n".into()).await?;
     if let Some(id) = reset {
@@ -294,9 +300,9 @@ async fn follow(
         match follower.next_within(keepalive).await? {
             Next::Events(events) => {
                 let mut ended = false;
-                for e in &events {
-                    send(frame(e)).await?;
-                    ended |= batch.is_some() && events::ends_batch(&e.kind);
+                for p in &events {
+                    send_bytes(p.sse()).await?;
+                    ended |= batch.is_some() && events::ends_batch(&p.event.kind);
                 }
                 if ended {
                     return Ok(());
@@ -304,8 +310,8 @@ async fn follow(
             }
             Next::Idle => {
                 if let Some(rest) = follower.batch_rest().await? {
-                    for e in &rest {
-                        send(frame(e)).await?;
+                    for p in &rest {
+                        send_bytes(p.sse()).await?;
                     }
                     return Ok(());
                 }
@@ -314,12 +320,6 @@ async fn follow(
             Next::Closed => return Ok(()),
         }
     }
-}
-
-/// One event as an SSE message.
-pub fn frame(e: &Event) -> String {
-    let data = serde_json::to_string(e).unwrap_or_else(|_| "{}".into());
-    format!("id: {}\nevent: {}\ndata: {}\n\n", e.id, e.kind, data)
 }
 
 fn reset_frame(id: i64) -> String {

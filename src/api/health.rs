@@ -79,10 +79,7 @@ pub struct Limits {
 /// What this server accepts per request, for clients that split their work to fit
 /// (`photoq submit` does).
 #[api_v2_operation(tags(Operations))]
-pub async fn limits(
-    state: web::Data<AppState>,
-    _caller: super::auth::Caller,
-) -> Json<Limits> {
+pub async fn limits(state: web::Data<AppState>, _caller: super::auth::Caller) -> Json<Limits> {
     let c = &state.config;
     Json(Limits {
         upload_max_files: c.upload.max_files,

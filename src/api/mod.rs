@@ -83,13 +83,21 @@ fn spec() -> DefaultApiRaw {
             ),
             ..Default::default()
         },
-        tags: ["Photos", "Batches", "Imports", "Events", "Webhooks", "DeadLetters", "Operations"]
-            .iter()
-            .map(|t| Tag {
-                name: (*t).into(),
-                ..Default::default()
-            })
-            .collect(),
+        tags: [
+            "Photos",
+            "Batches",
+            "Imports",
+            "Events",
+            "Webhooks",
+            "DeadLetters",
+            "Operations",
+        ]
+        .iter()
+        .map(|t| Tag {
+            name: (*t).into(),
+            ..Default::default()
+        })
+        .collect(),
         ..Default::default()
     }
 }

@@ -119,7 +119,10 @@ pub async fn create_webhook(
         })
     };
     if body.url.chars().count() > MAX_URL_CHARS {
-        problem("url".into(), format!("longer than {MAX_URL_CHARS} characters"));
+        problem(
+            "url".into(),
+            format!("longer than {MAX_URL_CHARS} characters"),
+        );
     } else if let Err(e) = state.fetch_rules.check_url(&body.url) {
         problem("url".into(), e.to_string());
     }

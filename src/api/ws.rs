@@ -182,10 +182,16 @@ async fn handle(
     match message {
         ClientMessage::Subscribe { batch, after } => {
             if after.is_some_and(|a| a < 0) {
-                return Some(error("bad_message", "`after` must be an event id, 0 or more"));
+                return Some(error(
+                    "bad_message",
+                    "`after` must be an event id, 0 or more",
+                ));
             }
             if !subscriptions.contains_key(&batch) && subscriptions.len() >= MAX_SUBSCRIPTIONS {
-                return Some(error("too_many_subscriptions", "at most 100 per connection"));
+                return Some(error(
+                    "too_many_subscriptions",
+                    "at most 100 per connection",
+                ));
             }
             if let Some(batch) = batch {
                 match super::batches::owned(state, owner, batch).await {
@@ -280,7 +286,8 @@ async fn follow(
         match next {
             Next::Events(list) => {
                 let mut ended = false;
-                for event in &list {
+                for p in &list {
+                    let event = &p.event;
                     if !send(ServerMessage::Event { batch, event }).await {
                         return;
                     }
@@ -297,7 +304,8 @@ async fn follow(
             }
             Next::Idle => match follower.batch_rest().await {
                 Ok(Some(rest)) => {
-                    for event in &rest {
+                    for p in &rest {
+                        let event = &p.event;
                         if !send(ServerMessage::Event { batch, event }).await {
                             return;
                         }

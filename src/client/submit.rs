@@ -26,6 +26,8 @@ use crate::pipeline::sniff::{sniff, SNIFF_LEN};
 const QUIET: Duration = Duration::from_secs(5);
 /// Wait before the event stream is opened again after it broke.
 const RECONNECT: Duration = Duration::from_secs(1);
+/// Longest error message shown in the summary (`--json` has them whole).
+const MESSAGE_CHARS: usize = 80;
 /// Times an upload refused as busy or rate limited is tried.
 const UPLOAD_TRIES: u32 = 8;
 
@@ -187,7 +189,10 @@ pub async fn run(args: &SubmitArgs) -> Result<Finished, ClientError> {
 
 /// The image files under `paths` (sorted, directories walked), and a result for each file
 /// that cannot be submitted (not an image, or larger than the server takes).
-fn collect(paths: &[PathBuf], max_bytes: u64) -> Result<(Vec<PathBuf>, Vec<FileResult>), ClientError> {
+fn collect(
+    paths: &[PathBuf],
+    max_bytes: u64,
+) -> Result<(Vec<PathBuf>, Vec<FileResult>), ClientError> {
     let mut found = Vec::new();
     for p in paths {
         walk(p, &mut found)?;
@@ -201,13 +206,18 @@ fn collect(paths: &[PathBuf], max_bytes: u64) -> Result<(Vec<PathBuf>, Vec<FileR
         let mut head = vec![0u8; SNIFF_LEN];
         let n = {
             use std::io::Read;
-            let mut f = std::fs::File::open(&file).map_err(|e| ClientError::File(file.clone(), e))?;
-            f.read(&mut head).map_err(|e| ClientError::File(file.clone(), e))?
+            let mut f =
+                std::fs::File::open(&file).map_err(|e| ClientError::File(file.clone(), e))?;
+            f.read(&mut head)
+                .map_err(|e| ClientError::File(file.clone(), e))?
         };
         let reason = if sniff(&head[..n]).is_none() {
             Some(("not_an_image", "not a JPEG, PNG or WebP file".to_owned()))
         } else if meta.len() > max_bytes {
-            Some(("too_large", format!("larger than the server's {max_bytes} bytes")))
+            Some((
+                "too_large",
+                format!("larger than the server's {max_bytes} bytes"),
+            ))
         } else {
             None
         };
@@ -385,7 +395,9 @@ async fn reconcile(
             let Some(id) = p["id"].as_str().and_then(|s| s.parse::<Uuid>().ok()) else {
                 continue;
             };
-            let Some(s) = states.get_mut(&id) else { continue };
+            let Some(s) = states.get_mut(&id) else {
+                continue;
+            };
             let now = p["state"].as_str().unwrap_or("").to_owned();
             if now != s.state {
                 if matches!(now.as_str(), "failed" | "dead") {
@@ -460,8 +472,7 @@ impl Bars {
 
     fn show(&self, states: &HashMap<Uuid, PhotoState>) {
         let n = |f: fn(&PhotoState) -> bool| states.values().filter(|s| f(s)).count();
-        self.processed
-            .set_position(n(PhotoState::finished) as u64);
+        self.processed.set_position(n(PhotoState::finished) as u64);
         self.processed.set_message(format!(
             "({} processing, {} failed)",
             n(|s| s.state == "processing"),
@@ -491,12 +502,18 @@ fn print_summary(report: &Report<'_>) {
         .map(|r| (r.file.as_path(), r))
         .collect();
     for (file, r) in problems {
+        let message: String = r
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .chars()
+            .take(MESSAGE_CHARS)
+            .collect();
         println!(
-            "  {}  {}  {}  {}",
+            "  {}  {}  {}  {message}",
             file.display(),
             r.state,
             r.error_code.as_deref().unwrap_or("-"),
-            r.error.as_deref().unwrap_or("")
         );
     }
 }

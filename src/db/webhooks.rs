@@ -200,7 +200,9 @@ pub async fn claim_due(
 pub enum Ending {
     Delivered,
     /// Try again at `at`.
-    Retry { at: DateTime<Utc> },
+    Retry {
+        at: DateTime<Utc>,
+    },
     /// Out of attempts, or cannot succeed.
     Dead,
 }

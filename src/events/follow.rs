@@ -14,14 +14,14 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::hub::{Hub, PAGE};
-use super::Event;
+use super::{Event, Published};
 use crate::db::{self, DbError};
 
 /// What [`Follower::next`] found.
 #[derive(Debug)]
 pub enum Next {
     /// New events, in id order.
-    Events(Vec<Event>),
+    Events(Vec<Arc<Published>>),
     /// Caught up and nothing new before the deadline.
     Idle,
     /// The process is shutting down: end the stream (the client resumes elsewhere).
@@ -32,7 +32,7 @@ pub struct Follower {
     hub: Hub,
     owner: Uuid,
     batch: Option<Uuid>,
-    rx: broadcast::Receiver<Arc<Event>>,
+    rx: broadcast::Receiver<Arc<Published>>,
     /// Every event of the owner up to this id has been handed out, or did not match.
     seen: i64,
     /// Reading the feed; false while the log must be read first.
@@ -118,7 +118,10 @@ impl Follower {
                     return Ok(Next::Idle);
                 }
                 return Ok(Next::Events(
-                    page.events.into_iter().map(Event::from).collect(),
+                    page.events
+                        .into_iter()
+                        .map(|e| Published::new(Event::from(e)))
+                        .collect(),
                 ));
             }
             let received = tokio::select! {
@@ -133,11 +136,12 @@ impl Follower {
             while let Some(r) = pending.take() {
                 match r {
                     Ok(e) => {
-                        if e.id <= self.seen {
-                        } else if e.id == self.seen + 1 {
-                            self.seen = e.id;
-                            if self.batch.is_none() || e.batch_id == self.batch {
-                                out.push((*e).clone());
+                        let id = e.event.id;
+                        if id <= self.seen {
+                        } else if id == self.seen + 1 {
+                            self.seen = id;
+                            if self.batch.is_none() || e.event.batch_id == self.batch {
+                                out.push(e);
                             }
                         } else {
                             // The feed got ahead of us: read the rest from the log.
@@ -175,7 +179,7 @@ impl Follower {
     /// not handed out yet (its last ones may be committed but not yet broadcast), after
     /// which the batch's story is told. None while the batch goes on (or for a follower of
     /// all events).
-    pub async fn batch_rest(&mut self) -> Result<Option<Vec<Event>>, DbError> {
+    pub async fn batch_rest(&mut self) -> Result<Option<Vec<Arc<Published>>>, DbError> {
         let Some(batch) = self.batch else {
             return Ok(None);
         };

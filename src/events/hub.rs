@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::Event;
+use super::{Event, Published};
 use crate::config::EventsConfig;
 use crate::db::{self, DbPool};
 use crate::queue::Queue;
@@ -40,7 +40,7 @@ pub struct Hub {
 struct Inner {
     pool: DbPool,
     config: EventsConfig,
-    feeds: Mutex<HashMap<Uuid, broadcast::Sender<Arc<Event>>>>,
+    feeds: Mutex<HashMap<Uuid, broadcast::Sender<Arc<Published>>>>,
     /// Bumped on every Redis notice.
     wake: watch::Sender<u64>,
     /// True while the pub/sub subscription is up.
@@ -98,7 +98,7 @@ impl Hub {
     }
 
     /// A receiver of `owner`'s new events, starting the owner's feed if needed.
-    pub(super) fn subscribe(&self, owner: Uuid) -> broadcast::Receiver<Arc<Event>> {
+    pub(super) fn subscribe(&self, owner: Uuid) -> broadcast::Receiver<Arc<Published>> {
         let mut feeds = match self.inner.feeds.lock() {
             Ok(f) => f,
             Err(poisoned) => poisoned.into_inner(),
@@ -149,7 +149,7 @@ impl Hub {
 
     /// `owner`'s feed: reads new events from the log and broadcasts them, until nobody
     /// follows (or shutdown).
-    async fn feed(self, owner: Uuid, tx: broadcast::Sender<Arc<Event>>) {
+    async fn feed(self, owner: Uuid, tx: broadcast::Sender<Arc<Published>>) {
         let fallback = Duration::from_millis(self.inner.config.fallback_poll_ms);
         let mut wake = self.inner.wake.subscribe();
         let mut last: Option<i64> = None;
@@ -169,7 +169,11 @@ impl Hub {
                 Ok(()) => {}
                 Err(e) => tracing::debug!(error = %e, %owner, "reading the event log failed"),
             }
-            let poll = if self.notified() { SAFETY_POLL } else { fallback };
+            let poll = if self.notified() {
+                SAFETY_POLL
+            } else {
+                fallback
+            };
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => {
                     if let Ok(mut feeds) = self.inner.feeds.lock() {
@@ -188,7 +192,7 @@ impl Hub {
         &self,
         owner: Uuid,
         last: &mut Option<i64>,
-        tx: &broadcast::Sender<Arc<Event>>,
+        tx: &broadcast::Sender<Arc<Published>>,
     ) -> Result<(), db::DbError> {
         let mut conn = db::conn(&self.inner.pool).await?;
         let Some(mut after) = *last else {
@@ -200,7 +204,7 @@ impl Hub {
             let full = page.events.len() as i64 >= PAGE;
             after = page.covered(PAGE);
             for e in page.events {
-                let _ = tx.send(Arc::new(Event::from(e)));
+                let _ = tx.send(Published::new(Event::from(e)));
             }
             *last = Some(after);
             if !full {

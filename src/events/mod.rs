@@ -21,10 +21,16 @@ use crate::db::events::EventRow;
 
 /// Every event type, in the order the README and the OpenAPI document list them.
 pub const EVENT_TYPES: &[(&str, &str)] = &[
-    ("photo.queued", "a photo was accepted, or is waiting for its next attempt"),
+    (
+        "photo.queued",
+        "a photo was accepted, or is waiting for its next attempt",
+    ),
     ("photo.processing", "an attempt at a photo started"),
     ("photo.completed", "a photo's variants are stored"),
-    ("photo.failed", "a photo cannot be processed (its input is at fault)"),
+    (
+        "photo.failed",
+        "a photo cannot be processed (its input is at fault)",
+    ),
     ("photo.dead", "a photo ran out of attempts"),
     ("batch.started", "the first photo of a batch started"),
     ("batch.completed", "every photo of a batch completed"),
@@ -32,9 +38,15 @@ pub const EVENT_TYPES: &[(&str, &str)] = &[
         "batch.completed_with_errors",
         "every photo of a batch finished, some failed or dead",
     ),
-    ("product.processing", "an imported product has images still being processed"),
+    (
+        "product.processing",
+        "an imported product has images still being processed",
+    ),
     ("product.processed", "every image of a product is processed"),
-    ("product.process_error", "a product's images are finished, some failed"),
+    (
+        "product.process_error",
+        "a product's images are finished, some failed",
+    ),
 ];
 
 /// The type a client reloads its state after: the events it asked to resume from are gone
@@ -81,6 +93,37 @@ impl From<EventRow> for Event {
             product_id: r.product_id,
             data: r.data,
         }
+    }
+}
+
+/// An event as handed to followers: shared by all of them, with its SSE message rendered
+/// once however many streams send it.
+#[derive(Debug)]
+pub struct Published {
+    pub event: Event,
+    sse: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Published {
+    pub fn new(event: Event) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Published {
+            event,
+            sse: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The event as one SSE message: `id:`, `event:` (its type), `data:` (its JSON).
+    pub fn sse(&self) -> bytes::Bytes {
+        self.sse
+            .get_or_init(|| {
+                let e = &self.event;
+                let data = serde_json::to_string(e).unwrap_or_else(|_| "{}".into());
+                bytes::Bytes::from(format!(
+                    "id: {}\nevent: {}\ndata: {}\n\n",
+                    e.id, e.kind, data
+                ))
+            })
+            .clone()
     }
 }
 

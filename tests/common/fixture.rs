@@ -79,7 +79,9 @@ impl Fixture {
         .bind(("127.0.0.1", 0))
         .expect("fixture binds");
         let port = server.addrs()[0].port();
-        let server = server.bind(("127.0.0.2", port)).expect("fixture binds 127.0.0.2");
+        let server = server
+            .bind(("127.0.0.2", port))
+            .expect("fixture binds 127.0.0.2");
         let server = server.run();
         let handle = server.handle();
         tokio::spawn(server);

@@ -67,8 +67,7 @@ impl Sse {
             if e.data.is_empty() {
                 continue;
             }
-            let parsed: photoq::events::Event =
-                serde_json::from_str(&e.data).expect("event JSON");
+            let parsed: photoq::events::Event = serde_json::from_str(&e.data).expect("event JSON");
             assert_eq!(e.id, parsed.id.to_string(), "SSE id is the event id");
             assert_eq!(e.event, parsed.kind, "SSE event name is the type");
             return Some(parsed);

@@ -1,0 +1,313 @@
+//! Live progress under load: one `photoq serve`, no-op workers, and SSE subscribers.
+//!
+//!   cargo bench --bench events -- [--subscribers N] [--photos P] [--workers W]
+//!
+//! 1. Latency: one subscriber follows `/v1/events` while a batch of P photos goes through
+//!    no-op workers (queued, processing, completed: 3 events a photo, and the batch's);
+//!    for every event, the time from its `created_at` (written with `clock_timestamp()` by
+//!    the trigger in the changing transaction, just before its commit) to its arrival at the
+//!    client, same clock; p50 and p99.
+//! 2. N subscribers (default 2,000) connected to the same `serve` and idle: its RSS and CPU
+//!    over 10 s.
+//! 3. The same N subscribers while another batch of P photos runs: the `serve` process's
+//!    CPU and peak RSS, and the latency percentiles over every (event, subscriber) pair.
+//!
+//! The subscribers are this process's tokio tasks (HTTP/1.1, one connection each), on the
+//! same two cores as photoq: their parsing competes with the server. Processes, database
+//! and Redis prefix as in `benches/e2e.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use photoq::config::Config;
+use photoq::db::models::{Batch, NewPhoto};
+use uuid::Uuid;
+
+use common::cluster::{Cluster, Proc};
+
+const TIMEOUT: Duration = Duration::from_secs(600);
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+
+struct Args {
+    subscribers: usize,
+    photos: usize,
+    workers: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        subscribers: 2000,
+        photos: 1000,
+        workers: 1,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().expect("a value after the flag");
+        match arg.as_str() {
+            "--subscribers" => a.subscribers = value().parse().expect("number"),
+            "--photos" => a.photos = value().parse().expect("number"),
+            "--workers" => a.workers = value().parse().expect("number"),
+            "--bench" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    a
+}
+
+/// (utime + stime in clock ticks, VmRSS KiB, VmHWM KiB) of a process.
+fn usage(pid: u32) -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = fields
+        .get(11)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (ticks, kib("VmRSS:"), kib("VmHWM:"))
+}
+
+/// Clock ticks per second (USER_HZ; 100 on Linux).
+const TICKS: f64 = 100.0;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// What the subscribers saw.
+#[derive(Default)]
+struct Seen {
+    /// Milliseconds from an event's `created_at` to its arrival, over all subscribers.
+    latencies: Mutex<Vec<f64>>,
+    /// Subscribers whose stream is open.
+    connected: AtomicUsize,
+    /// Subscribers that saw the batch end.
+    finished: AtomicUsize,
+}
+
+/// One subscriber: follows `/v1/events`, recording latencies, and counts itself finished at
+/// each batch end.
+async fn subscribe(http: reqwest::Client, url: String, key: String, seen: Arc<Seen>) {
+    let res = http
+        .get(&url)
+        .bearer_auth(&key)
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .expect("subscribe");
+    assert_eq!(res.status(), 200);
+    seen.connected.fetch_add(1, Ordering::SeqCst);
+    let mut stream = res.bytes_stream().eventsource();
+    let mut mine = Vec::new();
+    while let Some(Ok(m)) = stream.next().await {
+        if m.data.is_empty() {
+            continue;
+        }
+        let Ok(e) = serde_json::from_str::<photoq::events::Event>(&m.data) else {
+            continue;
+        };
+        let ms = (Utc::now() - e.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+        mine.push(ms);
+        if photoq::events::ends_batch(&e.kind) {
+            seen.latencies.lock().unwrap().append(&mut mine);
+            seen.finished.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn run_batch(pool: &photoq::db::DbPool, queue: &photoq::queue::Queue, owner: Uuid, n: usize) {
+    let batch = Batch {
+        id: Uuid::now_v7(),
+        owner_id: owner,
+        created_at: Utc::now(),
+    };
+    let photos: Vec<NewPhoto> = (0..n)
+        .map(|_| {
+            let id = Uuid::now_v7();
+            NewPhoto {
+                id,
+                batch_id: batch.id,
+                owner_id: owner,
+                filename: None,
+                content_type: Some("image/jpeg".into()),
+                bytes: Some(0),
+                sha256: Some(String::new()),
+                original_key: format!("originals/{id}"),
+                source_url: None,
+            }
+        })
+        .collect();
+    let ids: Vec<Uuid> = photos.iter().map(|p| p.id).collect();
+    let mut conn = photoq::db::conn(pool).await.expect("conn");
+    photoq::db::photos::insert_batch(&mut conn, &batch, &photos, None)
+        .await
+        .expect("insert");
+    drop(conn);
+    queue.events_written();
+    photoq::dispatch::publish_new(pool, queue, photoq::queue::Lane::Interactive, &ids)
+        .await
+        .expect("publish");
+}
+
+async fn wait_finished(seen: &Seen, want: usize, procs: &mut [Proc]) {
+    let clock = Instant::now();
+    while seen.finished.load(Ordering::SeqCst) < want {
+        assert!(
+            clock.elapsed() < TIMEOUT,
+            "subscribers did not see the batch end"
+        );
+        for p in procs.iter_mut() {
+            assert!(
+                p.child.try_wait().unwrap().is_none(),
+                "a photoq process died"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn report_latency(what: &str, seen: &Seen) {
+    let mut l = std::mem::take(&mut *seen.latencies.lock().unwrap());
+    l.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "  {what}: {} deliveries, latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        l.len(),
+        percentile(&l, 0.5),
+        percentile(&l, 0.99),
+        l.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+async fn bench(a: Args) {
+    let cluster = Cluster::new("pqevbench");
+    let key = cluster.key();
+    let mut config = Config::defaults().expect("defaults");
+    config.database.url = cluster.database_url();
+    config.redis.url = cluster.redis_url.clone();
+    config.redis.prefix = cluster.name.clone();
+    let pool = photoq::db::connect(&config.database).await.expect("db");
+    let queue = photoq::queue::Queue::new(&config.redis).expect("redis");
+    queue.ensure_group().await.expect("group");
+    let owner = photoq::auth::authenticate(&pool, &key)
+        .await
+        .expect("auth")
+        .expect("owner");
+    let (serve, base) = cluster.serve().await;
+    let serve_pid = serve.pid();
+    let mut procs = vec![serve];
+    for _ in 0..a.workers {
+        procs.push(cluster.spawn(&["work", "--no-op", "--concurrency", "200"], &[]));
+    }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let url = format!("{base}/v1/events");
+    println!(
+        "photoq events: one serve, {} no-op worker process(es), batches of {} photos",
+        a.workers, a.photos
+    );
+
+    // 1. One subscriber.
+    let seen = Arc::new(Seen::default());
+    let one = tokio::spawn(subscribe(
+        http.clone(),
+        url.clone(),
+        key.clone(),
+        seen.clone(),
+    ));
+    while seen.connected.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    run_batch(&pool, &queue, owner, a.photos).await;
+    wait_finished(&seen, 1, &mut procs).await;
+    report_latency("1 subscriber", &seen);
+    one.abort();
+
+    // 2. N idle subscribers.
+    let seen = Arc::new(Seen::default());
+    let tasks: Vec<_> = (0..a.subscribers)
+        .map(|_| {
+            tokio::spawn(subscribe(
+                http.clone(),
+                url.clone(),
+                key.clone(),
+                seen.clone(),
+            ))
+        })
+        .collect();
+    let clock = Instant::now();
+    while seen.connected.load(Ordering::SeqCst) < a.subscribers {
+        assert!(clock.elapsed() < TIMEOUT, "subscribers could not connect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "  {} subscribers connected in {:.2} s",
+        a.subscribers,
+        clock.elapsed().as_secs_f64()
+    );
+    let (t0, _, _) = usage(serve_pid);
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let (t1, rss, _) = usage(serve_pid);
+    println!(
+        "  idle: serve RSS {:.1} MiB, CPU {:.1}% of one core over {} s",
+        rss as f64 / 1024.0,
+        (t1 - t0) as f64 / TICKS / IDLE_WINDOW.as_secs_f64() * 100.0,
+        IDLE_WINDOW.as_secs()
+    );
+
+    // 3. A batch with N subscribers.
+    let clock = Instant::now();
+    run_batch(&pool, &queue, owner, a.photos).await;
+    wait_finished(&seen, a.subscribers, &mut procs).await;
+    let wall = clock.elapsed().as_secs_f64();
+    let (t2, rss, hwm) = usage(serve_pid);
+    println!(
+        "  batch: every subscriber had it all after {wall:.2} s; serve CPU {:.1}% of one core, \
+         RSS {:.1} MiB (peak {:.1} MiB)",
+        (t2 - t1) as f64 / TICKS / wall * 100.0,
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    report_latency(&format!("{} subscribers", a.subscribers), &seen);
+    for t in tasks {
+        t.abort();
+    }
+    drop(procs);
+    drop(pool);
+    cluster.cleanup().await;
+}
+
+fn main() {
+    let a = args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(bench(a));
+}
