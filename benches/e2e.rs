@@ -39,9 +39,7 @@ use chrono::{DateTime, Utc};
 use diesel::sql_types::{BigInt, Double, Nullable};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use photoq::config::Config;
-use photoq::db::models::{Batch, NewPhoto};
 use serde_json::Value;
-use uuid::Uuid;
 
 use common::cluster::{Client, Cluster, Proc};
 /// Photos per upload request (the default upload limit).
@@ -343,37 +341,7 @@ async fn no_op(a: Args) {
     while remaining > 0 {
         let n = remaining.min(PUBLISH_CHUNK);
         remaining -= n;
-        let batch = Batch {
-            id: Uuid::now_v7(),
-            owner_id: owner.id,
-            created_at: Utc::now(),
-        };
-        let photos: Vec<NewPhoto> = (0..n)
-            .map(|_| {
-                let id = Uuid::now_v7();
-                NewPhoto {
-                    id,
-                    batch_id: batch.id,
-                    owner_id: owner.id,
-                    filename: None,
-                    content_type: Some("image/jpeg".into()),
-                    bytes: Some(0),
-                    sha256: Some(String::new()),
-                    original_key: format!("originals/{id}"),
-                    source_url: None,
-                }
-            })
-            .collect();
-        let ids: Vec<Uuid> = photos.iter().map(|p| p.id).collect();
-        {
-            let mut conn = photoq::db::conn(&pool).await.expect("conn");
-            photoq::db::photos::insert_batch(&mut conn, &batch, &photos, None)
-                .await
-                .expect("insert");
-        }
-        photoq::dispatch::publish_new(&pool, &queue, photoq::queue::Lane::Interactive, &ids)
-            .await
-            .expect("publish");
+        common::publish_no_op_batch(&pool, &queue, owner.id, n).await;
     }
     println!(
         "{} jobs committed and published in {:.2} s",

@@ -28,7 +28,6 @@ use chrono::Utc;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use photoq::config::Config;
-use photoq::db::models::{Batch, NewPhoto};
 use uuid::Uuid;
 
 use common::cluster::{Cluster, Proc};
@@ -140,40 +139,6 @@ async fn subscribe(http: reqwest::Client, url: String, key: String, seen: Arc<Se
     }
 }
 
-async fn run_batch(pool: &photoq::db::DbPool, queue: &photoq::queue::Queue, owner: Uuid, n: usize) {
-    let batch = Batch {
-        id: Uuid::now_v7(),
-        owner_id: owner,
-        created_at: Utc::now(),
-    };
-    let photos: Vec<NewPhoto> = (0..n)
-        .map(|_| {
-            let id = Uuid::now_v7();
-            NewPhoto {
-                id,
-                batch_id: batch.id,
-                owner_id: owner,
-                filename: None,
-                content_type: Some("image/jpeg".into()),
-                bytes: Some(0),
-                sha256: Some(String::new()),
-                original_key: format!("originals/{id}"),
-                source_url: None,
-            }
-        })
-        .collect();
-    let ids: Vec<Uuid> = photos.iter().map(|p| p.id).collect();
-    let mut conn = photoq::db::conn(pool).await.expect("conn");
-    photoq::db::photos::insert_batch(&mut conn, &batch, &photos, None)
-        .await
-        .expect("insert");
-    drop(conn);
-    queue.events_written();
-    photoq::dispatch::publish_new(pool, queue, photoq::queue::Lane::Interactive, &ids)
-        .await
-        .expect("publish");
-}
-
 async fn wait_finished(seen: &Seen, want: usize, procs: &mut [Proc]) {
     let clock = Instant::now();
     while seen.finished.load(Ordering::SeqCst) < want {
@@ -244,7 +209,7 @@ async fn bench(a: Args) {
     while seen.connected.load(Ordering::SeqCst) < 1 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    run_batch(&pool, &queue, owner, a.photos).await;
+    common::publish_no_op_batch(&pool, &queue, owner, a.photos).await;
     wait_finished(&seen, 1, &mut procs).await;
     report_latency("1 subscriber", &seen);
     one.abort();
@@ -283,7 +248,7 @@ async fn bench(a: Args) {
 
     // 3. A batch with N subscribers.
     let clock = Instant::now();
-    run_batch(&pool, &queue, owner, a.photos).await;
+    common::publish_no_op_batch(&pool, &queue, owner, a.photos).await;
     wait_finished(&seen, a.subscribers, &mut procs).await;
     let wall = clock.elapsed().as_secs_f64();
     let (t2, rss, hwm) = usage(serve_pid);

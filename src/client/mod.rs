@@ -108,16 +108,12 @@ impl Client {
         body: Vec<u8>,
         idempotency_key: Option<&str>,
     ) -> Result<Value, ClientError> {
-        let mut req = self
+        let req = self
             .http
             .post(self.url(path)?)
-            .bearer_auth(&self.key)
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body);
-        if let Some(k) = idempotency_key {
-            req = req.header("Idempotency-Key", k);
-        }
-        answer(req.send().await?).await
+        self.send_post(req, idempotency_key).await
     }
 
     /// POSTs a multipart form; the JSON answer.
@@ -127,11 +123,17 @@ impl Client {
         form: reqwest::multipart::Form,
         idempotency_key: Option<&str>,
     ) -> Result<Value, ClientError> {
-        let mut req = self
-            .http
-            .post(self.url(path)?)
-            .bearer_auth(&self.key)
-            .multipart(form);
+        let req = self.http.post(self.url(path)?).multipart(form);
+        self.send_post(req, idempotency_key).await
+    }
+
+    /// Sends a POST with the key (and the idempotency key, if any); the JSON answer.
+    async fn send_post(
+        &self,
+        req: reqwest::RequestBuilder,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut req = req.bearer_auth(&self.key);
         if let Some(k) = idempotency_key {
             req = req.header("Idempotency-Key", k);
         }
@@ -151,25 +153,13 @@ impl Client {
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
         }
-        let res = req.send().await?;
-        if !res.status().is_success() {
-            return Err(answer(res).await.err().unwrap_or(ClientError::NoKey));
-        }
-        Ok(res)
+        success(req.send().await?).await
     }
 
     /// GETs raw bytes (a variant).
     pub async fn get_bytes(&self, path: &str) -> Result<bytes::Bytes, ClientError> {
-        let res = self
-            .http
-            .get(self.url(path)?)
-            .bearer_auth(&self.key)
-            .send()
-            .await?;
-        if !res.status().is_success() {
-            return Err(answer(res).await.err().unwrap_or(ClientError::NoKey));
-        }
-        Ok(res.bytes().await?)
+        let req = self.http.get(self.url(path)?).bearer_auth(&self.key);
+        Ok(success(req.send().await?).await?.bytes().await?)
     }
 
     /// GETs a JSON resource.
@@ -186,6 +176,22 @@ fn read_key(path: &Path) -> Result<String, ClientError> {
         return Err(ClientError::NoKey);
     }
     Ok(key)
+}
+
+/// A successful response, or the API's error.
+async fn success(res: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+    if res.status().is_success() {
+        return Ok(res);
+    }
+    Err(match answer(res).await {
+        Err(e) => e,
+        Ok(body) => ClientError::Api {
+            status: 0,
+            code: String::new(),
+            message: "unexpected answer".into(),
+            body,
+        },
+    })
 }
 
 /// The JSON body of a success, or the API's error.

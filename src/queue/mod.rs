@@ -209,8 +209,9 @@ impl LazyConn {
 pub struct Queue {
     conn: LazyConn,
     keys: Keys,
-    /// Wakes the task that publishes "events written" notices (started on first use).
-    notices: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<()>>>,
+    /// Wakes the task that publishes "events written" notices (started on first use, and
+    /// again if the runtime it ran on has stopped).
+    notices: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Sender<()>>>>,
 }
 
 impl Queue {
@@ -433,14 +434,26 @@ impl Queue {
     /// A lost notice delays events by at most `events.fallback_poll_ms`-ish polling, never
     /// loses them: the log is in PostgreSQL.
     pub fn events_written(&self) {
-        let tx = self.notices.get_or_init(|| {
+        let mut slot = match self.notices.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(tx) = slot.as_ref() {
+            match tx.try_send(()) {
+                Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(())) => return,
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => {}
+            }
+        }
+        let tx = {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-            let queue = self.clone();
+            // The connection and the channel only: the task ends when the queue's last
+            // handle (holding the sender) goes.
+            let lazy = self.conn.clone();
+            let channel = self.events_channel();
             tokio::spawn(async move {
-                let channel = queue.events_channel();
                 while rx.recv().await.is_some() {
                     let sent: Result<(), QueueError> = async {
-                        let mut conn = queue.conn.get().await?;
+                        let mut conn = lazy.get().await?;
                         let _: i64 = conn.publish(&channel, 1).await?;
                         Ok(())
                     }
@@ -451,8 +464,9 @@ impl Queue {
                 }
             });
             tx
-        });
+        };
         let _ = tx.try_send(());
+        *slot = Some(tx);
     }
 
     /// A connection of its own for subscribing to pub/sub channels.

@@ -544,3 +544,46 @@ impl Drop for PrivatePostgres {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Commits a batch of `n` photos for `owner` with nothing stored (for workers started with
+/// `--no-op`) and publishes their jobs: the benchmarks' way to queue work without uploads.
+pub async fn publish_no_op_batch(
+    pool: &photoq::db::DbPool,
+    queue: &photoq::queue::Queue,
+    owner: Uuid,
+    n: usize,
+) {
+    use photoq::db::models::{Batch, NewPhoto};
+    let batch = Batch {
+        id: Uuid::now_v7(),
+        owner_id: owner,
+        created_at: chrono::Utc::now(),
+    };
+    let photos: Vec<NewPhoto> = (0..n)
+        .map(|_| {
+            let id = Uuid::now_v7();
+            NewPhoto {
+                id,
+                batch_id: batch.id,
+                owner_id: owner,
+                filename: None,
+                content_type: Some("image/jpeg".into()),
+                bytes: Some(0),
+                sha256: Some(String::new()),
+                original_key: format!("originals/{id}"),
+                source_url: None,
+            }
+        })
+        .collect();
+    let ids: Vec<Uuid> = photos.iter().map(|p| p.id).collect();
+    {
+        let mut conn = photoq::db::conn(pool).await.expect("conn");
+        photoq::db::photos::insert_batch(&mut conn, &batch, &photos, None)
+            .await
+            .expect("insert");
+    }
+    queue.events_written();
+    photoq::dispatch::publish_new(pool, queue, photoq::queue::Lane::Interactive, &ids)
+        .await
+        .expect("publish");
+}
