@@ -369,8 +369,13 @@ async fn every_route_answers_as_documented() {
     ];
     contract.check_gets(&app, &cases).await;
 
-    // Events: long-poll pages, a finished import's SSE stream (which ends), tokens, and the
-    // WebSocket route refusing a plain GET.
+    // Events: long-poll pages (their events' types checked against the documented list), a
+    // finished import's SSE stream (which ends), tokens, and the WebSocket route refusing a
+    // plain GET.
+    let documented = contract.spec.to_string();
+    for (kind, _) in photoq::events::EVENT_TYPES {
+        assert!(documented.contains(&format!("\"{kind}\"")), "{kind} documented");
+    }
     let cases = [
         ("/v1/events?after=0&wait=0".to_owned(), "/v1/events", 200),
         ("/v1/events?after=-1".into(), "/v1/events", 400),

@@ -11,7 +11,8 @@
 //! - each route lists the error statuses it can answer, and no others;
 //! - `/readyz` documents its 200 and 503 bodies;
 //! - the event routes answer `text/event-stream` too, and take a header key or a token;
-//! - the WebSocket route (outside paperclip) is described with its messages.
+//! - the WebSocket route (outside paperclip) is described with its messages;
+//! - an event's `type` lists every event type.
 
 use serde_json::{json, Map, Value};
 
@@ -115,6 +116,36 @@ pub fn amend(spec: &mut Value) {
     readiness(spec);
     event_security(spec);
     websocket(spec);
+    event_types(spec);
+}
+
+/// An event's `type` is one of the documented types, each described: in every schema of
+/// an event (an object with `id`, `type`, `created_at` and `data`), wherever it is.
+fn event_types(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let is_event = map.get("properties").is_some_and(|p| {
+                ["id", "type", "created_at", "data"]
+                    .iter()
+                    .all(|k| p.get(*k).is_some())
+            });
+            if is_event {
+                if let Some(kind) = map.get_mut("properties").and_then(|p| p.get_mut("type")) {
+                    let names: Vec<&str> =
+                        crate::events::EVENT_TYPES.iter().map(|(t, _)| *t).collect();
+                    let described: Vec<String> = crate::events::EVENT_TYPES
+                        .iter()
+                        .map(|(t, what)| format!("`{t}`: {what}"))
+                        .collect();
+                    kind["enum"] = json!(names);
+                    kind["description"] = json!(described.join("; "));
+                }
+            }
+            map.values_mut().for_each(event_types);
+        }
+        Value::Array(items) => items.iter_mut().for_each(event_types),
+        _ => {}
+    }
 }
 
 /// The event routes answer an SSE stream beside the long-poll JSON.

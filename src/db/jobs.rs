@@ -391,17 +391,25 @@ pub async fn mark_published(
     let ids: Vec<Uuid> = published.iter().map(|p| p.0).collect();
     let seen: Vec<Option<&str>> = published.iter().map(|p| p.1.as_deref()).collect();
     let entries: Vec<&str> = published.iter().map(|p| p.2.as_str()).collect();
-    diesel::sql_query(
-        "UPDATE photos AS p SET entry_id = v.entry, published_at = $1 \
-         FROM unnest($2::uuid[], $3::text[], $4::text[]) AS v(id, seen, entry) \
-         WHERE p.id = v.id AND p.state = 'queued' AND p.entry_id IS NOT DISTINCT FROM v.seen",
-    )
-    .bind::<Timestamptz, _>(Utc::now())
-    .bind::<Array<SqlUuid>, _>(&ids)
-    .bind::<Array<Nullable<Text>>, _>(&seen)
-    .bind::<Array<Text>, _>(&entries)
-    .execute(conn)
-    .await?;
+    let now = Utc::now();
+    // A worker may be starting some of these photos at the same moment, locking their rows
+    // in another order: PostgreSQL then aborts one of the two statements, and this one
+    // runs again.
+    rerun_on_conflict!(async {
+        diesel::sql_query(
+            "UPDATE photos AS p SET entry_id = v.entry, published_at = $1 \
+             FROM unnest($2::uuid[], $3::text[], $4::text[]) AS v(id, seen, entry) \
+             WHERE p.id = v.id AND p.state = 'queued' \
+               AND p.entry_id IS NOT DISTINCT FROM v.seen",
+        )
+        .bind::<Timestamptz, _>(now)
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<Nullable<Text>>, _>(&seen)
+        .bind::<Array<Text>, _>(&entries)
+        .execute(&mut *conn)
+        .await
+        .map_err(DbError::from)
+    })?;
     Ok(())
 }
 
