@@ -374,7 +374,10 @@ async fn every_route_answers_as_documented() {
     // plain GET.
     let documented = contract.spec.to_string();
     for (kind, _) in photoq::events::EVENT_TYPES {
-        assert!(documented.contains(&format!("\"{kind}\"")), "{kind} documented");
+        assert!(
+            documented.contains(&format!("\"{kind}\"")),
+            "{kind} documented"
+        );
     }
     let cases = [
         ("/v1/events?after=0&wait=0".to_owned(), "/v1/events", 200),
