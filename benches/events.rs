@@ -120,17 +120,23 @@ const PROBE_EVERY: usize = 50;
 /// The end of a batch, as it appears in an SSE stream (both end types start so).
 const BATCH_END: &[u8] = b"event: batch.completed";
 
-/// A light subscriber: counts itself finished when its stream shows a batch's end.
-async fn watch(http: reqwest::Client, url: String, key: String, seen: Arc<Seen>) {
+/// Opens an SSE stream of `url` and counts it connected.
+async fn connect(http: &reqwest::Client, url: &str, key: &str, seen: &Seen) -> reqwest::Response {
     let res = http
-        .get(&url)
-        .bearer_auth(&key)
+        .get(url)
+        .bearer_auth(key)
         .header("Accept", "text/event-stream")
         .send()
         .await
         .expect("subscribe");
     assert_eq!(res.status(), 200);
     seen.connected.fetch_add(1, Ordering::SeqCst);
+    res
+}
+
+/// A light subscriber: counts itself finished when its stream shows a batch's end.
+async fn watch(http: reqwest::Client, url: String, key: String, seen: Arc<Seen>) {
+    let res = connect(&http, &url, &key, &seen).await;
     let mut stream = res.bytes_stream();
     let mut tail: Vec<u8> = Vec::new();
     while let Some(Ok(chunk)) = stream.next().await {
@@ -148,15 +154,7 @@ async fn watch(http: reqwest::Client, url: String, key: String, seen: Arc<Seen>)
 /// One subscriber: follows `/v1/events`, recording latencies, and counts itself finished at
 /// each batch end.
 async fn subscribe(http: reqwest::Client, url: String, key: String, seen: Arc<Seen>) {
-    let res = http
-        .get(&url)
-        .bearer_auth(&key)
-        .header("Accept", "text/event-stream")
-        .send()
-        .await
-        .expect("subscribe");
-    assert_eq!(res.status(), 200);
-    seen.connected.fetch_add(1, Ordering::SeqCst);
+    let res = connect(&http, &url, &key, &seen).await;
     let mut stream = res.bytes_stream().eventsource();
     let mut mine = Vec::new();
     while let Some(Ok(m)) = stream.next().await {
