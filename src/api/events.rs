@@ -175,21 +175,21 @@ async fn answer(
         (None, Some(_)) => Start::Beginning,
         (None, None) => Start::Now,
     };
-    let (follower, reset) = Follower::open(&state.hub, owner, batch, start).await?;
-    if sse {
-        if query.wait.is_some() {
-            return Err(ApiError::bad_query(
-                "`wait` is for long-polling, not for SSE",
-            ));
-        }
-        return Ok(EventsAnswer::Stream(stream(state, follower, batch, reset)));
-    }
     let max_wait = state.config.events.max_wait_secs;
     let wait = query.wait.unwrap_or(DEFAULT_WAIT_SECS.min(max_wait));
+    if sse && query.wait.is_some() {
+        return Err(ApiError::bad_query(
+            "`wait` is for long-polling, not for SSE",
+        ));
+    }
     if wait > max_wait {
         return Err(ApiError::bad_query(format!(
             "`wait` is at most {max_wait} seconds"
         )));
+    }
+    let (follower, reset) = Follower::open(&state.hub, owner, batch, start).await?;
+    if sse {
+        return Ok(EventsAnswer::Stream(stream(state, follower, batch, reset)));
     }
     long_poll(follower, reset, Duration::from_secs(wait)).await
 }
