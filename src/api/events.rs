@@ -170,11 +170,7 @@ async fn answer(
             "`after` must be an event id, 0 or more",
         ));
     }
-    let start = match (resume, batch) {
-        (Some(id), _) => Start::After(id),
-        (None, Some(_)) => Start::Beginning,
-        (None, None) => Start::Now,
-    };
+    let start = Start::of(resume, batch);
     let max_wait = state.config.events.max_wait_secs;
     let wait = query.wait.unwrap_or(DEFAULT_WAIT_SECS.min(max_wait));
     if sse && query.wait.is_some() {

@@ -202,11 +202,7 @@ async fn handle(
                     Err(e) => return Some(error(e.code(), &e.to_string())),
                 }
             }
-            let start = match (after, batch) {
-                (Some(id), _) => Start::After(id),
-                (None, Some(_)) => Start::Beginning,
-                (None, None) => Start::Now,
-            };
+            let start = Start::of(after, batch);
             let (follower, reset) = match Follower::open(&state.hub, owner, batch, start).await {
                 Ok(f) => f,
                 Err(e) => {

@@ -50,6 +50,19 @@ pub enum Start {
     Beginning,
 }
 
+impl Start {
+    /// Where a client starts that asked to resume `after` an id (or did not), following
+    /// one `batch` or everything: after that id, else a batch from its beginning and
+    /// everything from now.
+    pub fn of(after: Option<i64>, batch: Option<Uuid>) -> Self {
+        match (after, batch) {
+            (Some(id), _) => Start::After(id),
+            (None, Some(_)) => Start::Beginning,
+            (None, None) => Start::Now,
+        }
+    }
+}
+
 impl Follower {
     /// Starts following `owner`'s events (one batch's, with `batch`). Answers, beside the
     /// follower, the id of a `reset` to send first when the client asked to resume from an
