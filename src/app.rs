@@ -62,6 +62,9 @@ pub struct Running {
     pub addr: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// The event sequencer, stopped after the rest (its last pass numbers their last
+    /// changes).
+    sequencer: (CancellationToken, JoinHandle<()>),
 }
 
 impl Running {
@@ -70,6 +73,9 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        let (stop, task) = self.sequencer;
+        stop.cancel();
+        let _ = task.await;
     }
 
     pub async fn stop(self) {
@@ -104,6 +110,13 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
         metrics.clone(),
         shutdown.clone(),
     )));
+
+    let sequencer_stop = CancellationToken::new();
+    let sequencer = tokio::spawn(crate::events::sequencer::run(
+        config.clone(),
+        queue.clone(),
+        sequencer_stop.clone(),
+    ));
 
     tasks.push(tokio::spawn(crate::events::run_pruner(
         pool.clone(),
@@ -186,6 +199,7 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
         addr,
         shutdown,
         tasks,
+        sequencer: (sequencer_stop, sequencer),
     })
 }
 

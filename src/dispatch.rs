@@ -203,7 +203,7 @@ impl Reconciler {
                 let mut conn = db::conn(pool).await?;
                 db::jobs::reclaim_many(&mut conn, &pairs, config.retry.max_attempts as i32).await?
             };
-            queue.events_written();
+            queue.changes_written();
             for (id, dead) in reclaimed {
                 match dead {
                     Some(reason) => {
@@ -293,7 +293,7 @@ pub async fn redrive(
         let mut conn = db::conn(pool).await?;
         db::jobs::redrive(&mut conn, filter).await?
     };
-    queue.events_written();
+    queue.changes_written();
     let jobs: Vec<Unpublished> = redriven
         .iter()
         .map(|(id, lane)| (*id, *lane, None))

@@ -362,6 +362,121 @@ async fn events_reach_every_node_in_order_and_survive_a_redis_restart() {
     cluster.cleanup().await;
 }
 
+/// Event ids follow commit order, not the order statements ran in: a change committed
+/// while an earlier one is still open is numbered first, the open one's follows once it
+/// commits, and no id is skipped or repeated. The second writer does not wait for the
+/// first (a 5 s statement timeout would fail it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_ids_follow_commit_order_and_writers_do_not_wait_for_each_other() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+
+    let app = TestApp::builder().workers(None).start().await;
+    let batch = app
+        .upload_ok(vec![jpeg("Canon_40D.jpg"), jpeg("Nikon_D70.jpg")])
+        .await;
+    let photos: Vec<String> = batch["photos"]
+        .as_array()
+        .expect("photos")
+        .iter()
+        .map(|p| p["id"].as_str().expect("id").to_owned())
+        .collect();
+    let (a, b) = (&photos[0], &photos[1]);
+    let mut head = 0;
+    while head < 2 {
+        let page = long_poll(&app, &app.key, &format!("/v1/events?after={head}&wait=10")).await;
+        head = page["last_event_id"].as_i64().expect("last_event_id");
+    }
+    assert_eq!(head, 2, "two photo.queued events");
+
+    let url = &app.config.database.url;
+    let mut first = AsyncPgConnection::establish(url).await.expect("connection");
+    let mut second = AsyncPgConnection::establish(url).await.expect("connection");
+    second
+        .batch_execute("SET statement_timeout = '5s'")
+        .await
+        .expect("timeout");
+    // A new attempt in the same state is an event (as for a job taken over).
+    let bump = |id: &str| format!("UPDATE photos SET attempts = attempts + 1 WHERE id = '{id}'");
+    first
+        .batch_execute(&format!("BEGIN; {}", bump(a)))
+        .await
+        .expect("first writer");
+    second
+        .batch_execute(&format!("BEGIN; {}; COMMIT", bump(b)))
+        .await
+        .expect("the second writer commits while the first is open");
+    app.queue().changes_written();
+    let page = long_poll(&app, &app.key, "/v1/events?after=2&wait=10").await;
+    let events = events_of(&page);
+    assert_eq!(events.len(), 1, "only the committed change: {events:?}");
+    assert_eq!(events[0].id, 3);
+    assert_eq!(
+        events[0].photo_id.map(|p| p.to_string()).as_deref(),
+        Some(b.as_str())
+    );
+    assert_eq!(events[0].data["attempts"], 1);
+
+    first.batch_execute("COMMIT").await.expect("commit");
+    app.queue().changes_written();
+    let page = long_poll(&app, &app.key, "/v1/events?after=3&wait=10").await;
+    let events = events_of(&page);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        events[0].id, 4,
+        "numbered after the change that committed first"
+    );
+    assert_eq!(
+        events[0].photo_id.map(|p| p.to_string()).as_deref(),
+        Some(a.as_str())
+    );
+    app.finish().await;
+}
+
+/// The process leading the event sequencer is SIGKILLed between two batches: another
+/// process takes over, and a client following on a third sees both batches' whole
+/// stories, every id once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_sequences_events_when_the_leader_dies() {
+    let cluster = Cluster::new("pqleader");
+    let key = cluster.key();
+    let leader = cluster.work(2);
+    let first = cluster.wait_for_event_leader(None).await;
+    assert_eq!(first, leader.pid());
+    let (_serve, base) = cluster.serve().await;
+    let _worker = cluster.work(2);
+    let client = cluster::Client::new(&base, &key);
+    let http = common::http_client();
+    let mut sse = Sse::open(&http, &format!("{base}/v1/events"), Some(&key), &[]).await;
+
+    let mut seen = Vec::new();
+    let mut leader = Some(leader);
+    for round in 0..2 {
+        if round == 1 {
+            leader.take().expect("leader").kill();
+            let next = cluster.wait_for_event_leader(Some(first)).await;
+            assert_ne!(next, first);
+        }
+        let batch = client
+            .upload(&[jpeg("Canon_40D.jpg"), jpeg("Nikon_D70.jpg")])
+            .await;
+        let id = batch["batch_id"].as_str().expect("batch").to_owned();
+        let mut story = Vec::new();
+        while !story
+            .last()
+            .is_some_and(|e: &Event| e.kind.starts_with("batch.completed"))
+        {
+            story.push(sse.next_event().await.expect("event"));
+        }
+        assert_story(&story, &id);
+        seen.extend(story);
+    }
+    let ids: Vec<i64> = seen.iter().map(|e| e.id).collect();
+    let expected: Vec<i64> = (ids[0]..ids[0] + ids.len() as i64).collect();
+    assert_eq!(ids, expected, "every id once, in order");
+    drop(sse);
+    cluster.cleanup().await;
+}
+
 mod ws {
     use futures_util::{SinkExt, StreamExt};
     use serde_json::{json, Value};

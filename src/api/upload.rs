@@ -263,7 +263,7 @@ pub(super) async fn publish_accepted(
     batch_id: Uuid,
     ids: &[Uuid],
 ) {
-    state.queue.events_written();
+    state.queue.changes_written();
     let publish = crate::dispatch::publish_new(&state.pool, &state.queue, lane, ids);
     let timeout = Duration::from_secs(state.config.redis.response_timeout_secs);
     match tokio::time::timeout(timeout, publish).await {

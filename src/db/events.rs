@@ -1,34 +1,72 @@
 //! The event log: reading an owner's events in id order, the owner's counters (the last id
-//! handed out, the last id pruned), retention, and the short-lived stream tokens.
+//! handed out, the last id pruned), the sequencer's pass, retention, and the short-lived
+//! stream tokens.
 //!
-//! Events are written by the database itself (the triggers of migration
-//! `2026-12-01-000005_events`), in the transaction that changes a photo, a product or a
-//! batch; nothing in Rust inserts them. Each owner's ids count up from 1 without gaps, and
-//! an id is visible only once every smaller id of the same owner is: the owner's counter
-//! row stays locked from the first change to the commit.
+//! Nothing in Rust writes events. The database's triggers (migration
+//! `2026-12-02-000007_event_sequencer`) stage each statement's changes in `event_changes`,
+//! in the changing transaction; [`sequence`] (run by one process at a time:
+//! `events::sequencer`) numbers them per owner and appends them to `event_chunks`, up to
+//! 1,000 events of one owner per row. An owner's ids count up from 1 without gaps, and an id
+//! is visible only once every smaller id of the same owner is: passes commit one after
+//! another. The chunks hold typed events (`photoq_event`), read here column by column.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::schema::{api_keys, event_counters, events, stream_tokens};
+use super::schema::{api_keys, batches, event_counters, stream_tokens};
 use super::DbError;
 
-/// One event, as stored.
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = events, check_for_backend(diesel::pg::Pg))]
+/// One event, as stored: which fields are set depends on its type.
+#[derive(Debug, Clone, QueryableByName)]
 pub struct EventRow {
-    pub owner_id: Uuid,
+    #[diesel(sql_type = BigInt)]
     pub id: i64,
-    pub type_: String,
-    pub batch_id: Option<Uuid>,
-    pub photo_id: Option<Uuid>,
-    pub product_id: Option<Uuid>,
-    pub data: serde_json::Value,
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    #[diesel(sql_type = Timestamptz)]
     pub created_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub batch_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub photo_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub product_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub state: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub previous_state: Option<String>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub attempts: Option<i32>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub error_code: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub error: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub width: Option<i32>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub height: Option<i32>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub external_id: Option<String>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub total: Option<i32>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub completed: Option<i32>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub failed: Option<i32>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub dead: Option<i32>,
 }
+
+/// The events of the chunks `c` as rows, `id` first (`u` is the unnested event).
+const EVENT_COLUMNS: &str = "c.first_id + u.ordinality - 1 AS id, u.type AS kind, \
+     u.created_at, u.batch_id, u.photo_id, u.product_id, u.state, u.previous_state, \
+     u.attempts, u.error_code, u.error, u.next_attempt_at, u.width, u.height, u.external_id, \
+     u.total, u.completed, u.failed, u.dead";
 
 /// An owner's counters: ids up to `last_id` exist (or were pruned); ids up to
 /// `pruned_through` may have been removed by retention.
@@ -75,7 +113,7 @@ pub async fn head(conn: &mut AsyncPgConnection, owner: Uuid) -> Result<Head, DbE
 /// Up to `limit` of `owner`'s events after id `after` (of one batch, with `batch`), in id
 /// order, and the owner's head. The head is read first: every id up to its `last_id` had
 /// committed by then (an owner's ids commit in order), so the events read next, up to that
-/// id, have no holes.
+/// id, have no holes. A batch's events are looked for only between its first and last.
 pub async fn after(
     conn: &mut AsyncPgConnection,
     owner: Uuid,
@@ -84,42 +122,68 @@ pub async fn after(
     limit: i64,
 ) -> Result<Page, DbError> {
     let head = head(conn, owner).await?;
-    if head.last_id <= after {
+    let (mut from, mut through) = (after, head.last_id);
+    if let Some(batch) = batch {
+        // Read after the head: the batch's last event id is at least what it was then.
+        let span: Option<(Option<i64>, Option<i64>)> = batches::table
+            .filter(batches::id.eq(batch))
+            .filter(batches::owner_id.eq(owner))
+            .select((batches::first_event_id, batches::last_event_id))
+            .first(conn)
+            .await
+            .optional()?;
+        match span {
+            Some((Some(first), Some(last))) => {
+                from = from.max(first - 1);
+                through = through.min(last);
+            }
+            _ => through = from,
+        }
+    }
+    if through <= from {
         return Ok(Page {
             events: Vec::new(),
             head,
         });
     }
-    let mut query = events::table
-        .filter(events::owner_id.eq(owner))
-        .filter(events::id.gt(after))
-        .filter(events::id.le(head.last_id))
-        .order(events::id.asc())
-        .limit(limit)
-        .select(EventRow::as_select())
-        .into_boxed();
-    if let Some(batch) = batch {
-        query = query.filter(events::batch_id.eq(batch));
+    let events = diesel::sql_query(format!(
+        "SELECT {EVENT_COLUMNS} \
+         FROM event_chunks AS c CROSS JOIN LATERAL unnest(c.events) WITH ORDINALITY AS u \
+         WHERE c.owner_id = $1 AND c.last_id > $2 AND c.first_id <= $3 \
+           AND c.first_id + u.ordinality - 1 > $2 AND c.first_id + u.ordinality - 1 <= $3 \
+           AND ($4::uuid IS NULL OR u.batch_id = $4) \
+         ORDER BY c.last_id, u.ordinality \
+         LIMIT $5"
+    ))
+    .bind::<SqlUuid, _>(owner)
+    .bind::<BigInt, _>(from)
+    .bind::<BigInt, _>(through)
+    .bind::<Nullable<SqlUuid>, _>(batch)
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?;
+    Ok(Page { events, head })
+}
+
+/// One pass of the sequencer: numbers the changes of up to `max_rows` committed statements
+/// and appends their events (and the batch milestones they make) to the log. Returns the
+/// statements taken: fewer than `max_rows` means none were left. Passes exclude each other
+/// in the database, so running one anywhere is safe.
+pub async fn sequence(conn: &mut AsyncPgConnection, max_rows: i32) -> Result<i32, DbError> {
+    #[derive(QueryableByName)]
+    struct Taken {
+        #[diesel(sql_type = Integer)]
+        taken: i32,
     }
-    Ok(Page {
-        events: query.load(conn).await?,
-        head,
-    })
-}
-
-/// Takes `owner`'s event counter for the rest of the transaction. A transaction that locks
-/// rows the event triggers lock too (products, batches) must take it first, as the triggers
-/// do, so that two transactions never wait for each other.
-pub async fn lock_owner(conn: &mut AsyncPgConnection, owner: Uuid) -> Result<(), DbError> {
-    diesel::sql_query("SELECT photoq_lock_owners(ARRAY[$1]::uuid[])")
-        .bind::<SqlUuid, _>(owner)
-        .execute(conn)
+    let t: Taken = diesel::sql_query("SELECT photoq_sequence_events($1) AS taken")
+        .bind::<Integer, _>(max_rows)
+        .get_result(conn)
         .await?;
-    Ok(())
+    Ok(t.taken)
 }
 
-/// Removes up to `limit` events created before `before`, and records per owner the highest
-/// id removed. Returns how many were removed.
+/// Removes up to `limit` chunks of events whose last event was created before `before`,
+/// and records per owner the highest id removed. Returns how many events were removed.
 pub async fn prune(
     conn: &mut AsyncPgConnection,
     before: DateTime<Utc>,
@@ -132,10 +196,10 @@ pub async fn prune(
     }
     let removed: Removed = diesel::sql_query(
         "WITH gone AS ( \
-             DELETE FROM events WHERE ctid IN ( \
-                 SELECT ctid FROM events WHERE created_at < $1 LIMIT $2) \
-             RETURNING owner_id, id), \
-         per_owner AS (SELECT owner_id, max(id) AS id, count(*) AS n FROM gone \
+             DELETE FROM event_chunks WHERE ctid IN ( \
+                 SELECT ctid FROM event_chunks WHERE created_at < $1 LIMIT $2) \
+             RETURNING owner_id, last_id, cardinality(events) AS n), \
+         per_owner AS (SELECT owner_id, max(last_id) AS id, sum(n) AS n FROM gone \
                        GROUP BY owner_id), \
          marked AS ( \
              UPDATE event_counters AS c SET pruned_through = greatest(c.pruned_through, p.id) \
@@ -195,7 +259,7 @@ pub async fn prune_tokens(
     )
 }
 
-/// The progress counters of a batch, kept by the photo trigger.
+/// The progress counters of a batch, kept by the sequencer with its events.
 #[derive(Debug, Clone, Copy, Queryable)]
 pub struct BatchProgress {
     pub total: i32,
@@ -210,7 +274,6 @@ pub async fn batch_progress(
     owner: Uuid,
     id: Uuid,
 ) -> Result<Option<BatchProgress>, DbError> {
-    use super::schema::batches;
     Ok(batches::table
         .filter(batches::id.eq(id))
         .filter(batches::owner_id.eq(owner))
@@ -231,11 +294,16 @@ pub async fn get(
     owner: Uuid,
     id: i64,
 ) -> Result<Option<EventRow>, DbError> {
-    Ok(events::table
-        .filter(events::owner_id.eq(owner))
-        .filter(events::id.eq(id))
-        .select(EventRow::as_select())
-        .first(conn)
-        .await
-        .optional()?)
+    Ok(diesel::sql_query(format!(
+        "SELECT {EVENT_COLUMNS} \
+         FROM (SELECT * FROM event_chunks WHERE owner_id = $1 AND last_id >= $2 \
+               ORDER BY last_id LIMIT 1) AS c \
+         CROSS JOIN LATERAL unnest(c.events) WITH ORDINALITY AS u \
+         WHERE c.first_id + u.ordinality - 1 = $2"
+    ))
+    .bind::<SqlUuid, _>(owner)
+    .bind::<BigInt, _>(id)
+    .get_result(conn)
+    .await
+    .optional()?)
 }

@@ -63,9 +63,18 @@ pub async fn record(
     respond: impl Fn(&Recorded) -> serde_json::Value + Send + Sync,
 ) -> Result<(Recorded, serde_json::Value), DbError> {
     conn.transaction::<_, DbError, _>(async |conn| {
-        // The event triggers lock the owner's event counter before products; so must we,
-        // before the product upsert below locks products.
-        super::events::lock_owner(conn, owner).await?;
+        let external: Vec<&str> = products.iter().map(|p| p.external_id.as_str()).collect();
+        // The photo trigger locks products in id order (to recompute their status): the
+        // products this import updates are locked the same way before the upsert, so that
+        // the two never wait for each other in a cycle.
+        diesel::sql_query(
+            "SELECT 1 FROM products WHERE owner_id = $1 AND external_id = ANY ($2) \
+             ORDER BY id FOR UPDATE",
+        )
+        .bind::<SqlUuid, _>(owner)
+        .bind::<Array<Text>, _>(&external)
+        .execute(conn)
+        .await?;
         let now = Utc::now();
         diesel::insert_into(batches::table)
             .values(&Batch {
@@ -85,7 +94,6 @@ pub async fn record(
             .await?;
 
         let fresh: Vec<Uuid> = products.iter().map(|_| Uuid::now_v7()).collect();
-        let external: Vec<&str> = products.iter().map(|p| p.external_id.as_str()).collect();
         let names: Vec<Option<&str>> = products.iter().map(|p| p.name.as_deref()).collect();
         // `xmax = 0` tells a row this statement inserted from one it updated.
         let upserted: Vec<Upserted> = diesel::sql_query(

@@ -196,6 +196,17 @@ pub async fn migrate(url: &str) -> Result<(), DbError> {
     .map_err(|e| DbError::Setup(format!("migration task: {e}")))?
 }
 
+/// A connection of its own, outside the pool, for a task that keeps session state (an
+/// advisory lock held for as long as the connection lives). No statement timeout.
+pub async fn session(config: &DatabaseConfig, name: &str) -> Result<AsyncPgConnection, DbError> {
+    let mut conn = AsyncPgConnection::establish(&config.url)
+        .await
+        .map_err(|e| DbError::Unavailable(e.to_string()))?;
+    conn.batch_execute(&format!("SET application_name = 'photoq {name}'"))
+        .await?;
+    Ok(conn)
+}
+
 /// A connection from the pool.
 pub async fn conn(pool: &DbPool) -> Result<DbConn, DbError> {
     Ok(pool.get().await?)

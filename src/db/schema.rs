@@ -20,6 +20,8 @@ diesel::table! {
         unfinished -> Int4,
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
+        first_event_id -> Nullable<Int8>,
+        last_event_id -> Nullable<Int8>,
     }
 }
 
@@ -135,20 +137,6 @@ diesel::table! {
 }
 
 diesel::table! {
-    events (owner_id, id) {
-        owner_id -> Uuid,
-        id -> Int8,
-        #[sql_name = "type"]
-        type_ -> Text,
-        batch_id -> Nullable<Uuid>,
-        photo_id -> Nullable<Uuid>,
-        product_id -> Nullable<Uuid>,
-        data -> Jsonb,
-        created_at -> Timestamptz,
-    }
-}
-
-diesel::table! {
     stream_tokens (token_hash) {
         token_hash -> Text,
         key_id -> Uuid,
@@ -215,7 +203,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     batches,
     event_counters,
-    events,
     idempotency_keys,
     import_products,
     imports,

@@ -1,21 +1,20 @@
 //! One per API process: the Redis pub/sub listener and the per-owner feeds.
 //!
 //! A feed exists while somebody follows its owner. It reads the owner's new events from the
-//! log when Redis says events were written (or, while Redis cannot say, every
+//! log when Redis says events were appended (or, while Redis cannot say, every
 //! `events.fallback_poll_ms`; and every [`SAFETY_POLL`] in any case), and broadcasts each
 //! once to its followers. So 2,000 followers of one owner cost one query per notice, not
 //! 2,000.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::notices::Notices;
 use super::{Event, Published};
 use crate::config::EventsConfig;
 use crate::db::{self, DbPool};
@@ -28,8 +27,6 @@ pub(super) const PAGE: i64 = 500;
 /// A feed reads the log this often even while Redis notices arrive (a notice can be lost
 /// between a publisher and Redis).
 const SAFETY_POLL: Duration = Duration::from_secs(5);
-/// Wait before subscribing to Redis again after losing it.
-const RESUBSCRIBE: Duration = Duration::from_secs(1);
 
 /// Cheap to clone.
 #[derive(Clone)]
@@ -41,10 +38,8 @@ struct Inner {
     pool: DbPool,
     config: EventsConfig,
     feeds: Mutex<HashMap<Uuid, broadcast::Sender<Arc<Published>>>>,
-    /// Bumped on every Redis notice.
-    wake: watch::Sender<u64>,
-    /// True while the pub/sub subscription is up.
-    redis_up: AtomicBool,
+    /// "Events appended" notices from the sequencer.
+    notices: Notices,
     shutdown: CancellationToken,
 }
 
@@ -56,18 +51,20 @@ impl Hub {
         config: EventsConfig,
         shutdown: CancellationToken,
     ) -> Self {
-        let hub = Hub {
+        let notices = Notices::listen(
+            queue.clone(),
+            queue.events_channel().to_owned(),
+            shutdown.clone(),
+        );
+        Hub {
             inner: Arc::new(Inner {
                 pool,
                 config,
                 feeds: Mutex::new(HashMap::new()),
-                wake: watch::Sender::new(0),
-                redis_up: AtomicBool::new(false),
+                notices,
                 shutdown,
             }),
-        };
-        tokio::spawn(hub.clone().listen(queue));
-        hub
+        }
     }
 
     pub(super) fn pool(&self) -> &DbPool {
@@ -89,7 +86,7 @@ impl Hub {
 
     /// True while Redis pub/sub tells this process about new events (else it polls).
     pub fn notified(&self) -> bool {
-        self.inner.redis_up.load(Ordering::Relaxed)
+        self.inner.notices.up()
     }
 
     /// Owners with a feed in this process now.
@@ -112,46 +109,11 @@ impl Hub {
         rx
     }
 
-    /// Listens on the events channel, bumping `wake` per notice; subscribes again after
-    /// Redis goes away.
-    async fn listen(self, queue: Queue) {
-        let channel = queue.events_channel();
-        loop {
-            match queue.pubsub().await {
-                Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
-                    Ok(()) => {
-                        self.inner.redis_up.store(true, Ordering::Relaxed);
-                        // Anything written while unsubscribed is picked up now.
-                        self.inner.wake.send_modify(|n| *n += 1);
-                        let mut messages = pubsub.on_message();
-                        loop {
-                            tokio::select! {
-                                _ = self.inner.shutdown.cancelled() => return,
-                                msg = messages.next() => match msg {
-                                    Some(_) => self.inner.wake.send_modify(|n| *n += 1),
-                                    None => break,
-                                },
-                            }
-                        }
-                        tracing::warn!("redis pub/sub lost; events are polled until it is back");
-                    }
-                    Err(e) => tracing::debug!(error = %e, "subscribing to events failed"),
-                },
-                Err(e) => tracing::debug!(error = %e, "redis pub/sub unavailable"),
-            }
-            self.inner.redis_up.store(false, Ordering::Relaxed);
-            tokio::select! {
-                _ = self.inner.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(RESUBSCRIBE) => {}
-            }
-        }
-    }
-
     /// `owner`'s feed: reads new events from the log and broadcasts them, until nobody
     /// follows (or shutdown).
     async fn feed(self, owner: Uuid, tx: broadcast::Sender<Arc<Published>>) {
         let fallback = Duration::from_millis(self.inner.config.fallback_poll_ms);
-        let mut wake = self.inner.wake.subscribe();
+        let mut wake = self.inner.notices.subscribe();
         let mut last: Option<i64> = None;
         loop {
             if tx.receiver_count() == 0 {

@@ -1,6 +1,8 @@
-//! Live progress. The event log is in PostgreSQL (`db::events`; the database's triggers
-//! write it in the transaction of each change); Redis pub/sub only says "something new"
-//! (`Queue::events_written`). Each API process keeps one [`Hub`]: a feed per owner that
+//! Live progress. The event log is in PostgreSQL (`db::events`): the database's triggers
+//! stage each change in the transaction that makes it, and the [`sequencer`] (one process
+//! at a time) numbers them and appends them to the log. Redis pub/sub only says "something
+//! new" (`Queue::changes_written` to the sequencer, `Queue::events_appended` from it). Each
+//! API process keeps one [`Hub`]: a feed per owner that
 //! somebody follows reads the owner's new events once and hands them to every
 //! [`Follower`] (an SSE stream, a WebSocket subscription, a long-poll request). Followers
 //! resume from an event id by reading the log, and fall back to it whenever they could
@@ -8,6 +10,8 @@
 
 mod follow;
 mod hub;
+mod notices;
+pub mod sequencer;
 
 pub use follow::{Follower, Next, Start};
 pub use hub::Hub;
@@ -84,16 +88,47 @@ pub struct Event {
 
 impl From<EventRow> for Event {
     fn from(r: EventRow) -> Self {
+        let mut data = serde_json::Map::new();
+        let mut put = |key: &str, value: serde_json::Value| {
+            if !value.is_null() {
+                data.insert(key.to_owned(), value);
+            }
+        };
+        if r.product_id.is_some() {
+            // A product's status change: its batch is the import that last named it.
+            put("product_id", json(&r.product_id));
+            put("external_id", json(&r.external_id));
+        } else {
+            put("photo_id", json(&r.photo_id));
+            put("batch_id", json(&r.batch_id));
+        }
+        put("state", json(&r.state));
+        put("previous_state", json(&r.previous_state));
+        put("attempts", json(&r.attempts));
+        put("error_code", json(&r.error_code));
+        put("error", json(&r.error));
+        put("next_attempt_at", json(&r.next_attempt_at));
+        put("width", json(&r.width));
+        put("height", json(&r.height));
+        put("total", json(&r.total));
+        put("completed", json(&r.completed));
+        put("failed", json(&r.failed));
+        put("dead", json(&r.dead));
         Event {
             id: r.id,
-            kind: r.type_,
+            kind: r.kind,
             created_at: r.created_at,
             batch_id: r.batch_id,
             photo_id: r.photo_id,
             product_id: r.product_id,
-            data: r.data,
+            data: serde_json::Value::Object(data),
         }
     }
+}
+
+/// A stored field as JSON (`null` when absent).
+fn json<T: Serialize>(value: &Option<T>) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
 /// An event as handed to followers: shared by all of them, with its SSE message rendered
@@ -135,8 +170,8 @@ pub async fn run_pruner(
     config: std::sync::Arc<crate::config::Config>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    /// Events removed per statement.
-    const CHUNK: i64 = 10_000;
+    /// Chunks of events (up to 1,000 events each) removed per statement.
+    const CHUNKS: i64 = 1_000;
     let every = std::time::Duration::from_secs(config.events.prune_interval_secs.max(1));
     loop {
         let result: Result<usize, crate::db::DbError> = async {
@@ -144,9 +179,9 @@ pub async fn run_pruner(
             let before = Utc::now() - chrono::Duration::days(config.events.retention_days.into());
             let mut removed = 0;
             loop {
-                let n = crate::db::events::prune(&mut conn, before, CHUNK).await?;
+                let n = crate::db::events::prune(&mut conn, before, CHUNKS).await?;
                 removed += n;
-                if (n as i64) < CHUNK {
+                if n == 0 {
                     break;
                 }
             }

@@ -209,18 +209,73 @@ impl LazyConn {
 pub struct Queue {
     conn: LazyConn,
     keys: Keys,
-    /// Wakes the task that publishes "events written" notices (started on first use, and
-    /// again if the runtime it ran on has stopped).
-    notices: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Sender<()>>>>,
+    /// "Changes staged" notices (to the event sequencer) and "events appended" notices
+    /// (to the API processes' feeds).
+    notices: Arc<[Notifier; 2]>,
+}
+
+/// Publishes notices on one pub/sub channel from a background task (started on first use,
+/// and again if the runtime it ran on has stopped); notices asked for while one is on its
+/// way fold into the next.
+struct Notifier {
+    channel: String,
+    wake: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<()>>>,
+}
+
+impl Notifier {
+    fn new(channel: String) -> Self {
+        Notifier {
+            channel,
+            wake: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Never waits.
+    fn notify(&self, conn: &LazyConn) {
+        let mut slot = match self.wake.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(tx) = slot.as_ref() {
+            match tx.try_send(()) {
+                Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(())) => return,
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => {}
+            }
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        // The connection and the channel only: the task ends when the queue's last handle
+        // (holding the sender) goes.
+        let lazy = conn.clone();
+        let channel = self.channel.clone();
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                let sent: Result<(), QueueError> = async {
+                    let mut conn = lazy.get().await?;
+                    let _: i64 = conn.publish(&channel, 1).await?;
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = sent {
+                    tracing::debug!(error = %e, %channel, "notice not published");
+                }
+            }
+        });
+        let _ = tx.try_send(());
+        *slot = Some(tx);
+    }
 }
 
 impl Queue {
     /// Does not contact Redis; the connection is made on first use.
     pub fn new(config: &RedisConfig) -> Result<Self, QueueError> {
+        let keys = Keys::new(&config.prefix);
         Ok(Queue {
             conn: LazyConn::new(config, Duration::from_secs(config.response_timeout_secs))?,
-            keys: Keys::new(&config.prefix),
-            notices: Arc::default(),
+            notices: Arc::new([
+                Notifier::new(keys.other("changes")),
+                Notifier::new(keys.other("events")),
+            ]),
+            keys,
         })
     }
 
@@ -423,50 +478,28 @@ impl Queue {
         Ok(conn.xlen(self.keys.stream(lane)).await?)
     }
 
-    /// The pub/sub channel that tells API processes new events are in the log.
-    pub fn events_channel(&self) -> String {
-        self.keys.other("events")
+    /// The pub/sub channel that tells the event sequencer changes were committed.
+    pub fn changes_channel(&self) -> &str {
+        &self.notices[0].channel
     }
 
-    /// Tells every API process, through Redis pub/sub, that events were committed; call it
-    /// after a transaction that changed photos. Never waits: notices are published by a
-    /// background task, and those asked for while one is on its way fold into the next.
-    /// A lost notice delays events by at most `events.fallback_poll_ms`-ish polling, never
-    /// loses them: the log is in PostgreSQL.
-    pub fn events_written(&self) {
-        let mut slot = match self.notices.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(tx) = slot.as_ref() {
-            match tx.try_send(()) {
-                Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(())) => return,
-                Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => {}
-            }
-        }
-        let tx = {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-            // The connection and the channel only: the task ends when the queue's last
-            // handle (holding the sender) goes.
-            let lazy = self.conn.clone();
-            let channel = self.events_channel();
-            tokio::spawn(async move {
-                while rx.recv().await.is_some() {
-                    let sent: Result<(), QueueError> = async {
-                        let mut conn = lazy.get().await?;
-                        let _: i64 = conn.publish(&channel, 1).await?;
-                        Ok(())
-                    }
-                    .await;
-                    if let Err(e) = sent {
-                        tracing::debug!(error = %e, "events notice not published");
-                    }
-                }
-            });
-            tx
-        };
-        let _ = tx.try_send(());
-        *slot = Some(tx);
+    /// The pub/sub channel that tells API processes new events are in the log.
+    pub fn events_channel(&self) -> &str {
+        &self.notices[1].channel
+    }
+
+    /// Tells the event sequencer, through Redis pub/sub, that changes were committed; call
+    /// it after a transaction that changed photos. Never waits. A lost notice delays
+    /// events by at most the sequencer's polling, never loses them: the changes are in
+    /// PostgreSQL.
+    pub fn changes_written(&self) {
+        self.notices[0].notify(&self.conn);
+    }
+
+    /// Tells every API process that events were appended to the log (the sequencer calls
+    /// it). Never waits; a lost notice delays followers by at most their feed's polling.
+    pub fn events_appended(&self) {
+        self.notices[1].notify(&self.conn);
     }
 
     /// A connection of its own for subscribing to pub/sub channels.

@@ -133,7 +133,7 @@ async fn commit_group(
         .into_iter()
         .collect();
     drop(conn);
-    sink.queue.events_written();
+    sink.queue.changes_written();
     let (acked, stale): (Vec<&Finished>, Vec<&Finished>) = group
         .iter()
         .map(|(f, _)| f)

@@ -174,7 +174,7 @@ pub async fn start_all(ctx: &WorkerContext, deliveries: Vec<Delivery>) -> Vec<St
     let mut ready = Vec::new();
     match started {
         Ok(starts) => {
-            ctx.queue.events_written();
+            ctx.queue.changes_written();
             for (photo, attempt) in starts.started {
                 if let Some(d) = entries.remove(&photo.id) {
                     ready.push(Started {
@@ -415,7 +415,7 @@ async fn end(
     let mut conn = db::conn(&ctx.pool).await?;
     let changed = db::jobs::finish(&mut conn, photo_id, attempt, ending).await?;
     if changed {
-        ctx.queue.events_written();
+        ctx.queue.changes_written();
     }
     Ok(changed)
 }
@@ -437,7 +437,7 @@ async fn give_back(
         match db::jobs::finish(&mut conn, photo_id, attempt, back).await {
             Ok(changed) => {
                 if changed {
-                    ctx.queue.events_written();
+                    ctx.queue.changes_written();
                 }
             }
             Err(e) => {

@@ -186,6 +186,50 @@ impl Cluster {
         out
     }
 
+    /// The process id of the photoq process whose event sequencer leads now, if one does
+    /// (the holder of the sequencer's advisory lock, named by its connection).
+    pub async fn event_leader(&self) -> Option<u32> {
+        #[derive(diesel::QueryableByName)]
+        struct Leader {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            application_name: String,
+        }
+        let mut conn = AsyncPgConnection::establish(&self.database_url())
+            .await
+            .expect("connection");
+        let key = photoq::events::sequencer::LEADER_LOCK;
+        let leaders: Vec<Leader> = diesel::sql_query(format!(
+            "SELECT a.application_name FROM pg_locks AS l \
+             JOIN pg_stat_activity AS a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND ((l.classid::int8 << 32) | l.objid::int8) = {key}"
+        ))
+        .load(&mut conn)
+        .await
+        .expect("leader query");
+        leaders.into_iter().next().and_then(|l| {
+            l.application_name
+                .strip_prefix("photoq event sequencer ")
+                .and_then(|pid| pid.parse().ok())
+        })
+    }
+
+    /// Waits until a process other than `not` leads the event sequencer; returns its pid.
+    pub async fn wait_for_event_leader(&self, not: Option<u32>) -> u32 {
+        let started = Instant::now();
+        loop {
+            if let Some(pid) = self.event_leader().await.filter(|p| Some(*p) != not) {
+                return pid;
+            }
+            assert!(
+                started.elapsed() < PROCESS_TIMEOUT,
+                "no process took over the event sequencer"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn cleanup(self) {
         let mut admin = AsyncPgConnection::establish(&format!("{}/postgres", self.pg_server))
             .await

@@ -582,7 +582,7 @@ pub async fn publish_no_op_batch(
             .await
             .expect("insert");
     }
-    queue.events_written();
+    queue.changes_written();
     photoq::dispatch::publish_new(pool, queue, photoq::queue::Lane::Interactive, &ids)
         .await
         .expect("publish");
