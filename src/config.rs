@@ -130,8 +130,8 @@ pub struct EventsConfig {
     pub prune_interval_secs: u64,
     /// Seconds between keep-alive comments on an idle SSE stream (and WebSocket pings).
     pub keepalive_secs: u64,
-    /// How often an API process reads the log on its own while Redis cannot tell it that
-    /// events were written.
+    /// While Redis pub/sub is down: how often the sequencer looks for committed changes,
+    /// and an API process reads the log on its own.
     pub fallback_poll_ms: u64,
     /// Longest `wait` a long-poll request may ask for.
     pub max_wait_secs: u64,

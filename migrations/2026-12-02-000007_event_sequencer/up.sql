@@ -139,26 +139,40 @@ $$;
 -- same state (a job taken over from a worker that died); other updates (publishing, say)
 -- are not events. Imported photos belong to products, whose status follows their photos'
 -- (looked up only when the statement changed imported photos).
+--
+-- The transition tables are joined by dynamic SQL, planned at every call (a cached plan
+-- would keep the join chosen for the first statement's few rows), with hash and merge joins
+-- allowed even where the writer's transaction turned them off (db::jobs): a nested loop
+-- over two transition tables compares every row with every other.
 CREATE FUNCTION photoq_photos_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET enable_hashjoin = on
+SET enable_mergejoin = on
+AS $$
 DECLARE
-    at constant timestamptz := clock_timestamp();
     evs photoq_event[];
     products uuid[];
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        evs := ARRAY(
-            SELECT ROW('photo.' || n.state, at, n.owner_id, n.batch_id, n.id, NULL, n.state,
-                       NULL, n.attempts, n.error_code, n.error, n.next_attempt_at, n.width,
-                       n.height, NULL, NULL, NULL, NULL, NULL)::photoq_event
-            FROM new_rows AS n);
+        EXECUTE
+            'SELECT ARRAY(
+                 SELECT ROW(''photo.'' || n.state, $1, n.owner_id, n.batch_id, n.id, NULL,
+                            n.state, NULL, n.attempts, n.error_code, n.error,
+                            n.next_attempt_at, n.width, n.height, NULL, NULL, NULL, NULL,
+                            NULL)::photoq_event
+                 FROM new_rows AS n)'
+            INTO evs USING clock_timestamp();
     ELSE
-        evs := ARRAY(
-            SELECT ROW('photo.' || n.state, at, n.owner_id, n.batch_id, n.id, NULL, n.state,
-                       o.state, n.attempts, n.error_code, n.error, n.next_attempt_at,
-                       n.width, n.height, NULL, NULL, NULL, NULL, NULL)::photoq_event
-            FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
-            WHERE n.state IS DISTINCT FROM o.state OR n.attempts IS DISTINCT FROM o.attempts);
+        EXECUTE
+            'SELECT ARRAY(
+                 SELECT ROW(''photo.'' || n.state, $1, n.owner_id, n.batch_id, n.id, NULL,
+                            n.state, o.state, n.attempts, n.error_code, n.error,
+                            n.next_attempt_at, n.width, n.height, NULL, NULL, NULL, NULL,
+                            NULL)::photoq_event
+                 FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+                 WHERE n.state IS DISTINCT FROM o.state
+                    OR n.attempts IS DISTINCT FROM o.attempts)'
+            INTO evs USING clock_timestamp();
         IF cardinality(evs) > 0
            AND EXISTS (SELECT 1 FROM new_rows AS n WHERE n.source_url IS NOT NULL) THEN
             products := ARRAY(

@@ -26,6 +26,12 @@ const CONFLICT_TRIES: usize = 3;
 /// Steers the rest of the transaction to primary-key lookups. The batch statements touch a
 /// few hundred rows by id; on a table of modest size the planner otherwise prefers a
 /// sequential scan or a hash of the whole table, which costs more than the update itself.
+///
+/// The statements guarded by an attempt match it by `attempt_id` alone, never also by
+/// `state = 'processing'`: the schema makes the one imply the other (`photos_attempt_check`),
+/// and the state condition would let the planner start from the unfinished photos' index
+/// (thought to hold few `processing` rows when the statistics were taken while everything
+/// was queued) and compare every one of them with every job of the statement.
 async fn prefer_key_lookups(conn: &mut AsyncPgConnection) -> Result<(), DbError> {
     diesel::sql_query(
         "SELECT set_config('enable_seqscan', 'off', true), \
@@ -229,7 +235,7 @@ pub async fn complete_many(
                  FROM unnest($2::uuid[], $3::int8[], $4::int4[], $5::int4[], $6::jsonb[], \
                              $7::text[], $8::int8[], $9::text[]) \
                       AS v(id, attempt_id, width, height, exif, content_type, bytes, sha256) \
-                 WHERE p.id = v.id AND p.state = 'processing' AND p.attempt_id = v.attempt_id \
+                 WHERE p.id = v.id AND p.attempt_id = v.attempt_id \
                  RETURNING p.id",
         )
         .bind::<Timestamptz, _>(Utc::now())
@@ -491,7 +497,7 @@ pub async fn reclaim_many(
                      completed_at = CASE WHEN p.attempts >= $3 THEN $4 END, \
                      attempt_id = NULL, updated_at = $4 \
                  FROM unnest($1::uuid[], $2::int8[]) AS v(id, attempt_id) \
-                 WHERE p.id = v.id AND p.state = 'processing' AND p.attempt_id = v.attempt_id \
+                 WHERE p.id = v.id AND p.attempt_id = v.attempt_id \
                  RETURNING p.id, p.state, p.error",
         )
         .bind::<Array<SqlUuid>, _>(&ids)

@@ -1,6 +1,6 @@
 //! Webhooks, their deliveries (a small job queue in PostgreSQL: claimed with
 //! `FOR UPDATE SKIP LOCKED`, held for a while, released by recording the attempt) and every
-//! attempt. Deliveries are created by the event log's trigger, never here.
+//! attempt. Deliveries are created by the event sequencer as it appends events, never here.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
