@@ -44,7 +44,7 @@ FROM event_chunks AS c CROSS JOIN LATERAL unnest(c.events) WITH ORDINALITY AS u;
 -- Changes staged and not yet numbered are lost with the sequencer.
 DROP TABLE event_changes;
 DROP TABLE event_chunks;
-DROP FUNCTION photoq_positions(photoq_event[]);
+DROP FUNCTION photoq_stage_events(photoq_event[]);
 DROP TYPE photoq_event;
 ALTER TABLE batches DROP COLUMN first_event_id, DROP COLUMN last_event_id;
 

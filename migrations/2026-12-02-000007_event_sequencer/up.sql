@@ -48,31 +48,21 @@ CREATE TYPE photoq_event AS (
     dead integer
 );
 
--- `evs` with each event's position (1, 2, ...).
-CREATE FUNCTION photoq_positions(evs photoq_event[]) RETURNS TABLE (e photoq_event, pos bigint)
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT ROW(u.type, u.created_at, u.owner_id, u.batch_id, u.photo_id, u.product_id,
-               u.state, u.previous_state, u.attempts, u.error_code, u.error,
-               u.next_attempt_at, u.width, u.height, u.external_id, u.total, u.completed,
-               u.failed, u.dead)::photoq_event,
-           u.ordinality
-    FROM unnest(evs) WITH ORDINALITY AS u
-$$;
-
--- Changes committed and not yet numbered: one row per writing statement, its events in
--- order (photo changes, then the product status changes they caused). Rows come and go
--- quickly: vacuumed often, stored without compression.
+-- Changes committed and not yet numbered: one row per writing statement and owner, its
+-- events in order (photo changes; the product status changes they caused follow in a row
+-- of their own). Rows come and go quickly: vacuumed often, stored without compression.
 CREATE TABLE event_changes (
     seq bigserial PRIMARY KEY,
+    owner_id uuid NOT NULL,
     events photoq_event[] NOT NULL
 );
 ALTER TABLE event_changes ALTER COLUMN events SET STORAGE EXTERNAL;
 ALTER TABLE event_changes SET (autovacuum_vacuum_scale_factor = 0,
                                autovacuum_vacuum_threshold = 1000);
 
--- The log: an owner's events from `first_id` to `last_id`, in order, in chunks of at most
--- 1,000 (one sequencer pass writes one or more chunks per owner). `created_at` is its last
--- event's; retention removes whole chunks.
+-- The log: an owner's events from `first_id` to `last_id`, in order, in chunks (each
+-- staged row becomes one, as it is: the sequencer never takes the events apart).
+-- `created_at` is when the chunk was appended; retention removes whole chunks.
 CREATE TABLE event_chunks (
     owner_id uuid NOT NULL,
     first_id bigint NOT NULL,
@@ -135,6 +125,15 @@ BEGIN
 END
 $$;
 
+-- Stages `evs`, one row per owner, in order.
+CREATE FUNCTION photoq_stage_events(evs photoq_event[]) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO event_changes (owner_id, events)
+    SELECT (evs[i]).owner_id, array_agg(evs[i] ORDER BY i)
+    FROM generate_subscripts(evs, 1) AS i
+    GROUP BY 1
+$$;
+
 -- Stages the photo changes of one statement: a change of state, or a new attempt in the
 -- same state (a job taken over from a worker that died); other updates (publishing, say)
 -- are not events. Imported photos belong to products, whose status follows their photos'
@@ -150,43 +149,42 @@ SET enable_hashjoin = on
 SET enable_mergejoin = on
 AS $$
 DECLARE
-    evs photoq_event[];
     products uuid[];
 BEGIN
     IF TG_OP = 'INSERT' THEN
         EXECUTE
-            'SELECT ARRAY(
-                 SELECT ROW(''photo.'' || n.state, $1, n.owner_id, n.batch_id, n.id, NULL,
-                            n.state, NULL, n.attempts, n.error_code, n.error,
-                            n.next_attempt_at, n.width, n.height, NULL, NULL, NULL, NULL,
-                            NULL)::photoq_event
-                 FROM new_rows AS n)'
-            INTO evs USING clock_timestamp();
-    ELSE
+            'INSERT INTO event_changes (owner_id, events)
+             SELECT n.owner_id,
+                    array_agg(ROW(''photo.'' || n.state, $1, n.owner_id, n.batch_id, n.id,
+                                  NULL, n.state, NULL, n.attempts, n.error_code, n.error,
+                                  n.next_attempt_at, n.width, n.height, NULL, NULL, NULL,
+                                  NULL, NULL)::photoq_event)
+             FROM new_rows AS n
+             GROUP BY n.owner_id'
+            USING clock_timestamp();
+        RETURN NULL;
+    END IF;
+    EXECUTE
+        'INSERT INTO event_changes (owner_id, events)
+         SELECT n.owner_id,
+                array_agg(ROW(''photo.'' || n.state, $1, n.owner_id, n.batch_id, n.id, NULL,
+                              n.state, o.state, n.attempts, n.error_code, n.error,
+                              n.next_attempt_at, n.width, n.height, NULL, NULL, NULL, NULL,
+                              NULL)::photoq_event)
+         FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+         WHERE n.state IS DISTINCT FROM o.state OR n.attempts IS DISTINCT FROM o.attempts
+         GROUP BY n.owner_id'
+        USING clock_timestamp();
+    IF EXISTS (SELECT 1 FROM new_rows AS n WHERE n.source_url IS NOT NULL) THEN
         EXECUTE
             'SELECT ARRAY(
-                 SELECT ROW(''photo.'' || n.state, $1, n.owner_id, n.batch_id, n.id, NULL,
-                            n.state, o.state, n.attempts, n.error_code, n.error,
-                            n.next_attempt_at, n.width, n.height, NULL, NULL, NULL, NULL,
-                            NULL)::photoq_event
-                 FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
-                 WHERE n.state IS DISTINCT FROM o.state
-                    OR n.attempts IS DISTINCT FROM o.attempts)'
-            INTO evs USING clock_timestamp();
-        IF cardinality(evs) > 0
-           AND EXISTS (SELECT 1 FROM new_rows AS n WHERE n.source_url IS NOT NULL) THEN
-            products := ARRAY(
-                SELECT DISTINCT pi.product_id
-                FROM product_images AS pi
-                WHERE pi.photo_id IN (SELECT e.photo_id FROM unnest(evs) AS e
-                                      WHERE e.state IS DISTINCT FROM e.previous_state));
-            IF cardinality(products) > 0 THEN
-                evs := evs || photoq_refresh_products(products);
-            END IF;
-        END IF;
-    END IF;
-    IF cardinality(evs) > 0 THEN
-        INSERT INTO event_changes (events) VALUES (evs);
+                 SELECT DISTINCT pi.product_id
+                 FROM new_rows AS n
+                 JOIN old_rows AS o ON o.id = n.id
+                 JOIN product_images AS pi ON pi.photo_id = n.id
+                 WHERE n.source_url IS NOT NULL AND n.state IS DISTINCT FROM o.state)'
+            INTO products;
+        PERFORM photoq_stage_events(photoq_refresh_products(products));
     END IF;
     RETURN NULL;
 END
@@ -202,13 +200,9 @@ CREATE TRIGGER photos_updated_events AFTER UPDATE ON photos
 -- A product's images replaced (an import naming it again): its status may change.
 CREATE FUNCTION photoq_product_images_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    evs photoq_event[];
 BEGIN
-    evs := photoq_refresh_products(ARRAY(SELECT DISTINCT n.product_id FROM new_rows AS n));
-    IF cardinality(evs) > 0 THEN
-        INSERT INTO event_changes (events) VALUES (evs);
-    END IF;
+    PERFORM photoq_stage_events(
+        photoq_refresh_products(ARRAY(SELECT DISTINCT n.product_id FROM new_rows AS n)));
     RETURN NULL;
 END
 $$;
@@ -217,104 +211,81 @@ CREATE TRIGGER product_images_inserted_events AFTER INSERT ON product_images
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION photoq_product_images_changed();
 
--- One sequencer pass: takes the oldest staged rows (at most `max_rows`), keeps the batches'
--- progress (photos in all, unfinished, first start, end) and derives their milestones,
--- numbers every event per owner, appends them to the log, queues their webhook deliveries
--- and notes where each batch's events are. Returns the rows taken. Passes run one at a
--- time (the transaction-scoped advisory lock): each sees the previous one's work.
+-- One sequencer pass, in one statement (one snapshot): takes the oldest staged rows (at
+-- most `max_rows`), keeps the batches' progress (photos in all, unfinished, first start,
+-- end) and derives their milestones, numbers the events per owner, appends each staged
+-- row's events as one chunk (followed by the milestones it caused), queues the webhook
+-- deliveries and notes which ids each batch's events lie between. Returns the rows taken.
+-- Passes run one at a time (the transaction-scoped advisory lock): each sees the previous
+-- one's work.
 --
--- A milestone goes right after the event that caused it: `batch.started` after the
--- batch's first `photo.processing`, the end after the batch's last photo event of the
--- pass. The end's counts are the photos' states when the pass runs.
+-- `batch.started` follows the staged row holding the batch's first `photo.processing`, the
+-- end follows the row holding its last photo event of the pass; the end's counts are the
+-- photos' states when the pass runs.
 CREATE FUNCTION photoq_sequence_events(max_rows integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     taken integer;
-    staged photoq_event[];
-    milestones photoq_event[] := '{}';
-    milestone_pos bigint[] := '{}';
-    batch record;
-    n_completed integer;
-    n_failed integer;
-    n_dead integer;
 BEGIN
     -- 'photoq_sequence_events' as a number: passes exclude each other.
     PERFORM pg_advisory_xact_lock(7019823456781001);
-
     WITH gone AS (
         DELETE FROM event_changes
         WHERE seq IN (SELECT seq FROM event_changes ORDER BY seq LIMIT max_rows)
-        RETURNING seq, events
-    )
-    SELECT (SELECT count(*) FROM gone)::integer,
-           ARRAY(SELECT p.e
-                 FROM gone AS g CROSS JOIN LATERAL photoq_positions(g.events) AS p
-                 ORDER BY g.seq, p.pos)
-    INTO taken, staged;
-    IF taken = 0 THEN
-        RETURN 0;
-    END IF;
-
-    FOR batch IN
-        SELECT bt.id, bt.owner_id, bt.started_at, bt.unfinished, d.added, d.delta,
-               d.first_start, d.last_pos
-        FROM (
-            SELECT s.batch_id,
-                   count(*) FILTER (WHERE s.previous_state IS NULL) AS added,
-                   count(*) FILTER (WHERE s.state IN ('queued', 'processing'))
-                     - count(*) FILTER (WHERE s.previous_state IN ('queued', 'processing'))
-                     AS delta,
-                   min(s.ordinality) FILTER (WHERE s.state = 'processing') AS first_start,
-                   max(s.ordinality) AS last_pos
-            FROM unnest(staged) WITH ORDINALITY AS s
-            WHERE s.photo_id IS NOT NULL
-            GROUP BY s.batch_id
-        ) AS d
-        JOIN batches AS bt ON bt.id = d.batch_id
-        ORDER BY bt.id
-    LOOP
-        UPDATE batches
-        SET total = total + batch.added,
-            unfinished = unfinished + batch.delta,
-            started_at = CASE WHEN batch.first_start IS NOT NULL
-                              THEN coalesce(started_at, clock_timestamp())
-                              ELSE started_at END,
-            finished_at = CASE WHEN unfinished + batch.delta = 0 THEN clock_timestamp() END
-        WHERE id = batch.id;
-        IF batch.first_start IS NOT NULL AND batch.started_at IS NULL THEN
-            milestones := milestones || ROW(
-                'batch.started', clock_timestamp(), batch.owner_id, batch.id, NULL, NULL,
-                NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                NULL)::photoq_event;
-            milestone_pos := milestone_pos || batch.first_start;
-        END IF;
-        IF batch.unfinished + batch.delta = 0 AND (batch.unfinished > 0 OR batch.added > 0) THEN
-            SELECT count(*) FILTER (WHERE state = 'completed'),
-                   count(*) FILTER (WHERE state = 'failed'),
-                   count(*) FILTER (WHERE state = 'dead')
-            INTO n_completed, n_failed, n_dead
-            FROM photos WHERE batch_id = batch.id;
-            milestones := milestones || ROW(
-                CASE WHEN n_failed + n_dead > 0 THEN 'batch.completed_with_errors'
-                     ELSE 'batch.completed' END,
-                clock_timestamp(), batch.owner_id, batch.id, NULL, NULL, NULL, NULL, NULL,
-                NULL, NULL, NULL, NULL, NULL, NULL, n_completed + n_failed + n_dead, n_completed,
-                n_failed, n_dead)::photoq_event;
-            milestone_pos := milestone_pos || batch.last_pos;
-        END IF;
-    END LOOP;
-
-    WITH merged AS (
-        SELECT s.e, s.pos, 0 AS k FROM photoq_positions(staged) AS s
+        RETURNING seq, owner_id, events, cardinality(events) AS n
+    ),
+    -- Per batch: photos added, change in unfinished photos, the staged rows of its first
+    -- start, first event and last event.
+    d AS (
+        SELECT u.batch_id,
+               count(*) FILTER (WHERE u.photo_id IS NOT NULL) AS photo_events,
+               count(*) FILTER (WHERE u.photo_id IS NOT NULL
+                                  AND u.previous_state IS NULL) AS added,
+               count(*) FILTER (WHERE u.photo_id IS NOT NULL
+                                  AND u.state IN ('queued', 'processing'))
+                 - count(*) FILTER (WHERE u.photo_id IS NOT NULL
+                                      AND u.previous_state IN ('queued', 'processing'))
+                 AS delta,
+               min(g.seq) FILTER (WHERE u.photo_id IS NOT NULL
+                                    AND u.state = 'processing') AS start_seq,
+               min(g.seq) AS first_seq,
+               max(g.seq) AS last_seq
+        FROM gone AS g CROSS JOIN LATERAL unnest(g.events) AS u
+        WHERE u.batch_id IS NOT NULL
+        GROUP BY u.batch_id
+    ),
+    before AS (
+        SELECT bt.id, bt.owner_id, bt.started_at, bt.unfinished, d.*
+        FROM batches AS bt JOIN d ON d.batch_id = bt.id
+    ),
+    milestones AS (
+        SELECT b.start_seq AS seq, 1 AS k, b.id AS tie, b.owner_id,
+               ROW('batch.started', clock_timestamp(), b.owner_id, b.id, NULL, NULL, NULL,
+                   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                   NULL)::photoq_event AS e
+        FROM before AS b
+        WHERE b.start_seq IS NOT NULL AND b.started_at IS NULL
         UNION ALL
-        SELECT m.e, milestone_pos[m.pos], 1 FROM photoq_positions(milestones) AS m
+        SELECT b.last_seq, 2, b.id, b.owner_id,
+               ROW(CASE WHEN c.failed + c.dead > 0 THEN 'batch.completed_with_errors'
+                        ELSE 'batch.completed' END,
+                   clock_timestamp(), b.owner_id, b.id, NULL, NULL, NULL, NULL, NULL, NULL,
+                   NULL, NULL, NULL, NULL, NULL, c.completed + c.failed + c.dead,
+                   c.completed, c.failed, c.dead)::photoq_event
+        FROM before AS b
+        CROSS JOIN LATERAL (
+            SELECT count(*) FILTER (WHERE ph.state = 'completed')::int AS completed,
+                   count(*) FILTER (WHERE ph.state = 'failed')::int AS failed,
+                   count(*) FILTER (WHERE ph.state = 'dead')::int AS dead
+            FROM photos AS ph WHERE ph.batch_id = b.id) AS c
+        WHERE b.unfinished + b.delta = 0 AND (b.unfinished > 0 OR b.added > 0)
     ),
-    ordered AS (
-        SELECT (m.e).owner_id AS owner_id, m.e,
-               row_number() OVER (ORDER BY m.pos, m.k) AS ord
-        FROM merged AS m
+    pieces AS (
+        SELECT g.seq, 0 AS k, NULL::uuid AS tie, g.owner_id, g.events, g.n FROM gone AS g
+        UNION ALL
+        SELECT m.seq, m.k, m.tie, m.owner_id, ARRAY[m.e], 1 FROM milestones AS m
     ),
-    per_owner AS (SELECT owner_id, count(*) AS n FROM ordered GROUP BY owner_id),
+    per_owner AS (SELECT owner_id, sum(n) AS n FROM pieces GROUP BY owner_id),
     bumped AS (
         INSERT INTO event_counters AS c (owner_id, last_id)
         SELECT owner_id, n FROM per_owner
@@ -322,34 +293,58 @@ BEGIN
         RETURNING c.owner_id, c.last_id
     ),
     numbered AS (
-        SELECT o.owner_id, o.e,
-               u.last_id - p.n + row_number() OVER (PARTITION BY o.owner_id ORDER BY o.ord)
-                 AS id
-        FROM ordered AS o
-        JOIN per_owner AS p ON p.owner_id = o.owner_id
-        JOIN bumped AS u ON u.owner_id = o.owner_id
+        SELECT p.seq, p.owner_id, p.events, p.n,
+               u.last_id - o.n
+                 + sum(p.n) OVER (PARTITION BY p.owner_id ORDER BY p.seq, p.k, p.tie
+                                  ROWS UNBOUNDED PRECEDING) AS last
+        FROM pieces AS p
+        JOIN per_owner AS o ON o.owner_id = p.owner_id
+        JOIN bumped AS u ON u.owner_id = p.owner_id
     ),
     chunks AS (
         INSERT INTO event_chunks (owner_id, first_id, last_id, created_at, events)
-        SELECT owner_id, min(id), max(id), max((e).created_at), array_agg(e ORDER BY id)
-        FROM numbered
-        GROUP BY owner_id, (id - 1) / 1000
+        SELECT owner_id, last - n + 1, last, clock_timestamp(), events FROM numbered
     ),
     deliveries AS (
         INSERT INTO webhook_deliveries (id, webhook_id, owner_id, event_id, state,
                                         next_attempt_at, created_at, updated_at)
-        SELECT gen_random_uuid(), w.id, w.owner_id, n.id, 'pending', clock_timestamp(),
-               clock_timestamp(), clock_timestamp()
-        FROM numbered AS n
-        JOIN webhooks AS w ON w.owner_id = n.owner_id AND w.deleted_at IS NULL
-         AND (cardinality(w.event_types) = 0 OR (n.e).type = ANY (w.event_types))
+        SELECT gen_random_uuid(), w.id, w.owner_id, nb.last - nb.n + u.ordinality, 'pending',
+               clock_timestamp(), clock_timestamp(), clock_timestamp()
+        FROM numbered AS nb
+        JOIN webhooks AS w ON w.owner_id = nb.owner_id AND w.deleted_at IS NULL
+        CROSS JOIN LATERAL unnest(nb.events) WITH ORDINALITY AS u
+        WHERE cardinality(w.event_types) = 0 OR u.type = ANY (w.event_types)
+    ),
+    ends AS (
+        SELECT d.batch_id, d.first_seq AS seq, true AS first FROM d
+        UNION ALL
+        SELECT d.batch_id, d.last_seq, false FROM d
+    ),
+    spans AS (
+        SELECT e.batch_id,
+               min(n.last - n.n + 1) FILTER (WHERE e.first) AS first_id,
+               max(n.last) FILTER (WHERE NOT e.first) AS last_id
+        FROM ends AS e JOIN numbered AS n ON n.seq = e.seq
+        GROUP BY e.batch_id
+    ),
+    progress AS (
+        -- Counters of the batches whose photos changed; and for every batch, the ids its
+        -- events lie between (the staged rows that hold its first and last, whole): where
+        -- a reader of one batch looks.
+        UPDATE batches AS bt
+        SET total = bt.total + b.added,
+            unfinished = bt.unfinished + b.delta,
+            started_at = CASE WHEN b.start_seq IS NOT NULL
+                              THEN coalesce(bt.started_at, clock_timestamp())
+                              ELSE bt.started_at END,
+            finished_at = CASE WHEN b.photo_events = 0 THEN bt.finished_at
+                               WHEN bt.unfinished + b.delta = 0 THEN clock_timestamp() END,
+            first_event_id = coalesce(bt.first_event_id, s.first_id),
+            last_event_id = s.last_id
+        FROM before AS b JOIN spans AS s ON s.batch_id = b.id
+        WHERE bt.id = b.id
     )
-    UPDATE batches AS bt
-    SET first_event_id = coalesce(bt.first_event_id, f.first), last_event_id = f.last
-    FROM (SELECT (e).batch_id AS batch_id, min(id) AS first, max(id) AS last
-          FROM numbered WHERE (e).batch_id IS NOT NULL GROUP BY (e).batch_id) AS f
-    WHERE bt.id = f.batch_id;
-
+    SELECT count(*)::integer INTO taken FROM gone;
     RETURN taken;
 END
 $$;
