@@ -81,6 +81,9 @@ pub struct Head {
 pub struct Page {
     pub events: Vec<EventRow>,
     pub head: Head,
+    /// Every event up to this id that matches the filter is in this page or an earlier one,
+    /// if the page is not full.
+    pub through: i64,
 }
 
 impl Page {
@@ -89,7 +92,7 @@ impl Page {
     pub fn covered(&self, limit: i64) -> i64 {
         match self.events.last() {
             Some(last) if self.events.len() as i64 >= limit => last.id,
-            _ => self.head.last_id,
+            _ => self.through,
         }
     }
 }
@@ -113,7 +116,8 @@ pub async fn head(conn: &mut AsyncPgConnection, owner: Uuid) -> Result<Head, DbE
 /// Up to `limit` of `owner`'s events after id `after` (of one batch, with `batch`), in id
 /// order, and the owner's head. The head is read first: every id up to its `last_id` had
 /// committed by then (an owner's ids commit in order), so the events read next, up to that
-/// id, have no holes. A batch's events are looked for only between its first and last.
+/// id, have no holes. Only the chunks that can hold them are read: ids up to `after +
+/// limit` (ids have no gaps); for a batch, ids between its first and last event.
 pub async fn after(
     conn: &mut AsyncPgConnection,
     owner: Uuid,
@@ -123,6 +127,9 @@ pub async fn after(
 ) -> Result<Page, DbError> {
     let head = head(conn, owner).await?;
     let (mut from, mut through) = (after, head.last_id);
+    // What a page that is not full covers: up to the head for a batch (its events up to
+    // there are all below its last), up to the chunks read for everything.
+    let mut covered = head.last_id;
     if let Some(batch) = batch {
         // Read after the head: the batch's last event id is at least what it was then.
         let span: Option<(Option<i64>, Option<i64>)> = batches::table
@@ -139,11 +146,15 @@ pub async fn after(
             }
             _ => through = from,
         }
+    } else {
+        through = through.min(after.saturating_add(limit));
+        covered = through;
     }
     if through <= from {
         return Ok(Page {
             events: Vec::new(),
             head,
+            through: covered,
         });
     }
     let events = diesel::sql_query(format!(
@@ -162,7 +173,11 @@ pub async fn after(
     .bind::<BigInt, _>(limit)
     .load(conn)
     .await?;
-    Ok(Page { events, head })
+    Ok(Page {
+        events,
+        head,
+        through: covered,
+    })
 }
 
 /// One pass of the sequencer: numbers the changes of up to `max_rows` committed statements

@@ -20,8 +20,9 @@ use crate::config::EventsConfig;
 use crate::db::{self, DbPool};
 use crate::queue::Queue;
 
-/// Events a follower may fall behind its feed before it reads the log instead.
-const FEED_BUFFER: usize = 1024;
+/// Events a follower may fall behind its feed before it reads the log instead (a pointer
+/// each: a burst of a few thousand events, one statement's, fits).
+const FEED_BUFFER: usize = 8192;
 /// Events a feed reads per query.
 pub(super) const PAGE: i64 = 500;
 /// A feed reads the log this often even while Redis notices arrive (a notice can be lost
