@@ -5,8 +5,8 @@
 //! 1. Latency: one subscriber follows `/v1/events` while a batch of P photos goes through
 //!    no-op workers (queued, processing, completed: 3 events a photo, and the batch's);
 //!    for every event, the time from its `created_at` (written with `clock_timestamp()` by
-//!    the trigger in the changing transaction, just before its commit) to its arrival at the
-//!    client, same clock; p50 and p99.
+//!    the trigger in the changing transaction, before its commit; the sequencer numbers it
+//!    after) to its arrival at the client, same clock; p50 and p99.
 //! 2. N subscribers (default 2,000) connected to the same `serve` and idle: its RSS and CPU
 //!    over 10 s.
 //! 3. The same N subscribers while another batch of P photos runs: the `serve` process's
