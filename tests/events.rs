@@ -83,6 +83,16 @@ async fn drain(sse: &mut Sse) -> Vec<Event> {
     out
 }
 
+/// Adds events from an SSE stream to `seen` until the last one ends a batch.
+async fn read_until_a_batch_ends(sse: &mut Sse, seen: &mut Vec<Event>) {
+    while !seen
+        .last()
+        .is_some_and(|e| photoq::events::ends_batch(&e.kind))
+    {
+        seen.push(sse.next_event().await.expect("event"));
+    }
+}
+
 async fn long_poll(app: &TestApp, key: &str, path: &str) -> Value {
     let res = app.get_as(key, path).await;
     assert_eq!(res.status(), 200, "GET {path}");
@@ -316,12 +326,7 @@ async fn events_reach_every_node_in_order_and_survive_a_redis_restart() {
         .await;
     let first_id = first["batch_id"].as_str().expect("batch").to_owned();
     let mut seen = Vec::new();
-    while !seen
-        .last()
-        .is_some_and(|e: &Event| e.kind.starts_with("batch.completed"))
-    {
-        seen.push(sse.next_event().await.expect("event"));
-    }
+    read_until_a_batch_ends(&mut sse, &mut seen).await;
     assert_story(&seen, &first_id);
 
     // Redis goes away: uploads are still accepted, and node A still tells of them.
@@ -341,12 +346,7 @@ async fn events_reach_every_node_in_order_and_survive_a_redis_restart() {
     // Back, empty: the reconciler publishes the jobs again and the story goes on.
     redis.start().await;
     let mut rest = during;
-    while !rest
-        .last()
-        .is_some_and(|e: &Event| e.kind.starts_with("batch.completed"))
-    {
-        rest.push(sse.next_event().await.expect("event after redis is back"));
-    }
+    read_until_a_batch_ends(&mut sse, &mut rest).await;
     assert_story(&rest, &second_id);
     seen.extend(rest);
 
@@ -461,12 +461,7 @@ async fn another_process_sequences_events_when_the_leader_dies() {
             .await;
         let id = batch["batch_id"].as_str().expect("batch").to_owned();
         let mut story = Vec::new();
-        while !story
-            .last()
-            .is_some_and(|e: &Event| e.kind.starts_with("batch.completed"))
-        {
-            story.push(sse.next_event().await.expect("event"));
-        }
+        read_until_a_batch_ends(&mut sse, &mut story).await;
         assert_story(&story, &id);
         seen.extend(story);
     }
