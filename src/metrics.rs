@@ -1,8 +1,8 @@
 //! Prometheus metrics, served at `/metrics`. Names are constants here, in one place.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub const PHOTOS_UPLOADED: &str = "photoq_photos_uploaded_total";
@@ -13,9 +13,24 @@ pub const STALE_DELIVERIES: &str = "photoq_stale_deliveries_total";
 pub const RECONCILED: &str = "photoq_reconciled_jobs_total";
 pub const BACKGROUND_FAILURES: &str = "photoq_background_failures_total";
 pub const UPLOADS_IN_FLIGHT: &str = "photoq_uploads_in_flight";
+pub const UPLOAD_BYTES: &str = "photoq_upload_bytes_total";
+pub const JOB_ERRORS: &str = "photoq_job_errors_total";
+pub const STAGE_SECONDS: &str = "photoq_job_stage_duration_seconds";
+pub const HTTP_REQUESTS: &str = "photoq_http_requests_total";
+pub const HTTP_SECONDS: &str = "photoq_http_request_duration_seconds";
+pub const BUILD_INFO: &str = "photoq_build_info";
+
+/// The stages of a job, as `photoq_job_stage_duration_seconds` labels them: the original
+/// downloaded (imports), decoded, resized (with adjustments and orientation), encoded, the
+/// variants stored, the outcome committed (a group commit's time, for each job in it).
+pub const STAGES: &[&str] = &["download", "decode", "resize", "encode", "store", "commit"];
 
 /// Buckets for job durations, seconds.
 const JOB_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+/// Buckets for stages and HTTP requests, seconds.
+const FAST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 /// Buckets for the number of jobs recorded by one group commit.
 const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
 
@@ -43,6 +58,17 @@ pub struct Metrics {
     pub background_failures: IntCounterVec,
     /// Upload bodies being read now (at most `upload.max_concurrent`).
     pub uploads_in_flight: IntGauge,
+    /// Bytes of the photos accepted by `POST /v1/photos`.
+    pub upload_bytes: IntCounter,
+    /// Attempts that ended in an error, by its stable code (as in a photo's `error_code`).
+    pub job_errors: IntCounterVec,
+    /// Time of each stage of a job ([`STAGES`]).
+    pub stage_seconds: HistogramVec,
+    /// HTTP requests answered, by route template, method and status.
+    pub http_requests: IntCounterVec,
+    /// Time to answer an HTTP request (to the response head: a stream's body is not
+    /// counted), by route template and method.
+    pub http_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -74,6 +100,42 @@ impl Metrics {
             &["task"],
         )?;
         let uploads_in_flight = IntGauge::new(UPLOADS_IN_FLIGHT, "Upload bodies being read now")?;
+        let upload_bytes = IntCounter::new(UPLOAD_BYTES, "Bytes of the photos accepted")?;
+        let job_errors = IntCounterVec::new(
+            Opts::new(JOB_ERRORS, "Attempts that ended in an error, by error code"),
+            &["code"],
+        )?;
+        let stage_seconds = HistogramVec::new(
+            HistogramOpts::new(STAGE_SECONDS, "Time of each stage of a job in seconds")
+                .buckets(FAST_BUCKETS.to_vec()),
+            &["stage"],
+        )?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(HTTP_REQUESTS, "HTTP requests answered"),
+            &["route", "method", "status"],
+        )?;
+        let http_seconds = HistogramVec::new(
+            HistogramOpts::new(HTTP_SECONDS, "Time to answer an HTTP request in seconds")
+                .buckets(FAST_BUCKETS.to_vec()),
+            &["route", "method"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(BUILD_INFO, "The running build (always 1)"),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(upload_bytes.clone()))?;
+        registry.register(Box::new(job_errors.clone()))?;
+        registry.register(Box::new(stage_seconds.clone()))?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_seconds.clone()))?;
+        registry.register(Box::new(build_info))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         registry.register(Box::new(uploads_in_flight.clone()))?;
         registry.register(Box::new(photos_uploaded.clone()))?;
         registry.register(Box::new(commit_group_jobs.clone()))?;
@@ -92,7 +154,34 @@ impl Metrics {
             reconciled,
             background_failures,
             uploads_in_flight,
+            upload_bytes,
+            job_errors,
+            stage_seconds,
+            http_requests,
+            http_seconds,
         })
+    }
+
+    /// Records that a job spent `took` in `stage` (one of [`STAGES`]).
+    pub fn stage(&self, stage: &'static str, took: std::time::Duration) {
+        self.stage_seconds
+            .with_label_values(&[stage])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records an HTTP request: its route template (`unmatched` when none), method, status
+    /// and time to the response head.
+    pub fn http(&self, route: &str, method: &str, status: u16, took: std::time::Duration) {
+        let method = match method {
+            "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS" => method,
+            _ => "other",
+        };
+        self.http_requests
+            .with_label_values(&[route, method, &status.to_string()])
+            .inc();
+        self.http_seconds
+            .with_label_values(&[route, method])
+            .observe(took.as_secs_f64());
     }
 
     /// Counts a delivery or attempt that changed nothing (`stage`: start or finish).

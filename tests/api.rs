@@ -364,7 +364,19 @@ async fn health_readiness_and_metrics() {
     );
 
     upload_one_and_wait(&app).await;
-    let metrics = app.get_public("/metrics").await.text().await.unwrap();
+    // The job is counted just after its commit, which the batch shows: wait for the count.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let metrics = loop {
+        let text = app.get_public("/metrics").await.text().await.unwrap();
+        if text.contains("photoq_jobs_total{outcome=\"completed\"} 1") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job never counted: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert!(
         metrics.contains("photoq_photos_uploaded_total 1"),
         "{metrics}"
@@ -377,5 +389,82 @@ async fn health_readiness_and_metrics() {
         metrics.contains("photoq_commit_group_jobs_count 1"),
         "one group commit recorded the one job: {metrics}"
     );
+    for stage in ["decode", "resize", "encode", "store", "commit"] {
+        assert_eq!(
+            sample(
+                &metrics,
+                "photoq_job_stage_duration_seconds_count",
+                &[("stage", stage)]
+            ),
+            Some(1.0),
+            "{stage}: {metrics}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &metrics,
+            "photoq_job_stage_duration_seconds_count",
+            &[("stage", "download")]
+        ),
+        None,
+        "an upload downloads nothing"
+    );
+    assert!(sample(&metrics, "photoq_upload_bytes_total", &[]).is_some_and(|b| b > 1000.0));
+    let upload = [
+        ("route", "/v1/photos"),
+        ("method", "POST"),
+        ("status", "202"),
+    ];
+    assert_eq!(
+        sample(&metrics, "photoq_http_requests_total", &upload),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "photoq_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert!(sample(&metrics, "process_resident_memory_bytes", &[]).is_some_and(|b| b > 0.0));
+
+    // A path no route takes is counted under one label, whatever the path.
+    for path in ["/nope/1", "/nope/2"] {
+        assert_eq!(app.get_public(path).await.status(), 404);
+    }
+    let metrics = app.get_public("/metrics").await.text().await.unwrap();
+    let unmatched = [("route", "unmatched"), ("method", "GET"), ("status", "404")];
+    assert_eq!(
+        sample(&metrics, "photoq_http_requests_total", &unmatched),
+        Some(2.0)
+    );
+    assert!(!metrics.contains("/nope/"), "no raw paths in labels");
+    let batch_route = [("route", "/v1/batches/{id}"), ("method", "GET")];
+    assert!(
+        sample(
+            &metrics,
+            "photoq_http_request_duration_seconds_count",
+            &batch_route
+        )
+        .is_some_and(|n| n >= 1.0),
+        "routes are labelled by their template: {metrics}"
+    );
     app.finish().await;
+}
+
+/// The value of the sample of `name` whose labels include `labels`, from Prometheus text.
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        if line.starts_with('#') {
+            return None;
+        }
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = match series.split_once('{') {
+            Some((m, rest)) => (m, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let has = |(k, v): &(&str, &str)| rest.split(',').any(|p| p == format!("{k}=\"{v}\""));
+        (metric == name && labels.iter().all(has)).then(|| value.parse().ok())?
+    })
 }

@@ -116,6 +116,7 @@ pub fn app(
 > {
     actix_web::App::new()
         .wrap(actix_web::middleware::from_fn(guard_docs))
+        .wrap(actix_web::middleware::from_fn(observe_http))
         .wrap(actix_web::middleware::from_fn(amend_spec))
         .wrap(actix_web::middleware::Logger::new(ACCESS_LOG_FORMAT))
         // A WebSocket upgrade, outside paperclip (`openapi::amend` documents it); ahead of
@@ -240,6 +241,30 @@ async fn amend_spec(
         .content_type(mime::APPLICATION_JSON)
         .body(body);
     Ok(ServiceResponse::new(req, res))
+}
+
+/// Counts every request by route template (`unmatched` when no route took it, so the label
+/// set stays bounded), method and status, and times it to its response head.
+async fn observe_http(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let metrics = req
+        .app_data::<actix_web::web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
+    let method = req.method().clone();
+    let res = next.call(req).await?.map_into_boxed_body();
+    if let Some(metrics) = metrics {
+        let route = res.request().match_pattern();
+        metrics.http(
+            route.as_deref().unwrap_or("unmatched"),
+            method.as_str(),
+            res.status().as_u16(),
+            started.elapsed(),
+        );
+    }
+    Ok(res)
 }
 
 /// Swagger UI's file handler panics on a name it does not have; answer those with a 404.

@@ -249,6 +249,10 @@ pub async fn upload(
     let ids: Vec<Uuid> = photos.iter().map(|p| p.id).collect();
     publish_accepted(&state, crate::queue::Lane::Interactive, batch_id, &ids).await;
     state.metrics.photos_uploaded.inc_by(photos.len() as u64);
+    state
+        .metrics
+        .upload_bytes
+        .inc_by(photos.iter().filter_map(|p| p.bytes).sum::<i64>().max(0) as u64);
     tracing::info!(batch_id = %batch_id, photos = photos.len(), "batch accepted");
 
     Ok(AcceptedJson(answer))

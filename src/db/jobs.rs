@@ -307,6 +307,18 @@ pub enum Ending<'a> {
     HandBack { entry: Option<&'a str> },
 }
 
+impl<'a> Ending<'a> {
+    /// The error code the photo records, for an ending that is an error.
+    pub fn code(&self) -> Option<&'a str> {
+        match *self {
+            Ending::Failed { code, .. }
+            | Ending::Retry { code, .. }
+            | Ending::Dead { code, .. } => Some(code),
+            Ending::HandBack { .. } => None,
+        }
+    }
+}
+
 /// `Finish` other than completed: moves the photo only if it is still `processing` under
 /// `attempt`, and closes the attempt. False when the attempt was stale (nothing changed).
 pub async fn finish(

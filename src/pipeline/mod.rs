@@ -179,6 +179,18 @@ pub struct Processed {
     pub exif: Exif,
     /// Largest first.
     pub variants: Vec<EncodedVariant>,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// Time spent in each stage of [`process`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub decode: std::time::Duration,
+    /// Resizing, adjustments and orientation, over all variants.
+    pub resize: std::time::Duration,
+    /// Encoding (and metadata carried over), over all variants.
+    pub encode: std::time::Duration,
 }
 
 /// A variant and its geometry in the file's stored orientation.
@@ -189,6 +201,8 @@ struct Planned<'a> {
 
 pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
     let format = sniff(data).ok_or(PipelineError::Unsupported)?;
+    let mut timings = Timings::default();
+    let clock = std::time::Instant::now();
     let decoded = decode::decode(data, format, &spec.limits, |w, h, orientation| {
         if !spec.shrink_on_load {
             return 1.0;
@@ -198,6 +212,7 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
             .map(|p| p.stored.reduction())
             .fold(f64::INFINITY, f64::min)
     })?;
+    timings.decode = clock.elapsed();
     let orientation = decoded.orientation;
     let (full_w, full_h) = (decoded.width, decoded.height);
 
@@ -206,6 +221,7 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
     let mut variants = Vec::with_capacity(spec.variants.len());
     for planned in plan(spec, full_w, full_h, orientation) {
         let stored = planned.stored;
+        let clock = std::time::Instant::now();
         let source = smallest_adequate(&sources, stored, full_w, full_h);
         let crop = stored.crop.scaled(
             f64::from(source.width) / f64::from(full_w),
@@ -220,6 +236,8 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
         }
         pixels = adjust::sharpen(pixels, planned.spec.sharpen);
         let oriented = orient::apply(pixels, orientation)?;
+        timings.resize += clock.elapsed();
+        let clock = std::time::Instant::now();
         let mut encoded = encode::encode(&oriented, planned.spec.format, planned.spec.quality)?;
         if planned.spec.keep.any()
             && format == SourceFormat::Jpeg
@@ -228,6 +246,7 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
             encoded.data =
                 metadata::insert(encoded.data, &metadata::carried(data, planned.spec.keep));
         }
+        timings.encode += clock.elapsed();
         variants.push(EncodedVariant {
             name: planned.spec.name.clone(),
             width: oriented.width,
@@ -248,6 +267,7 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
         height,
         exif: decoded.exif,
         variants,
+        timings,
     })
 }
 

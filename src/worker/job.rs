@@ -330,6 +330,8 @@ async fn run(
     };
     match executed {
         Ok(done) => {
+            // Waiting for a group commit and its own: where a finished job waits.
+            let committing = Instant::now();
             let committed = ctx
                 .committer
                 .commit(Finished {
@@ -339,6 +341,7 @@ async fn run(
                     attempt,
                 })
                 .await?;
+            ctx.metrics.stage("commit", committing.elapsed());
             match committed {
                 Committed::Recorded => Ok(Outcome::Completed),
                 Committed::Stale => Ok(Outcome::Stale),
@@ -416,6 +419,9 @@ async fn end(
     let changed = db::jobs::finish(&mut conn, photo_id, attempt, ending).await?;
     if changed {
         ctx.queue.changes_written();
+        if let Some(code) = ending.code() {
+            ctx.metrics.job_errors.with_label_values(&[code]).inc();
+        }
     }
     Ok(changed)
 }
@@ -478,7 +484,12 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
         None => ctx.spec.clone(),
     };
     let processed = process_blocking(ctx, original.clone(), spec).await?;
+    let t = processed.timings;
+    ctx.metrics.stage("decode", t.decode);
+    ctx.metrics.stage("resize", t.resize);
+    ctx.metrics.stage("encode", t.encode);
 
+    let storing = Instant::now();
     let mut variants = Vec::with_capacity(processed.variants.len());
     for v in processed.variants {
         let key = storage::variant_key(photo.id, &v.name, v.extension);
@@ -496,6 +507,7 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
             etag,
         });
     }
+    ctx.metrics.stage("store", storing.elapsed());
     let exif = serde_json::to_value(&processed.exif)
         .map_err(|e| JobError::Crashed(format!("exif to json: {e}")))?;
     // A downloaded original is described once it has been processed: its type as sniffed,
@@ -532,6 +544,7 @@ async fn download(
     ctx.storage
         .put(&photo.original_key, fetched.bytes.clone())
         .await?;
+    ctx.metrics.stage("download", started.elapsed());
     Ok(fetched)
 }
 
