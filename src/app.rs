@@ -156,6 +156,13 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
     if roles.api {
         let limiter =
             crate::limits::Limiter::new(queue.clone(), config.limits.clone(), metrics.clone());
+        // Queue-wide gauges, sampled by one API process at a time.
+        tasks.push(tokio::spawn(crate::metrics::queue::run(
+            metrics.queue.clone(),
+            queue.clone(),
+            pool.clone(),
+            shutdown.clone(),
+        )));
         let hub = crate::events::Hub::start(
             pool.clone(),
             queue.clone(),

@@ -468,3 +468,50 @@ fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         (metric == name && labels.iter().all(has)).then(|| value.parse().ok())?
     })
 }
+
+/// The queue-wide gauges: photos uploaded with no worker running wait in the interactive
+/// lane, none delivered, the oldest waiting longer and longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_gauges_show_what_waits() {
+    let app = TestApp::builder().workers(None).start().await;
+    let jpeg = || {
+        (
+            "a.jpg".to_owned(),
+            read(corpus_dir().join("jpg/Canon_40D.jpg")),
+        )
+    };
+    app.upload_ok(vec![jpeg(), jpeg(), jpeg()]).await;
+    let lane = [("lane", "interactive")];
+    // Sampled every few seconds by this process (the only one holding the lease).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let metrics = loop {
+        let text = app.get_public("/metrics").await.text().await.unwrap();
+        if sample(&text, "photoq_queue_entries", &lane) == Some(3.0) {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never sampled: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        sample(&metrics, "photoq_queue_waiting_entries", &lane),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&metrics, "photoq_queue_pending_entries", &lane),
+        Some(0.0)
+    );
+    let bulk = [("lane", "bulk")];
+    assert_eq!(sample(&metrics, "photoq_queue_entries", &bulk), Some(0.0));
+    assert_eq!(
+        sample(&metrics, "photoq_queue_dead_letters", &[]),
+        Some(0.0)
+    );
+    assert!(
+        sample(&metrics, "photoq_queue_oldest_waiting_seconds", &[]).is_some_and(|s| s > 0.0),
+        "{metrics}"
+    );
+    app.finish().await;
+}

@@ -322,3 +322,16 @@ pub async fn get(
     .await
     .optional()?)
 }
+
+/// Statements' changes staged and not yet numbered by the sequencer.
+pub async fn unsequenced(conn: &mut AsyncPgConnection) -> Result<i64, DbError> {
+    #[derive(QueryableByName)]
+    struct Staged {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let s: Staged = diesel::sql_query("SELECT count(*) AS n FROM event_changes")
+        .get_result(conn)
+        .await?;
+    Ok(s.n)
+}

@@ -130,3 +130,25 @@ pub async fn variant(
         .await
         .optional()?)
 }
+
+/// How long (seconds) the oldest photo waiting to start has waited since it was due:
+/// `queued`, its retry (if any) due, the first in id order (ids grow with time). None when
+/// nothing waits.
+pub async fn oldest_waiting_secs(conn: &mut AsyncPgConnection) -> Result<Option<f64>, DbError> {
+    #[derive(QueryableByName)]
+    struct Waited {
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        secs: f64,
+    }
+    let row: Option<Waited> = diesel::sql_query(
+        "SELECT extract(epoch FROM now() - coalesce(next_attempt_at, created_at))::float8 \
+             AS secs \
+         FROM photos \
+         WHERE state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()) \
+         ORDER BY id LIMIT 1",
+    )
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(row.map(|w| w.secs.max(0.0)))
+}

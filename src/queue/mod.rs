@@ -513,6 +513,34 @@ impl Queue {
         Ok(())
     }
 
+    /// One lane as the metrics see it.
+    pub async fn lane_stats(&self, lane: Lane) -> Result<LaneStats, QueueError> {
+        let mut conn = self.conn.get().await?;
+        let stream = self.keys.stream(lane);
+        let entries: u64 = conn.xlen(stream).await?;
+        let pending: redis::streams::StreamPendingReply = conn.xpending(stream, GROUP).await?;
+        let scheduled: u64 = conn.zcard(self.keys.retries(lane)).await?;
+        Ok(LaneStats {
+            entries,
+            pending: pending.count() as u64,
+            scheduled,
+        })
+    }
+
+    /// Takes the lease `name` for `holder` if nobody holds it, or renews it if `holder`
+    /// does, for `ttl`; true while `holder` holds it. For a role one process at a time
+    /// plays.
+    pub async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, QueueError> {
+        let mut conn = self.conn.get().await?;
+        let held: i64 = scripts::LEASE
+            .key(self.keys.other(name))
+            .arg(holder)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(held == 1)
+    }
+
     /// Entries delivered to a consumer and not yet acknowledged, in both lanes.
     pub async fn pending(&self) -> Result<u64, QueueError> {
         let mut conn = self.conn.get().await?;
@@ -541,6 +569,15 @@ impl Queue {
         let mut conn = self.conn.get().await?;
         Ok(conn.xlen(&self.keys.dead).await?)
     }
+}
+
+/// A lane's stream: `entries` waiting or delivered (acknowledged entries are deleted),
+/// `pending` of them delivered and not yet acknowledged, retries `scheduled` for later.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaneStats {
+    pub entries: u64,
+    pub pending: u64,
+    pub scheduled: u64,
 }
 
 /// A worker's own side of the streams: reads (on a connection of its own, since XREADGROUP

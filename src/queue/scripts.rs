@@ -233,3 +233,22 @@ return released
 ",
     )
 });
+
+/// KEYS: the lease. ARGV: holder, ttl ms. Takes the lease if free, renews it if `holder`
+/// has it; returns 1 while `holder` holds it, else 0.
+pub static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local held = redis.call('GET', KEYS[1])
+if not held then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if held == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+",
+    )
+});

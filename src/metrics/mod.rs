@@ -1,4 +1,7 @@
-//! Prometheus metrics, served at `/metrics`. Names are constants here, in one place.
+//! Prometheus metrics, served at `/metrics`. Names are constants here, in one place (the
+//! queue-wide gauges in `queue`).
+
+pub mod queue;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -69,6 +72,8 @@ pub struct Metrics {
     /// Time to answer an HTTP request (to the response head: a stream's body is not
     /// counted), by route template and method.
     pub http_seconds: HistogramVec,
+    /// Queue-wide gauges, exported by the one process that samples them.
+    pub queue: queue::QueueGauges,
 }
 
 impl Metrics {
@@ -132,6 +137,8 @@ impl Metrics {
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_seconds.clone()))?;
         registry.register(Box::new(build_info))?;
+        let queue = queue::QueueGauges::new()?;
+        registry.register(Box::new(queue.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -159,6 +166,7 @@ impl Metrics {
             stage_seconds,
             http_requests,
             http_seconds,
+            queue,
         })
     }
 
