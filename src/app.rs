@@ -84,6 +84,25 @@ impl Running {
     }
 }
 
+/// Runs an HTTP server until `shutdown`, then lets requests in flight finish.
+fn run_http(
+    server: actix_web::dev::Server,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<JoinHandle<()>>,
+) {
+    let handle = server.handle();
+    let token = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        token.cancelled().await;
+        handle.stop(true).await;
+    }));
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "http server failed");
+        }
+    }));
+}
+
 /// Starts the requested roles on the current runtime.
 pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> {
     let config = Arc::new(config);
@@ -151,6 +170,18 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
             concurrency,
             shutdown.clone(),
         )));
+        // A worker-only process serves its own metrics (with the API, `/metrics` has them).
+        if let (false, Some(bind)) = (roles.api, config.worker.metrics_bind) {
+            let metrics = metrics.clone();
+            let server =
+                actix_web::HttpServer::new(move || crate::api::metrics_app(metrics.clone()))
+                    .disable_signals()
+                    .workers(1)
+                    .shutdown_timeout(HTTP_SHUTDOWN_SECS)
+                    .bind(bind)?;
+            tracing::info!(%bind, "worker metrics on /metrics");
+            run_http(server.run(), &shutdown, &mut tasks);
+        }
     }
 
     if roles.api {
@@ -185,18 +216,7 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
             .shutdown_timeout(HTTP_SHUTDOWN_SECS)
             .bind(config.bind)?;
         addr = server.addrs().first().copied();
-        let server = server.run();
-        let handle = server.handle();
-        let token = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            token.cancelled().await;
-            handle.stop(true).await;
-        }));
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = server.await {
-                tracing::error!(error = %e, "http server failed");
-            }
-        }));
+        run_http(server.run(), &shutdown, &mut tasks);
         if let Some(a) = addr {
             tracing::info!(addr = %a, "api listening");
         }

@@ -111,6 +111,10 @@ pub struct WorkerConfig {
     pub job_timeout_ms: u64,
     /// Share of reads given to the bulk lane (imports) while uploads wait too, 0 to 1.
     pub bulk_share: f64,
+    /// Where a worker-only process (`photoq work`) serves `/metrics` and `/healthz`;
+    /// unset, nowhere (`photoq all` has them on the API's address).
+    #[serde(default)]
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -515,3 +515,71 @@ async fn queue_gauges_show_what_waits() {
     );
     app.finish().await;
 }
+
+/// A worker-only process serves its own metrics on `worker.metrics_bind`: the job it ran
+/// is counted there, not by the API process that took the upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_process_serves_its_own_metrics() {
+    use common::cluster::{self, Cluster};
+    let cluster = Cluster::new("pqwmetrics");
+    let key = cluster.key();
+    let (_serve, base) = cluster.serve().await;
+    let port = common::free_port();
+    let _worker = cluster.spawn(
+        &["work", "--concurrency", "2"],
+        &[("PHOTOQ_WORKER_METRICS_BIND", format!("127.0.0.1:{port}"))],
+    );
+    let client = cluster::Client::new(&base, &key);
+    let batch = client
+        .upload(&[(
+            "a.jpg".to_owned(),
+            read(corpus_dir().join("jpg/Canon_40D.jpg")),
+        )])
+        .await;
+    client
+        .wait_batch(batch["batch_id"].as_str().expect("batch"))
+        .await;
+    let http = common::http_client();
+    let worker_metrics = format!("http://127.0.0.1:{port}/metrics");
+    let completed = [("outcome", "completed")];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        // The listener comes up with the worker; until then the request fails.
+        if let Ok(res) = http.get(&worker_metrics).send().await {
+            let text = res.text().await.expect("text");
+            if sample(&text, "photoq_jobs_total", &completed) == Some(1.0) {
+                break text;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never counted its job"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        sample(
+            &text,
+            "photoq_job_stage_duration_seconds_count",
+            &[("stage", "decode")]
+        ),
+        Some(1.0)
+    );
+    let health = http
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    let api = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(sample(&api, "photoq_jobs_total", &completed), None);
+    assert_eq!(sample(&api, "photoq_photos_uploaded_total", &[]), Some(1.0));
+    cluster.cleanup().await;
+}

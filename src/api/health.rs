@@ -51,7 +51,12 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 /// Prometheus metrics, text format.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    match state.metrics.render() {
+    render(&state.metrics)
+}
+
+/// `metrics` in Prometheus's text format.
+pub fn render(metrics: &crate::metrics::Metrics) -> HttpResponse {
+    match metrics.render() {
         Ok(text) => HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4")
             .body(text),

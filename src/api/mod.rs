@@ -102,6 +102,29 @@ fn spec() -> DefaultApiRaw {
     }
 }
 
+/// What a worker-only process serves (`worker.metrics_bind`): `/metrics` and `/healthz`.
+pub fn metrics_app(
+    metrics: crate::metrics::Metrics,
+) -> actix_web::App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    actix_web::App::new()
+        .route(
+            "/metrics",
+            actix_web::web::get().to(move || {
+                let metrics = metrics.clone();
+                async move { health::render(&metrics) }
+            }),
+        )
+        .route("/healthz", actix_web::web::get().to(health::healthz))
+}
+
 /// The whole application: routes, documentation, JSON errors everywhere.
 pub fn app(
     state: AppState,
