@@ -365,18 +365,10 @@ async fn health_readiness_and_metrics() {
 
     upload_one_and_wait(&app).await;
     // The job is counted just after its commit, which the batch shows: wait for the count.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let metrics = loop {
-        let text = app.get_public("/metrics").await.text().await.unwrap();
-        if text.contains("photoq_jobs_total{outcome=\"completed\"} 1") {
-            break text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "job never counted: {text}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let metrics = metrics_when(&app.url("/metrics"), 10, "job never counted", |text| {
+        text.contains("photoq_jobs_total{outcome=\"completed\"} 1")
+    })
+    .await;
     assert!(
         metrics.contains("photoq_photos_uploaded_total 1"),
         "{metrics}"
@@ -453,6 +445,24 @@ async fn health_readiness_and_metrics() {
     app.finish().await;
 }
 
+/// The text of `url` (a `/metrics`) once `ready` holds for it, fetched again until then
+/// (a listener not up yet counts as not ready), for at most `secs` seconds.
+async fn metrics_when(url: &str, secs: u64, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let http = common::http_client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut last = String::new();
+    loop {
+        if let Ok(res) = http.get(url).send().await {
+            last = res.text().await.expect("text");
+            if ready(&last) {
+                return last;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {last}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// The value of the sample of `name` whose labels include `labels`, from Prometheus text.
 fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     metrics.lines().find_map(|line| {
@@ -483,18 +493,10 @@ async fn queue_gauges_show_what_waits() {
     app.upload_ok(vec![jpeg(), jpeg(), jpeg()]).await;
     let lane = [("lane", "interactive")];
     // Sampled every few seconds by this process (the only one holding the lease).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let metrics = loop {
-        let text = app.get_public("/metrics").await.text().await.unwrap();
-        if sample(&text, "photoq_queue_entries", &lane) == Some(3.0) {
-            break text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never sampled: {text}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let metrics = metrics_when(&app.url("/metrics"), 20, "never sampled", |text| {
+        sample(text, "photoq_queue_entries", &lane) == Some(3.0)
+    })
+    .await;
     assert_eq!(
         sample(&metrics, "photoq_queue_waiting_entries", &lane),
         Some(3.0)
@@ -542,21 +544,13 @@ async fn a_worker_process_serves_its_own_metrics() {
     let http = common::http_client();
     let worker_metrics = format!("http://127.0.0.1:{port}/metrics");
     let completed = [("outcome", "completed")];
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let text = loop {
-        // The listener comes up with the worker; until then the request fails.
-        if let Ok(res) = http.get(&worker_metrics).send().await {
-            let text = res.text().await.expect("text");
-            if sample(&text, "photoq_jobs_total", &completed) == Some(1.0) {
-                break text;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker never counted its job"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let text = metrics_when(
+        &worker_metrics,
+        20,
+        "the worker never counted its job",
+        |text| sample(text, "photoq_jobs_total", &completed) == Some(1.0),
+    )
+    .await;
     assert_eq!(
         sample(
             &text,

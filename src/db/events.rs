@@ -5,8 +5,9 @@
 //! Nothing in Rust writes events. The database's triggers (migration
 //! `2026-12-02-000007_event_sequencer`) stage each statement's changes in `event_changes`,
 //! in the changing transaction; [`sequence`] (run by one process at a time:
-//! `events::sequencer`) numbers them per owner and appends them to `event_chunks`, up to
-//! 1,000 events of one owner per row. An owner's ids count up from 1 without gaps, and an id
+//! `events::sequencer`) numbers them per owner and appends them to `event_chunks`, one row
+//! per staged statement and owner (and one per batch milestone). An owner's ids count up
+//! from 1 without gaps, and an id
 //! is visible only once every smaller id of the same owner is: passes commit one after
 //! another. The chunks hold typed events (`photoq_event`), read here column by column.
 

@@ -170,7 +170,7 @@ pub async fn run_pruner(
     config: std::sync::Arc<crate::config::Config>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    /// Chunks of events (up to 1,000 events each) removed per statement.
+    /// Chunks of events (a writing statement's each) removed per statement.
     const CHUNKS: i64 = 1_000;
     let every = std::time::Duration::from_secs(config.events.prune_interval_secs.max(1));
     loop {

@@ -96,21 +96,14 @@ impl QueueGauges {
 
 impl Collector for QueueGauges {
     fn desc(&self) -> Vec<&Desc> {
-        let mut out = self.entries.desc();
-        out.extend(self.pending.desc());
-        out.extend(self.waiting.desc());
-        out.extend(self.scheduled.desc());
-        out.extend(self.dead.desc());
-        out.extend(self.oldest.desc());
-        out.extend(self.unsequenced.desc());
-        out
+        self.parts().into_iter().flat_map(|c| c.desc()).collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
         if !self.fresh() {
             return Vec::new();
         }
-        self.parts().iter().flat_map(|c| c.collect()).collect()
+        self.parts().into_iter().flat_map(|c| c.collect()).collect()
     }
 }
 

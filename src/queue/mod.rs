@@ -543,23 +543,18 @@ impl Queue {
 
     /// Entries delivered to a consumer and not yet acknowledged, in both lanes.
     pub async fn pending(&self) -> Result<u64, QueueError> {
-        let mut conn = self.conn.get().await?;
         let mut total = 0;
         for lane in Lane::ALL {
-            let reply: redis::streams::StreamPendingReply =
-                conn.xpending(self.keys.stream(lane), GROUP).await?;
-            total += reply.count() as u64;
+            total += self.lane_stats(lane).await?.pending;
         }
         Ok(total)
     }
 
     /// Retries waiting in the delayed sets.
     pub async fn scheduled(&self) -> Result<u64, QueueError> {
-        let mut conn = self.conn.get().await?;
         let mut total = 0;
         for lane in Lane::ALL {
-            let n: u64 = conn.zcard(self.keys.retries(lane)).await?;
-            total += n;
+            total += self.lane_stats(lane).await?.scheduled;
         }
         Ok(total)
     }
