@@ -3,6 +3,7 @@
 //!
 //!   cargo bench --bench e2e -- [--photos N] [--workers W] [--concurrency C] [--dir DIR]
 //!   cargo bench --bench e2e -- --no-op [--jobs N] [--workers W] [--concurrency C] [--no-events]
+//!                                  [--scrapes S]
 //!   cargo bench --bench e2e -- --uploads N --upload-mib M
 //!
 //! Image mode uploads N photos from DIR (cycled; default the 12 MP set under
@@ -18,6 +19,9 @@
 //! and Redis's `used_memory` before the jobs were published and once every one is
 //! acknowledged (with the job stream's length then). `--no-events` switches the event log's
 //! triggers off in the run's database: the same run without events, to price them.
+//! `--scrapes S` then starts `photoq serve` on the finished database and times S scrapes
+//! of its `/metrics` (once the queue-wide gauges are in it), printing the median, p99 and
+//! the size of the answer.
 //!
 //! Upload mode starts `photoq serve` alone and has N clients upload one file of M MiB each,
 //! all at once; it prints the API process's peak RSS (VmHWM) and how many were accepted.
@@ -26,7 +30,9 @@
 //! PostgreSQL and Redis come from `PHOTOQ_TEST_DATABASE_URL` (server URL without a
 //! database, default postgres://postgres@127.0.0.1:5432) and `PHOTOQ_TEST_REDIS_URL`
 //! (default redis://127.0.0.1:6379). Each run uses its own database, key prefix and storage
-//! directory and removes them at the end.
+//! directory and removes them at the end. `PHOTOQ_TEST_BIN` runs another build of photoq
+//! (an earlier commit's, say) under the same driver; the processes inherit the environment,
+//! so e.g. `PHOTOQ_TELEMETRY_OTLP_ENDPOINT` reaches them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -55,6 +61,8 @@ struct Args {
     no_op: bool,
     /// No-op mode without the event log's triggers.
     no_events: bool,
+    /// No-op mode: scrapes of `/metrics` timed at the end.
+    scrapes: usize,
     /// Upload mode: clients, and MiB each uploads.
     uploads: usize,
     upload_mib: usize,
@@ -68,6 +76,7 @@ fn args() -> Args {
     let mut a = Args {
         no_op: false,
         no_events: false,
+        scrapes: 0,
         uploads: 0,
         upload_mib: 20,
         count: 0,
@@ -81,6 +90,7 @@ fn args() -> Args {
         match arg.as_str() {
             "--no-op" => a.no_op = true,
             "--no-events" => a.no_events = true,
+            "--scrapes" => a.scrapes = value().parse().expect("a number"),
             "--photos" | "--jobs" => a.count = value().parse().expect("a number"),
             "--workers" => a.workers = value().parse().expect("a number"),
             "--concurrency" => a.concurrency = value().parse().expect("a number"),
@@ -324,7 +334,9 @@ async fn no_op(a: Args) {
     let pool = photoq::db::connect(&config.database).await.expect("db");
     let queue = photoq::queue::Queue::new(&config.redis).expect("redis");
     queue.ensure_group().await.expect("group");
-    let (owner, _) = photoq::auth::create_key(&pool, "bench").await.expect("key");
+    let (owner, _) = photoq::auth::create_key(&pool, "bench", photoq::auth::KeyRole::Client)
+        .await
+        .expect("key");
     if a.no_events {
         let mut conn = photoq::db::conn(&pool).await.expect("conn");
         for trigger in ["photos_inserted_events", "photos_updated_events"] {
@@ -455,9 +467,14 @@ async fn no_op(a: Args) {
         .filter_map(|p| peak_rss_mib(p.pid()))
         .map(|r| format!("{r:.0}"))
         .collect();
+    drop(procs);
+    let scrapes = if a.scrapes > 0 {
+        Some(time_scrapes(&cluster, a.scrapes).await)
+    } else {
+        None
+    };
     drop(conn);
     drop(pool);
-    drop(procs);
     cluster.cleanup().await;
 
     let secs = w.secs.unwrap_or(f64::NAN);
@@ -487,12 +504,61 @@ async fn no_op(a: Args) {
         a.count as f64 / wall.as_secs_f64()
     );
     println!("  peak worker RSS (MiB): {}", rss.join(", "));
+    if let Some((p50, p99, bytes)) = scrapes {
+        println!(
+            "  /metrics with {} photos: {} scrapes, p50 {p50:.2} ms, p99 {p99:.2} ms, {bytes} bytes",
+            a.count, a.scrapes
+        );
+    }
     println!(
         "  redis used_memory     {:.2} MiB before, {:.2} MiB after ({:+.1}%), job stream length after: {stream_after}",
         memory_before as f64 / 1048576.0,
         memory_after as f64 / 1048576.0,
         (memory_after as f64 / memory_before as f64 - 1.0) * 100.0
     );
+}
+
+/// Starts `photoq serve` and times `n` sequential scrapes of its `/metrics`, once the
+/// queue-wide gauges are in it: (p50 ms, p99 ms, bytes of the last answer).
+async fn time_scrapes(cluster: &Cluster, n: usize) -> (f64, f64, usize) {
+    let (api, base) = cluster.serve().await;
+    let http = common::http_client();
+    let url = format!("{base}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http
+            .get(&url)
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("body");
+        if text.contains("photoq_queue_entries{") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "queue gauges never exported");
+        tokio::time::sleep(POLL).await;
+    }
+    let mut times = Vec::with_capacity(n);
+    let mut bytes = 0;
+    for _ in 0..n {
+        let clock = Instant::now();
+        let body = http
+            .get(&url)
+            .send()
+            .await
+            .expect("scrape")
+            .bytes()
+            .await
+            .expect("body");
+        times.push(clock.elapsed().as_secs_f64() * 1000.0);
+        bytes = body.len();
+    }
+    drop(api);
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99), bytes)
 }
 
 fn main() {

@@ -217,7 +217,8 @@ async fn bench(a: Args) {
     let owner = photoq::auth::authenticate(&pool, &key)
         .await
         .expect("auth")
-        .expect("owner");
+        .expect("owner")
+        .owner;
     let (serve, base) = cluster.serve().await;
     let serve_pid = serve.pid();
     let mut procs = vec![serve];

@@ -3,7 +3,8 @@
 #
 #   deploy/dev.sh all    PostgreSQL and Redis up (installed if missing), then `photoq all`
 #                        on the defaults: API on 127.0.0.1:8080, storage under ./data.
-#   deploy/dev.sh test   PostgreSQL and Redis up, then fmt, clippy and the whole test suite.
+#   deploy/dev.sh test   PostgreSQL and Redis up, Prometheus and Chromium installed, then fmt,
+#                        clippy and the whole test suite.
 #   deploy/dev.sh services   only make sure PostgreSQL, Redis and the build tools (cmake,
 #                        nasm, a C compiler) are installed and running.
 #   deploy/dev.sh photoq ARGS   any photoq command (`keys create`, `submit`, ...), with the
@@ -27,7 +28,46 @@ as_root() {
 apt_install() {
   say "installing $*"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "$@" >/dev/null
+}
+
+# Installs, in one apt-get run, the Debian packages whose commands are missing. Arguments
+# are command:package pairs.
+install_missing() {
+  local missing=() pair
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
+# Everything the services and the build need (libjpeg-turbo is built from source into photoq
+# with cmake and NASM for its SIMD code; libwebp by its crate with the C compiler); with
+# `test`, also what the tests run against:
+# Prometheus and promtool (tests/prometheus.rs), Chromium and ChromeDriver (tests/browser.rs).
+install_packages() {
+  local wanted=(pg_ctlcluster:postgresql psql:postgresql-client redis-server:redis-server
+    cmake:cmake nasm:nasm cc:build-essential)
+  if [ "${1:-}" = test ]; then
+    wanted+=(prometheus:prometheus promtool:prometheus chromium:chromium
+      chromedriver:chromium-driver)
+  fi
+  local fresh_postgres=0
+  command -v pg_ctlcluster >/dev/null 2>&1 || fresh_postgres=1
+  install_missing "${wanted[@]}"
+  if [ "$fresh_postgres" -eq 1 ]; then trust_local_postgres; fi
+}
+
+# A fresh install asks for passwords over TCP; photoq's local default connects as postgres
+# without one, as on a development machine.
+trust_local_postgres() {
+  local version hba
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  hba="/etc/postgresql/$version/main/pg_hba.conf"
+  if ! as_root grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+    as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+  fi
 }
 
 wait_for() {
@@ -42,22 +82,9 @@ wait_for() {
 }
 
 ensure_postgres() {
-  local fresh=0
-  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
-    apt_install postgresql postgresql-client
-    fresh=1
-  fi
   if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     local version
     version=$(ls /etc/postgresql | sort -V | tail -n 1)
-    if [ "$fresh" -eq 1 ]; then
-      # A fresh install asks for passwords over TCP; photoq's local default connects as
-      # postgres without one, as on a development machine.
-      local hba="/etc/postgresql/$version/main/pg_hba.conf"
-      if ! as_root grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
-        as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
-      fi
-    fi
     say "starting PostgreSQL $version"
     as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
     wait_for PostgreSQL pg_isready -q -h 127.0.0.1 -p 5432
@@ -65,9 +92,6 @@ ensure_postgres() {
 }
 
 ensure_redis() {
-  if ! command -v redis-server >/dev/null 2>&1; then
-    apt_install redis-server
-  fi
   if ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
     say "starting Redis"
     as_root mkdir -p /var/lib/redis /var/log/redis
@@ -75,16 +99,6 @@ ensure_redis() {
       --appendonly no --dir /var/lib/redis --logfile /var/log/redis/photoq-dev.log
     wait_for Redis sh -c 'redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG'
   fi
-}
-
-# libjpeg-turbo is built from source into photoq (cmake, with NASM for its SIMD code);
-# libwebp is compiled by its crate with the C compiler.
-ensure_build_tools() {
-  local missing=()
-  command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-  command -v nasm >/dev/null 2>&1 || missing+=(nasm)
-  command -v cc >/dev/null 2>&1 || missing+=(build-essential)
-  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 
 ensure_rust_tools() {
@@ -95,14 +109,14 @@ ensure_rust_tools() {
 
 case "${1:-}" in
   services)
+    install_packages
     ensure_postgres
     ensure_redis
-    ensure_build_tools
     ;;
   all)
+    install_packages
     ensure_postgres
     ensure_redis
-    ensure_build_tools
     shift
     exec cargo run --release -- all "$@"
     ;;
@@ -111,9 +125,9 @@ case "${1:-}" in
     exec cargo run --release -q -- "$@"
     ;;
   test)
+    install_packages test
     ensure_postgres
     ensure_redis
-    ensure_build_tools
     ensure_rust_tools
     say "cargo fmt --check"
     cargo fmt --check

@@ -45,6 +45,8 @@ pub enum StartError {
     Http(#[from] std::io::Error),
     #[error(transparent)]
     Render(#[from] crate::render::RenderError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
 /// Which roles a process runs.
@@ -115,6 +117,7 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
     }
     let storage = Storage::from_config(&config.storage)?;
     let metrics = Metrics::new()?;
+    metrics.watch_pool(pool.clone())?;
     // The API checks import URLs against the same rules the workers download under.
     let fetch_rules =
         Arc::new(crate::fetch::Rules::new(&config.fetch.allow).map_err(StartError::Fetch)?);
@@ -243,8 +246,17 @@ fn consumer_name() -> String {
 
 /// The binary's entry point after argument parsing.
 pub async fn main(cli: Cli) -> ExitCode {
-    crate::telemetry::init();
-    match run(cli).await {
+    let config = Config::load(cli.config.as_deref());
+    // Traces are exported by the service roles only, when configured.
+    let traces = match (&config, &cli.command) {
+        (Ok(c), Command::Serve | Command::Work(_) | Command::All(_)) => Some(&c.telemetry),
+        _ => None,
+    };
+    if let Err(e) = crate::telemetry::init(traces) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    match run(cli, config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(StartError::SomeFailed) => ExitCode::from(2),
         Err(e) => {
@@ -255,8 +267,11 @@ pub async fn main(cli: Cli) -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), StartError> {
-    let config = Config::load(cli.config.as_deref())?;
+async fn run(
+    cli: Cli,
+    config: Result<Config, crate::config::ConfigError>,
+) -> Result<(), StartError> {
+    let config = config?;
     let concurrency = |n: Option<u32>| n.map(|n| n as usize).unwrap_or(config.worker.concurrency);
     let roles = match cli.command {
         Command::Serve => Roles {
@@ -325,16 +340,22 @@ async fn run(cli: Cli) -> Result<(), StartError> {
 async fn keys(config: &Config, cmd: KeysCommand) -> Result<(), StartError> {
     let pool = db::connect(&config.database).await?;
     match cmd {
-        KeysCommand::Create { name } => {
-            let (row, key) = crate::auth::create_key(&pool, &name).await?;
-            println!("created key {} ({})", row.id, row.name);
+        KeysCommand::Create { name, operator } => {
+            let role = if operator {
+                crate::auth::KeyRole::Operator
+            } else {
+                crate::auth::KeyRole::Client
+            };
+            let (row, key) = crate::auth::create_key(&pool, &name, role).await?;
+            let kind = if row.operator { ", operator" } else { "" };
+            println!("created key {} ({}{kind})", row.id, row.name);
             println!("{key}");
         }
         KeysCommand::List => {
             let mut conn = db::conn(&pool).await?;
             println!(
-                "{:<36}  {:<11}  {:<25}  {:<25}  name",
-                "id", "prefix", "created", "revoked"
+                "{:<36}  {:<11}  {:<25}  {:<25}  {:<8}  name",
+                "id", "prefix", "created", "revoked", "operator"
             );
             for k in db::keys::list(&mut conn).await? {
                 let revoked = k
@@ -342,11 +363,12 @@ async fn keys(config: &Config, cmd: KeysCommand) -> Result<(), StartError> {
                     .map(|t| t.to_rfc3339())
                     .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<36}  {:<11}  {:<25}  {:<25}  {}",
+                    "{:<36}  {:<11}  {:<25}  {:<25}  {:<8}  {}",
                     k.id,
                     k.key_prefix,
                     k.created_at.to_rfc3339(),
                     revoked,
+                    if k.operator { "yes" } else { "no" },
                     k.name
                 );
             }

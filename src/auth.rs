@@ -25,7 +25,27 @@ pub fn hash_key(key: &str) -> String {
 }
 
 /// Creates a key; returns its row and the key itself, which is shown once and never stored.
-pub async fn create_key(pool: &DbPool, name: &str) -> Result<(ApiKey, String), DbError> {
+/// What a key may see beyond its own photos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    /// Its own photos, batches, imports and events only.
+    Client,
+    /// Also queue-wide aggregates: workers, lag, counts, recent error codes.
+    Operator,
+}
+
+/// Who an active key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyOwner {
+    pub owner: Uuid,
+    pub operator: bool,
+}
+
+pub async fn create_key(
+    pool: &DbPool,
+    name: &str,
+    role: KeyRole,
+) -> Result<(ApiKey, String), DbError> {
     let key = generate_key();
     let row = ApiKey {
         id: Uuid::now_v7(),
@@ -34,21 +54,25 @@ pub async fn create_key(pool: &DbPool, name: &str) -> Result<(ApiKey, String), D
         key_prefix: key.chars().take(DISPLAY_CHARS).collect(),
         created_at: Utc::now(),
         revoked_at: None,
+        operator: role == KeyRole::Operator,
     };
     let mut conn = db::conn(pool).await?;
     db::keys::insert(&mut conn, &row).await?;
     Ok((row, key))
 }
 
-/// The owner id of an active key.
-pub async fn authenticate(pool: &DbPool, key: &str) -> Result<Option<Uuid>, DbError> {
+/// The owner of an active key.
+pub async fn authenticate(pool: &DbPool, key: &str) -> Result<Option<KeyOwner>, DbError> {
     if !key.starts_with(KEY_PREFIX) {
         return Ok(None);
     }
     let mut conn = db::conn(pool).await?;
     Ok(db::keys::find_active(&mut conn, &hash_key(key))
         .await?
-        .map(|k| k.id))
+        .map(|k| KeyOwner {
+            owner: k.id,
+            operator: k.operator,
+        }))
 }
 
 /// Every stream token starts with this.

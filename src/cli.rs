@@ -103,8 +103,12 @@ pub enum KeysCommand {
         /// A label for the key (who or what uses it).
         #[arg(long)]
         name: String,
+        /// Also let the key see queue-wide aggregates (workers, lag, counts, recent error
+        /// codes) in `GET /v1/operator/overview` and the dashboard's operator view.
+        #[arg(long)]
+        operator: bool,
     },
-    /// List keys (id, name, visible prefix, created, revoked).
+    /// List keys (id, name, visible prefix, created, revoked, operator).
     List,
     /// Revoke a key by id; requests with it get 401 from then on.
     Revoke {

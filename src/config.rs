@@ -30,6 +30,7 @@ const SECTIONS: &[&str] = &[
     "import",
     "events",
     "webhooks",
+    "telemetry",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,20 @@ pub struct Config {
     pub import: ImportConfig,
     pub events: EventsConfig,
     pub webhooks: WebhooksConfig,
+    pub telemetry: TelemetryConfig,
     pub variants: BTreeMap<String, VariantConfig>,
+}
+
+/// Traces (`crate::telemetry`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP endpoint, e.g. `http://127.0.0.1:4318`; empty: traces are not exported.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of photos traced, 0 to 1 (the decision is the photo's, kept by its attempts).
+    pub sample_ratio: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -441,6 +455,9 @@ impl Config {
         }
         if self.limits.requests_per_sec > 0 && self.limits.burst == 0 {
             return invalid("limits.burst must be > 0 when limits.requests_per_sec is".into());
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return invalid("telemetry.sample_ratio must be between 0 and 1".into());
         }
         if self.redis.prefix.is_empty() {
             return invalid("redis.prefix must not be empty".into());

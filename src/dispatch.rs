@@ -32,9 +32,29 @@ impl From<diesel::result::Error> for DispatchError {
     }
 }
 
-/// A job to publish: the photo, its lane, and the entry seen for it before (`None` for
-/// never published).
-pub type Unpublished = (Uuid, Lane, Option<String>);
+/// A job to publish.
+#[derive(Debug, Clone)]
+pub struct Unpublished {
+    pub photo_id: Uuid,
+    pub lane: Lane,
+    /// The entry seen for it before (`None` for never published).
+    pub seen: Option<String>,
+    /// The traceparent its entry carries (see `crate::telemetry`); workers fall back on
+    /// the photo's row without it.
+    pub traceparent: Option<String>,
+}
+
+impl Unpublished {
+    /// A job published again (its entry was lost, or it was redriven).
+    fn again(photo_id: Uuid, lane: Lane, seen: Option<String>) -> Self {
+        Unpublished {
+            photo_id,
+            lane,
+            seen,
+            traceparent: None,
+        }
+    }
+}
 
 /// Puts jobs on their lanes' streams and records each photo's entry (for those still
 /// `queued` with the entry seen before). If this fails, the reconciler publishes them after
@@ -49,17 +69,20 @@ pub async fn publish(
     }
     let mut published: Vec<(Uuid, Option<String>, String)> = Vec::with_capacity(jobs.len());
     for lane in Lane::ALL {
-        let of_lane: Vec<&Unpublished> = jobs.iter().filter(|j| j.1 == lane).collect();
+        let of_lane: Vec<&Unpublished> = jobs.iter().filter(|j| j.lane == lane).collect();
         if of_lane.is_empty() {
             continue;
         }
-        let ids: Vec<Uuid> = of_lane.iter().map(|j| j.0).collect();
-        let entries = queue.enqueue(lane, &ids).await?;
+        let entries: Vec<(Uuid, Option<&str>)> = of_lane
+            .iter()
+            .map(|j| (j.photo_id, j.traceparent.as_deref()))
+            .collect();
+        let entries = queue.enqueue_traced(lane, &entries).await?;
         published.extend(
             of_lane
                 .into_iter()
                 .zip(entries)
-                .map(|((id, _, seen), entry)| (*id, seen.clone(), entry)),
+                .map(|(job, entry)| (job.photo_id, job.seen.clone(), entry)),
         );
     }
     let mut conn = db::conn(pool).await?;
@@ -67,14 +90,23 @@ pub async fn publish(
     Ok(())
 }
 
-/// Publishes photos never published before, all in one lane (see [`publish`]).
+/// Publishes photos never published before, all in one lane (see [`publish`]), each with
+/// the traceparent of its trace where it has one.
 pub async fn publish_new(
     pool: &DbPool,
     queue: &Queue,
     lane: Lane,
-    ids: &[Uuid],
+    photos: &[(Uuid, Option<String>)],
 ) -> Result<(), DispatchError> {
-    let jobs: Vec<Unpublished> = ids.iter().map(|id| (*id, lane, None)).collect();
+    let jobs: Vec<Unpublished> = photos
+        .iter()
+        .map(|(id, traceparent)| Unpublished {
+            photo_id: *id,
+            lane,
+            seen: None,
+            traceparent: traceparent.clone(),
+        })
+        .collect();
     publish(pool, queue, &jobs).await
 }
 
@@ -191,7 +223,7 @@ impl Reconciler {
                     lifeless.insert(o.id, (attempt, lane, o.entry_id));
                 }
                 ("queued", _) if matches!(status, EntryStatus::Gone | EntryStatus::Orphaned) => {
-                    republish.push((o.id, lane, o.entry_id))
+                    republish.push(Unpublished::again(o.id, lane, o.entry_id))
                 }
                 _ => {}
             }
@@ -209,14 +241,14 @@ impl Reconciler {
                     Some(reason) => {
                         round.buried += 1;
                         queue.dead_letter(None, id, &reason).await?;
-                        tracing::warn!(job_id = %id, "lifeless last attempt: photo dead");
+                        tracing::warn!(photo_id = %id, "lifeless last attempt: photo dead");
                     }
                     None => {
                         round.requeued += 1;
                         if let Some((_, lane, seen)) = lifeless.remove(&id) {
-                            republish.push((id, lane, seen));
+                            republish.push(Unpublished::again(id, lane, seen));
                         }
-                        tracing::warn!(job_id = %id, "lifeless attempt reclaimed; job published again");
+                        tracing::warn!(photo_id = %id, "lifeless attempt reclaimed; job published again");
                     }
                 }
             }
@@ -296,7 +328,7 @@ pub async fn redrive(
     queue.changes_written();
     let jobs: Vec<Unpublished> = redriven
         .iter()
-        .map(|(id, lane)| (*id, *lane, None))
+        .map(|(id, lane)| Unpublished::again(*id, *lane, None))
         .collect();
     if let Err(e) = publish(pool, queue, &jobs).await {
         tracing::warn!(error = %e, count = jobs.len(), "redriven jobs left to the reconciler");

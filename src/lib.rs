@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod dispatch;
 pub mod events;

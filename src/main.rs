@@ -21,5 +21,7 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(photoq::app::main(cli));
     runtime.shutdown_timeout(BLOCKING_DRAIN);
+    // The spans of the last jobs, if traces are exported.
+    photoq::telemetry::flush();
     code
 }

@@ -420,6 +420,33 @@ async fn health_readiness_and_metrics() {
         Some(1.0)
     );
     assert!(sample(&metrics, "process_resident_memory_bytes", &[]).is_some_and(|b| b > 0.0));
+    assert_eq!(
+        sample(&metrics, "photoq_photo_completion_seconds_count", &[]),
+        Some(1.0),
+        "upload to completed, once: {metrics}"
+    );
+    for dependency in ["database", "redis"] {
+        assert_eq!(
+            sample(&metrics, "photoq_ready", &[("dependency", dependency)]),
+            Some(1.0),
+            "{dependency}"
+        );
+    }
+    let pool_size = app.config.database.pool_size as f64;
+    assert_eq!(
+        sample(&metrics, "photoq_db_pool_max_connections", &[]),
+        Some(pool_size)
+    );
+    let in_use = sample(
+        &metrics,
+        "photoq_db_pool_connections",
+        &[("state", "in_use")],
+    );
+    let idle = sample(&metrics, "photoq_db_pool_connections", &[("state", "idle")]);
+    assert!(
+        matches!((in_use, idle), (Some(u), Some(i)) if u + i >= 1.0 && u + i <= pool_size),
+        "{in_use:?} {idle:?}"
+    );
 
     // A path no route takes is counted under one label, whatever the path.
     for path in ["/nope/1", "/nope/2"] {
@@ -576,4 +603,143 @@ async fn a_worker_process_serves_its_own_metrics() {
     assert_eq!(sample(&api, "photoq_jobs_total", &completed), None);
     assert_eq!(sample(&api, "photoq_photos_uploaded_total", &[]), Some(1.0));
     cluster.cleanup().await;
+}
+
+/// Redis going away shows in the metrics: readiness says which dependency is down, and the
+/// failed commands are counted by kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_errors_and_readiness_show_in_the_metrics() {
+    let mut redis = common::PrivateRedis::new();
+    redis.start().await;
+    let app = TestApp::builder()
+        .redis_url(&redis.url())
+        .workers(None)
+        .start()
+        .await;
+    let metrics = app.get_public("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        sample(&metrics, "photoq_ready", &[("dependency", "redis")]),
+        Some(1.0)
+    );
+    let before: f64 = ["connection", "timeout", "server"]
+        .iter()
+        .filter_map(|k| sample(&metrics, "photoq_redis_errors_total", &[("kind", k)]))
+        .sum();
+    redis.stop();
+    let metrics = metrics_when(
+        &app.url("/metrics"),
+        30,
+        "redis never reported down",
+        |text| sample(text, "photoq_ready", &[("dependency", "redis")]) == Some(0.0),
+    )
+    .await;
+    assert_eq!(
+        sample(&metrics, "photoq_ready", &[("dependency", "database")]),
+        Some(1.0)
+    );
+    let after: f64 = ["connection", "timeout", "server"]
+        .iter()
+        .filter_map(|k| sample(&metrics, "photoq_redis_errors_total", &[("kind", k)]))
+        .sum();
+    assert!(
+        after > before,
+        "redis errors counted: {before} -> {after}: {metrics}"
+    );
+    // Back (empty), for the harness's closing checks.
+    redis.start().await;
+    app.queue().ensure_group().await.unwrap();
+    app.finish().await;
+}
+
+/// The operator overview: an operator key sees the lanes, the workers and the error codes
+/// of every owner's recent attempts, and none of their photos; a client key gets 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_overview_shows_aggregates_only() {
+    let app = TestApp::start().await;
+    let jpeg = read(corpus_dir().join("jpg/Canon_40D.jpg"));
+    let broken = jpeg[..jpeg.len() / 3].to_vec();
+    let body = app
+        .upload_ok(vec![("a.jpg".into(), jpeg), ("b.jpg".into(), broken)])
+        .await;
+    let batch_id = body["batch_id"].as_str().unwrap().to_owned();
+    let batch = app.wait_batch(&batch_id).await;
+    assert_eq!(
+        (batch["completed"].as_i64(), batch["failed"].as_i64()),
+        (Some(1), Some(1))
+    );
+
+    let refused = app.get("/v1/operator/overview").await;
+    assert_eq!(refused.status(), 403);
+    assert_eq!(common::error_code(refused).await, "forbidden");
+
+    let (_, operator) = app.new_key_as("ops", photoq::auth::KeyRole::Operator).await;
+    let me: Value = app.get_as(&operator, "/v1/me").await.json().await.unwrap();
+    assert_eq!(
+        (me["name"].as_str(), me["operator"].as_bool()),
+        (Some("ops"), Some(true))
+    );
+    let mine: Value = app.get_json("/v1/me").await;
+    assert_eq!(mine["operator"], false);
+
+    let overview = app.get_as(&operator, "/v1/operator/overview").await;
+    assert_eq!(overview.status(), 200);
+    let text = overview.text().await.unwrap();
+    let overview: Value = serde_json::from_str(&text).unwrap();
+    let lanes: Vec<&str> = overview["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lane"].as_str().unwrap())
+        .collect();
+    assert_eq!(lanes, ["interactive", "bulk"]);
+    let workers = overview["workers"].as_array().unwrap();
+    assert!(
+        workers.iter().any(|w| w["active"] == true),
+        "the test's workers are seen: {overview}"
+    );
+    let errors = overview["recent_errors"].as_array().unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["code"] == "undecodable_image" && e["attempts"].as_u64() >= Some(1)),
+        "{overview}"
+    );
+    assert_eq!(overview["unfinished"]["queued"], 0);
+    for id in std::iter::once(batch_id.as_str()).chain(
+        body["photos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap()),
+    ) {
+        assert!(!text.contains(id), "no owner's ids in the overview: {text}");
+    }
+
+    // The client's own views: its batches, newest first, and nothing unfinished.
+    let second = upload_one_and_wait(&app).await;
+    let list = app.get_json("/v1/batches?limit=1").await;
+    let batches = list["batches"].as_array().unwrap();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0]["id"], second["batch_id"]);
+    assert_eq!(batches[0]["state"], "completed");
+    let cursor = list["next_cursor"].as_str().unwrap();
+    let older = app.get_json(&format!("/v1/batches?cursor={cursor}")).await;
+    let older = older["batches"].as_array().unwrap();
+    assert_eq!(older.len(), 1);
+    assert_eq!(older[0]["id"].as_str(), Some(batch_id.as_str()));
+    assert_eq!(older[0]["state"], "completed_with_errors");
+    assert_eq!(older[0]["failed"], 1);
+    let operators_batches = app.get_as(&operator, "/v1/batches").await;
+    let operators_batches: Value = operators_batches.json().await.unwrap();
+    assert_eq!(
+        operators_batches["batches"].as_array().unwrap().len(),
+        0,
+        "an operator key sees no other key's batches"
+    );
+    let stats = app.get_json("/v1/stats").await;
+    assert_eq!(
+        (stats["queued"].as_i64(), stats["processing"].as_i64()),
+        (Some(0), Some(0))
+    );
+    app.finish().await;
 }

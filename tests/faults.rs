@@ -543,7 +543,9 @@ async fn after_20k_jobs_the_stream_holds_no_more_than_in_flight_plus_100() {
     let mut cluster = Cluster::new("pqbound");
     fast(&mut cluster);
     let pool = pool_of(&cluster).await;
-    let (owner, _) = photoq::auth::create_key(&pool, "bound").await.unwrap();
+    let (owner, _) = photoq::auth::create_key(&pool, "bound", photoq::auth::KeyRole::Client)
+        .await
+        .unwrap();
     let queue = queue_of(&cluster);
     queue.ensure_group().await.unwrap();
     let mut conn = photoq::db::conn(&pool).await.unwrap();
@@ -564,12 +566,13 @@ async fn after_20k_jobs_the_stream_holds_no_more_than_in_flight_plus_100() {
                 sha256: Some(String::new()),
                 original_key: String::new(),
                 source_url: None,
+                trace_parent: None,
             })
             .collect();
         photoq::db::photos::insert_batch(&mut conn, &batch, &photos, None)
             .await
             .unwrap();
-        let ids: Vec<uuid::Uuid> = photos.iter().map(|p| p.id).collect();
+        let ids: Vec<(uuid::Uuid, Option<String>)> = photos.iter().map(|p| (p.id, None)).collect();
         photoq::dispatch::publish_new(&pool, &queue, photoq::queue::Lane::Interactive, &ids)
             .await
             .unwrap();

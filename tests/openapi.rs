@@ -252,6 +252,12 @@ async fn every_route_answers_as_documented() {
         ),
         (format!("/v1/batches/{batch}"), "/v1/batches/{id}", 200),
         (format!("/v1/batches/{nobody}"), "/v1/batches/{id}", 404),
+        ("/v1/batches?limit=1".into(), "/v1/batches", 200),
+        ("/v1/batches?cursor=nope".into(), "/v1/batches", 400),
+        ("/v1/me".into(), "/v1/me", 200),
+        ("/v1/stats".into(), "/v1/stats", 200),
+        // An operator route with a client key.
+        ("/v1/operator/overview".into(), "/v1/operator/overview", 403),
         ("/v1/dead-letters".into(), "/v1/dead-letters", 200),
         ("/v1/dead-letters?limit=999".into(), "/v1/dead-letters", 400),
     ];
@@ -455,6 +461,20 @@ async fn every_route_answers_as_documented() {
         ),
     ];
     contract.check_gets(&app, &cases).await;
+    let pool = photoq::db::pool(&app.config.database).unwrap();
+    let (_, operator) = photoq::auth::create_key(&pool, "ops", photoq::auth::KeyRole::Operator)
+        .await
+        .unwrap();
+    let res = app
+        .client
+        .get(app.url("/v1/operator/overview"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap();
+    let (status, overview) = contract.check("get", "/v1/operator/overview", res).await;
+    assert_eq!(status, 200);
+    assert_eq!(overview["lanes"].as_array().unwrap().len(), 2, "{overview}");
     for status in [204, 404] {
         let res = app
             .client

@@ -470,7 +470,9 @@ async fn scenarios_replayed_on_postgres_match_the_model() {
     let mut config = photoq::config::Config::defaults().unwrap().database;
     config.url = format!("{}/{name}", common::pg_server());
     let pool = photoq::db::connect(&config).await.unwrap();
-    let (key, _) = photoq::auth::create_key(&pool, "replay").await.unwrap();
+    let (key, _) = photoq::auth::create_key(&pool, "replay", photoq::auth::KeyRole::Client)
+        .await
+        .unwrap();
     let mut conn = photoq::db::conn(&pool).await.unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut events = 0;
@@ -498,6 +500,7 @@ async fn scenarios_replayed_on_postgres_match_the_model() {
             sha256: Some(String::new()),
             original_key: String::new(),
             source_url: None,
+            trace_parent: None,
         };
         photoq::db::photos::insert_batch(&mut conn, &batch, std::slice::from_ref(&photo), None)
             .await

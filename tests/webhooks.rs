@@ -103,7 +103,8 @@ async fn deliveries_are_signed_retried_listed_and_never_sent_to_a_private_addres
     let owner = photoq::auth::authenticate(&pool, &app.key)
         .await
         .expect("auth")
-        .expect("owner");
+        .expect("owner")
+        .owner;
     let private = photoq::db::webhooks::Webhook {
         id: uuid::Uuid::now_v7(),
         owner_id: owner,

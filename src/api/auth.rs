@@ -21,6 +21,8 @@ use super::AppState;
 )]
 pub struct Caller {
     pub owner: Uuid,
+    /// An operator key (`photoq keys create --operator`): also sees queue-wide aggregates.
+    pub operator: bool,
 }
 
 impl FromRequest for Caller {
@@ -104,10 +106,16 @@ fn identify(
         }
         let owner = match (&key, &token) {
             (Some(key), _) => crate::auth::authenticate(&state.pool, key).await?,
-            (None, Some(token)) => crate::auth::stream_token_owner(&state.pool, token).await?,
+            // A stream token opens its owner's event streams, nothing queue-wide.
+            (None, Some(token)) => crate::auth::stream_token_owner(&state.pool, token)
+                .await?
+                .map(|owner| crate::auth::KeyOwner {
+                    owner,
+                    operator: false,
+                }),
             (None, None) => None,
         };
-        let Some(owner) = owner else {
+        let Some(crate::auth::KeyOwner { owner, operator }) = owner else {
             // A key that does not open counts against the address; no key at all is
             // not a guess.
             if let (Some(addr), true) = (addr, key.is_some() || token.is_some()) {
@@ -118,6 +126,6 @@ fn identify(
         if let Some(wait) = limiter.take(owner).await {
             return Err(ApiError::RateLimited(wait));
         }
-        Ok(Caller { owner })
+        Ok(Caller { owner, operator })
     }
 }

@@ -1,4 +1,4 @@
-//! `GET /v1/batches/{id}`: where a batch stands.
+//! `GET /v1/batches` and `GET /v1/batches/{id}`: where the caller's batches stand.
 
 use actix_web::web;
 use paperclip::actix::{api_v2_operation, web::Json};
@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::models::{BatchView, PhotoRef, StateCounts};
+use super::models::{BatchListQuery, BatchPage, BatchSummary, BatchView, PhotoRef, StateCounts};
 use super::AppState;
 use crate::db;
 
@@ -49,5 +49,53 @@ pub async fn get_batch(
             .into_iter()
             .map(|(id, state)| PhotoRef::new(id, &state))
             .collect(),
+    }))
+}
+
+/// List batches
+///
+/// The caller's batches, newest first, each with its per-state counts and overall state;
+/// paginated with `cursor` and `limit`.
+#[api_v2_operation(tags(Batches))]
+pub async fn list_batches(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<BatchListQuery>,
+) -> Result<Json<BatchPage>, ApiError> {
+    let q = query.into_inner();
+    let (before, limit) = super::photos::keyset(q.cursor.as_deref(), q.limit)?;
+    let mut conn = db::conn(&state.pool).await?;
+    let batches = db::batches::list(&mut conn, caller.owner, before, limit).await?;
+    let ids: Vec<Uuid> = batches.iter().map(|b| b.id).collect();
+    let states = db::batches::states_of(&mut conn, &ids).await?;
+    let next_cursor = (batches.len() as i64 == limit)
+        .then(|| batches.last().map(|b| b.id.to_string()))
+        .flatten();
+    let batches = batches
+        .into_iter()
+        .map(|b| {
+            let rows: Vec<(String, i64)> = states
+                .iter()
+                .filter(|(batch, _, _)| *batch == b.id)
+                .map(|(_, state, n)| (state.clone(), *n))
+                .collect();
+            let counts = StateCounts::from_rows(&rows);
+            BatchSummary {
+                id: b.id,
+                state: counts.overall().to_owned(),
+                total: counts.total(),
+                queued: counts.queued,
+                processing: counts.processing,
+                completed: counts.completed,
+                failed: counts.failed,
+                dead: counts.dead,
+                created_at: b.created_at,
+                url: format!("/v1/batches/{}", b.id),
+            }
+        })
+        .collect();
+    Ok(Json(BatchPage {
+        batches,
+        next_cursor,
     }))
 }

@@ -43,6 +43,8 @@ pub struct Problem {
     description = "Bad request: malformed input",
     code = 401,
     description = "Missing, unknown or revoked API key",
+    code = 403,
+    description = "The key may not do this (operator routes need an operator key)",
     code = 404,
     description = "No such resource, or it belongs to another key",
     code = 409,
@@ -67,6 +69,9 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("missing, unknown or revoked API key; send `Authorization: Bearer <key>`")]
     Unauthorized,
+    /// The key is valid but may not do this.
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -110,6 +115,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, .. } | ApiError::PayloadTooLarge { code, .. } => code,
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -127,6 +133,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -26,12 +26,8 @@ pub async fn healthz() -> Json<Health> {
 /// 200 when PostgreSQL and Redis both answer, 503 otherwise; the body says which is down.
 #[api_v2_operation(tags(Operations))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let (db, redis) = tokio::join!(
-        tokio::time::timeout(PROBE_TIMEOUT, crate::db::ping(&state.pool)),
-        tokio::time::timeout(PROBE_TIMEOUT, state.queue.ping()),
-    );
+    let (db_ok, redis_ok) = probe(&state).await;
     let up = |ok: bool| if ok { "up" } else { "down" }.to_owned();
-    let (db_ok, redis_ok) = (matches!(db, Ok(Ok(()))), matches!(redis, Ok(Ok(()))));
     let body = Readiness {
         status: if db_ok && redis_ok {
             "ready"
@@ -49,8 +45,22 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// Prometheus metrics, text format.
+/// Whether PostgreSQL and Redis answer, each within [`PROBE_TIMEOUT`]; recorded in the
+/// `photoq_ready` gauge.
+async fn probe(state: &AppState) -> (bool, bool) {
+    let (db, redis) = tokio::join!(
+        tokio::time::timeout(PROBE_TIMEOUT, crate::db::ping(&state.pool)),
+        tokio::time::timeout(PROBE_TIMEOUT, state.queue.ping()),
+    );
+    let (db_ok, redis_ok) = (matches!(db, Ok(Ok(()))), matches!(redis, Ok(Ok(()))));
+    state.metrics.readiness(db_ok, redis_ok);
+    (db_ok, redis_ok)
+}
+
+/// Prometheus metrics, text format; readiness is probed first, so `photoq_ready` is as of
+/// the scrape.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    probe(&state).await;
     render(&state.metrics)
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP API (actix-web, documented with paperclip): routes, extractors, the error
 //! mapping, and the OpenAPI document with Swagger UI.
 
+pub mod account;
 pub mod auth;
 pub mod batches;
 pub mod binary;
@@ -12,6 +13,7 @@ pub mod import_body;
 pub mod imports;
 pub mod models;
 pub mod openapi;
+pub mod operator;
 pub mod photos;
 pub mod products;
 pub mod upload;
@@ -181,6 +183,12 @@ pub fn app(
                     web::resource("/photos/{id}/original")
                         .route(web::get().to(photos::get_original)),
                 )
+                .service(web::resource("/me").route(web::get().to(account::me)))
+                .service(web::resource("/stats").route(web::get().to(account::stats)))
+                .service(
+                    web::resource("/operator/overview").route(web::get().to(operator::overview)),
+                )
+                .service(web::resource("/batches").route(web::get().to(batches::list_batches)))
                 .service(web::resource("/batches/{id}").route(web::get().to(batches::get_batch)))
                 .service(
                     web::resource("/batches/{id}/events")
@@ -217,13 +225,14 @@ pub fn app(
         .with_swagger_ui_at(DOCS_PATH)
         .build()
         .route("/metrics", actix_web::web::get().to(health::metrics))
+        .configure(crate::dashboard::routes)
         .default_service(actix_web::web::to(|| async {
             ApiError::NotFound("route").into_response()
         }))
 }
 
 impl ApiError {
-    fn into_response(self) -> HttpResponse {
+    pub fn into_response(self) -> HttpResponse {
         actix_web::ResponseError::error_response(&self)
     }
 }

@@ -483,3 +483,110 @@ mod tests {
         assert_eq!(c(0, 0, 0, 1, 1).overall(), "failed");
     }
 }
+
+/// `GET /v1/me`: the key that made the request.
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct KeyView {
+    /// The key's id, which is also the owner of everything it uploads.
+    pub id: Uuid,
+    pub name: String,
+    /// An operator key also sees queue-wide aggregates (`GET /v1/operator/overview`).
+    pub operator: bool,
+}
+
+/// `GET /v1/stats`: the caller's photos not yet final.
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct UnfinishedCounts {
+    /// Waiting to start (or for a retry).
+    pub queued: i64,
+    /// Being processed now.
+    pub processing: i64,
+}
+
+/// A batch in a list: its counts and overall state, without its photos.
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct BatchSummary {
+    pub id: Uuid,
+    /// As in `GET /v1/batches/{id}`.
+    pub state: String,
+    pub total: i64,
+    pub queued: i64,
+    pub processing: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub dead: i64,
+    pub created_at: DateTime<Utc>,
+    pub url: String,
+}
+
+/// `GET /v1/batches`: the caller's batches, newest first.
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct BatchPage {
+    pub batches: Vec<BatchSummary>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Apiv2Schema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchListQuery {
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Batches per page, 1–200 (default 50).
+    pub limit: Option<i64>,
+}
+
+/// `GET /v1/operator/overview`: the queue as a whole. Aggregates only: no photo of any
+/// owner appears here.
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct OperatorOverview {
+    pub lanes: Vec<LaneView>,
+    /// Entries in the dead-letter stream.
+    pub dead_letters: u64,
+    /// Photos of every owner not yet final.
+    pub unfinished: UnfinishedCounts,
+    /// How long the oldest photo due to start has waited, seconds (absent when none waits).
+    pub oldest_waiting_secs: Option<f64>,
+    /// Every worker the consumer groups know, most recently active first.
+    pub workers: Vec<WorkerView>,
+    /// Attempts that ended in an error over the last `error_window_minutes`, by code, most
+    /// frequent first.
+    pub recent_errors: Vec<ErrorCount>,
+    pub error_window_minutes: u64,
+}
+
+/// One lane's stream.
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct LaneView {
+    /// interactive | bulk
+    pub lane: String,
+    /// Entries waiting or delivered and not acknowledged.
+    pub entries: u64,
+    /// Delivered to a worker, not acknowledged.
+    pub pending: u64,
+    /// Not yet delivered to any worker (the consumer group's lag).
+    pub waiting: u64,
+    /// Retries waiting for their time.
+    pub scheduled: u64,
+}
+
+/// A worker (consumer) of a lane.
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct WorkerView {
+    /// The worker's consumer name (host, process and task).
+    pub name: String,
+    pub lane: String,
+    /// Entries delivered to it and not acknowledged.
+    pub pending: u64,
+    /// Milliseconds since it last read or claimed.
+    pub idle_ms: u64,
+    /// Read or claimed within the last minute.
+    pub active: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
+pub struct ErrorCount {
+    /// The stable error code, as in a photo's `error_code`.
+    pub code: String,
+    pub attempts: u64,
+}

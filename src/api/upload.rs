@@ -246,8 +246,11 @@ pub async fn upload(
         };
     }
 
-    let ids: Vec<Uuid> = photos.iter().map(|p| p.id).collect();
-    publish_accepted(&state, crate::queue::Lane::Interactive, batch_id, &ids).await;
+    let jobs: Vec<(Uuid, Option<String>)> = photos
+        .iter()
+        .map(|p| (p.id, p.trace_parent.clone()))
+        .collect();
+    publish_accepted(&state, crate::queue::Lane::Interactive, batch_id, &jobs).await;
     state.metrics.photos_uploaded.inc_by(photos.len() as u64);
     state
         .metrics
@@ -265,10 +268,10 @@ pub(super) async fn publish_accepted(
     state: &AppState,
     lane: crate::queue::Lane,
     batch_id: Uuid,
-    ids: &[Uuid],
+    jobs: &[(Uuid, Option<String>)],
 ) {
     state.queue.changes_written();
-    let publish = crate::dispatch::publish_new(&state.pool, &state.queue, lane, ids);
+    let publish = crate::dispatch::publish_new(&state.pool, &state.queue, lane, jobs);
     let timeout = Duration::from_secs(state.config.redis.response_timeout_secs);
     match tokio::time::timeout(timeout, publish).await {
         Ok(Ok(())) => {}
@@ -389,6 +392,7 @@ async fn receive_one(
         sha256: Some(sha256),
         original_key: key,
         source_url: None,
+        trace_parent: Some(crate::telemetry::accepted(id, batch_id)),
     })
 }
 

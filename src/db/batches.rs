@@ -48,3 +48,35 @@ pub async fn photo_states(
         .load(conn)
         .await?)
 }
+
+/// `owner`'s batches older than `before` (all when `None`), newest first.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    owner: Uuid,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Batch>, DbError> {
+    let mut query = batches::table
+        .filter(batches::owner_id.eq(owner))
+        .order(batches::id.desc())
+        .limit(limit)
+        .select(Batch::as_select())
+        .into_boxed();
+    if let Some(before) = before {
+        query = query.filter(batches::id.lt(before));
+    }
+    Ok(query.load(conn).await?)
+}
+
+/// (batch, state, number of photos) for every state present in each of `ids`.
+pub async fn states_of(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, String, i64)>, DbError> {
+    Ok(photos::table
+        .filter(photos::batch_id.eq_any(ids))
+        .group_by((photos::batch_id, photos::state))
+        .select((photos::batch_id, photos::state, count_star()))
+        .load(conn)
+        .await?)
+}

@@ -25,8 +25,8 @@ pub struct ProductSpec {
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub products: Vec<RecordedProduct>,
-    /// Photos created by this import, to be published.
-    pub new_photos: Vec<Uuid>,
+    /// Photos created by this import, to be published, each with its traceparent.
+    pub new_photos: Vec<(Uuid, Option<String>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +158,8 @@ pub async fn record(
                     Some((photo, state)) => (*photo, (*state).to_owned()),
                     None => {
                         let id = Uuid::now_v7();
+                        let trace_parent = crate::telemetry::accepted(id, import_id);
+                        recorded.new_photos.push((id, Some(trace_parent.clone())));
                         new_photos.push(NewPhoto {
                             id,
                             batch_id: import_id,
@@ -168,8 +170,8 @@ pub async fn record(
                             sha256: None,
                             original_key: crate::storage::original_key(id),
                             source_url: Some(url.clone()),
+                            trace_parent: Some(trace_parent),
                         });
-                        recorded.new_photos.push(id);
                         (id, PhotoState::Queued.as_str().to_owned())
                     }
                 };

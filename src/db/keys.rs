@@ -49,3 +49,14 @@ pub async fn revoke(conn: &mut AsyncPgConnection, id: Uuid) -> Result<bool, DbEr
         .await?;
     Ok(n == 1)
 }
+
+/// The active key with this id.
+pub async fn get(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Option<ApiKey>, DbError> {
+    Ok(api_keys::table
+        .filter(api_keys::id.eq(id))
+        .filter(api_keys::revoked_at.is_null())
+        .select(ApiKey::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}

@@ -17,6 +17,8 @@ pub struct ApiKey {
     pub key_prefix: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Also sees queue-wide aggregates (`GET /v1/operator/overview`).
+    pub operator: bool,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -57,6 +59,8 @@ pub struct Photo {
     pub source_url: Option<String>,
     /// Machine-readable reason of the last failure.
     pub error_code: Option<String>,
+    /// The trace every attempt at the photo continues (`crate::telemetry`).
+    pub trace_parent: Option<String>,
 }
 
 impl Photo {
@@ -78,6 +82,8 @@ pub struct NewPhoto {
     pub sha256: Option<String>,
     pub original_key: String,
     pub source_url: Option<String>,
+    /// The W3C traceparent of the span that accepted it (`crate::telemetry::accepted`).
+    pub trace_parent: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

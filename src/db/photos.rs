@@ -152,3 +152,24 @@ pub async fn oldest_waiting_secs(conn: &mut AsyncPgConnection) -> Result<Option<
     .optional()?;
     Ok(row.map(|w| w.secs.max(0.0)))
 }
+
+/// (state, photos) of the photos not yet final (`queued`, `processing`): `owner`'s, or
+/// every owner's with `None`. Read through the partial index of unfinished photos, so its
+/// cost follows the backlog, not the history.
+pub async fn unfinished_counts(
+    conn: &mut AsyncPgConnection,
+    owner: Option<Uuid>,
+) -> Result<Vec<(String, i64)>, DbError> {
+    let mut query = photos::table
+        // Written as the index's own predicate, so that every plan can use it.
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "state IN ('queued', 'processing')",
+        ))
+        .group_by(photos::state)
+        .select((photos::state, diesel::dsl::count_star()))
+        .into_boxed();
+    if let Some(owner) = owner {
+        query = query.filter(photos::owner_id.eq(owner));
+    }
+    Ok(query.load(conn).await?)
+}

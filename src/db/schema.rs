@@ -8,6 +8,7 @@ diesel::table! {
         key_prefix -> Text,
         created_at -> Timestamptz,
         revoked_at -> Nullable<Timestamptz>,
+        operator -> Bool,
     }
 }
 
@@ -51,6 +52,7 @@ diesel::table! {
         attempt_id -> Nullable<Int8>,
         source_url -> Nullable<Text>,
         error_code -> Nullable<Text>,
+        trace_parent -> Nullable<Text>,
     }
 }
 

@@ -1,7 +1,10 @@
 //! Prometheus metrics, served at `/metrics`. Names are constants here, in one place (the
 //! queue-wide gauges in `queue`).
 
+pub mod pool;
 pub mod queue;
+
+use std::sync::LazyLock;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -22,6 +25,9 @@ pub const STAGE_SECONDS: &str = "photoq_job_stage_duration_seconds";
 pub const HTTP_REQUESTS: &str = "photoq_http_requests_total";
 pub const HTTP_SECONDS: &str = "photoq_http_request_duration_seconds";
 pub const BUILD_INFO: &str = "photoq_build_info";
+pub const PHOTO_SECONDS: &str = "photoq_photo_completion_seconds";
+pub const REDIS_ERRORS: &str = "photoq_redis_errors_total";
+pub const READY: &str = "photoq_ready";
 
 /// The stages of a job, as `photoq_job_stage_duration_seconds` labels them: the original
 /// downloaded (imports), decoded, resized (with adjustments and orientation), encoded, the
@@ -33,6 +39,10 @@ const JOB_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 /// Buckets for stages and HTTP requests, seconds.
 const FAST_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets for a photo's time from upload to completion, seconds.
+const PHOTO_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 /// Buckets for the number of jobs recorded by one group commit.
 const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
@@ -72,8 +82,39 @@ pub struct Metrics {
     /// Time to answer an HTTP request (to the response head: a stream's body is not
     /// counted), by route template and method.
     pub http_seconds: HistogramVec,
+    /// Time from a photo's upload (or import) to its completion, retries and waiting
+    /// included; observed by the worker that completes it.
+    pub photo_seconds: Histogram,
+    /// Whether an API process's dependencies answered its last probe (`/readyz` or a
+    /// scrape), by dependency: 1 up, 0 down.
+    ready: IntGaugeVec,
     /// Queue-wide gauges, exported by the one process that samples them.
     pub queue: queue::QueueGauges,
+}
+
+/// Errors of Redis commands, by kind: `connection` (refused, dropped, I/O), `timeout`,
+/// `server` (an error reply). One per process: every `QueueError` is made from one.
+/// (`None` only if the definition were invalid, which `tests` rules out.)
+static REDIS_ERROR_COUNTS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(REDIS_ERRORS, "Redis commands that failed, by kind"),
+        &["kind"],
+    )
+    .ok()
+});
+
+/// Counts a Redis error ([`REDIS_ERRORS`]).
+pub fn redis_error(e: &redis::RedisError) {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        "connection"
+    } else {
+        "server"
+    };
+    if let Some(counts) = &*REDIS_ERROR_COUNTS {
+        counts.with_label_values(&[kind]).inc();
+    }
 }
 
 impl Metrics {
@@ -131,6 +172,25 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let photo_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                PHOTO_SECONDS,
+                "Time from a photo's upload to its completion in seconds",
+            )
+            .buckets(PHOTO_BUCKETS.to_vec()),
+        )?;
+        let ready = IntGaugeVec::new(
+            Opts::new(
+                READY,
+                "Dependencies answering this API process (1 up, 0 down)",
+            ),
+            &["dependency"],
+        )?;
+        registry.register(Box::new(ready.clone()))?;
+        if let Some(counts) = &*REDIS_ERROR_COUNTS {
+            registry.register(Box::new(counts.clone()))?;
+        }
+        registry.register(Box::new(photo_seconds.clone()))?;
         registry.register(Box::new(upload_bytes.clone()))?;
         registry.register(Box::new(job_errors.clone()))?;
         registry.register(Box::new(stage_seconds.clone()))?;
@@ -166,8 +226,25 @@ impl Metrics {
             stage_seconds,
             http_requests,
             http_seconds,
+            photo_seconds,
+            ready,
             queue,
         })
+    }
+
+    /// Exports the gauges of a database pool ([`pool::PoolGauges`]).
+    pub fn watch_pool(&self, pool: crate::db::DbPool) -> Result<(), prometheus::Error> {
+        self.registry
+            .register(Box::new(pool::PoolGauges::new(pool)?))
+    }
+
+    /// Records a readiness probe's answer.
+    pub fn readiness(&self, database: bool, redis: bool) {
+        for (dependency, up) in [("database", database), ("redis", redis)] {
+            self.ready
+                .with_label_values(&[dependency])
+                .set(i64::from(up));
+        }
     }
 
     /// Records that a job spent `took` in `stage` (one of [`STAGES`]).
@@ -239,5 +316,31 @@ impl Drop for JobOutcome {
             "abandoned"
         });
         self.metrics.jobs.with_label_values(&[outcome]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_errors_are_counted_by_kind() {
+        assert!(
+            REDIS_ERROR_COUNTS.is_some(),
+            "the counter's definition is valid"
+        );
+        let metrics = Metrics::new().expect("metrics");
+        let refused =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let before = metrics.render().expect("render");
+        redis_error(&refused);
+        let after = metrics.render().expect("render");
+        let count = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with("photoq_redis_errors_total{kind=\"connection\"}"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        assert!(count(&after) >= count(&before) + 1.0, "{after}");
     }
 }

@@ -1,5 +1,5 @@
 //! Queue-wide gauges: each lane's entries, unacknowledged deliveries, entries not yet
-//! delivered, retries scheduled; dead letters; how long the oldest job waiting to start has
+//! delivered, retries scheduled, workers active; dead letters; how long the oldest job waiting to start has
 //! waited; events not yet numbered. One API process at a time samples them (a lease in
 //! Redis), every [`SAMPLE_EVERY`], and only that process exports them, so the series are
 //! right however many nodes Prometheus scrapes (sum or max alike).
@@ -18,6 +18,8 @@ use crate::state::Lane;
 
 /// How often the gauges are sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// A worker that read or claimed within this long counts as active.
+pub const ACTIVE_WITHIN: Duration = Duration::from_secs(60);
 /// The lease that says who samples.
 const LEASE: &str = "metrics-sampler";
 
@@ -28,6 +30,7 @@ pub struct QueueGauges {
     pending: IntGaugeVec,
     waiting: IntGaugeVec,
     scheduled: IntGaugeVec,
+    consumers: IntGaugeVec,
     dead: IntGauge,
     oldest: Gauge,
     unsequenced: IntGauge,
@@ -54,6 +57,10 @@ impl QueueGauges {
                 "photoq_queue_scheduled_retries",
                 "Retries waiting for their time, per lane",
             )?,
+            consumers: lane(
+                "photoq_queue_active_consumers",
+                "Workers that read or claimed in the last minute, per lane",
+            )?,
             dead: IntGauge::new(
                 "photoq_queue_dead_letters",
                 "Entries in the dead-letter stream",
@@ -70,12 +77,13 @@ impl QueueGauges {
         })
     }
 
-    fn parts(&self) -> [&dyn Collector; 7] {
+    fn parts(&self) -> [&dyn Collector; 8] {
         [
             &self.entries,
             &self.pending,
             &self.waiting,
             &self.scheduled,
+            &self.consumers,
             &self.dead,
             &self.oldest,
             &self.unsequenced,
@@ -153,6 +161,16 @@ async fn sample(
             .scheduled
             .with_label_values(&label)
             .set(s.scheduled as i64);
+        let active = queue
+            .consumers(lane)
+            .await?
+            .iter()
+            .filter(|c| c.idle < ACTIVE_WITHIN)
+            .count();
+        gauges
+            .consumers
+            .with_label_values(&label)
+            .set(active as i64);
     }
     gauges.dead.set(queue.dead_letters().await? as i64);
     let mut conn = db::conn(pool).await?;

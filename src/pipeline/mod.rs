@@ -203,6 +203,7 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
     let format = sniff(data).ok_or(PipelineError::Unsupported)?;
     let mut timings = Timings::default();
     let clock = std::time::Instant::now();
+    let decoding = tracing::info_span!("decode", bytes = data.len()).entered();
     let decoded = decode::decode(data, format, &spec.limits, |w, h, orientation| {
         if !spec.shrink_on_load {
             return 1.0;
@@ -213,6 +214,7 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
             .fold(f64::INFINITY, f64::min)
     })?;
     timings.decode = clock.elapsed();
+    drop(decoding);
     let orientation = decoded.orientation;
     let (full_w, full_h) = (decoded.width, decoded.height);
 
@@ -222,6 +224,7 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
     for planned in plan(spec, full_w, full_h, orientation) {
         let stored = planned.stored;
         let clock = std::time::Instant::now();
+        let resizing = tracing::info_span!("resize", variant = %planned.spec.name).entered();
         let source = smallest_adequate(&sources, stored, full_w, full_h);
         let crop = stored.crop.scaled(
             f64::from(source.width) / f64::from(full_w),
@@ -237,7 +240,9 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
         pixels = adjust::sharpen(pixels, planned.spec.sharpen);
         let oriented = orient::apply(pixels, orientation)?;
         timings.resize += clock.elapsed();
+        drop(resizing);
         let clock = std::time::Instant::now();
+        let _encoding = tracing::info_span!("encode", variant = %planned.spec.name).entered();
         let mut encoded = encode::encode(&oriented, planned.spec.format, planned.spec.quality)?;
         if planned.spec.keep.any()
             && format == SourceFormat::Jpeg

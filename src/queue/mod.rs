@@ -34,6 +34,8 @@ pub use crate::state::Lane;
 pub const GROUP: &str = "workers";
 /// The one field of a job entry.
 const FIELD_PHOTO_ID: &str = "photo_id";
+/// The optional field of a job entry that carries the W3C traceparent of the photo's trace.
+const FIELD_TRACEPARENT: &str = "traceparent";
 /// Dead-letter entries kept (approximately) for operators; older ones are trimmed. The
 /// dead photos themselves stay in PostgreSQL until redriven.
 const DEAD_STREAM_MAXLEN: usize = 10_000;
@@ -43,7 +45,15 @@ const CONNECT_RETRIES: usize = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(#[source] redis::RedisError),
+}
+
+impl From<redis::RedisError> for QueueError {
+    /// Every Redis error a queue operation meets comes through here, and is counted.
+    fn from(e: redis::RedisError) -> Self {
+        crate::metrics::redis_error(&e);
+        QueueError::Redis(e)
+    }
 }
 
 /// Names of every key photoq keeps in Redis, all under the configured prefix, which is
@@ -144,11 +154,14 @@ pub struct Delivery {
     pub job: Result<Job, String>,
     /// How many times Redis has delivered this entry, this time included.
     pub deliveries: u32,
+    /// The trace the job continues, when its entry carries one.
+    pub traceparent: Option<String>,
 }
 
 impl Delivery {
     fn from_entry(lane: Lane, entry: StreamId) -> Self {
         Delivery {
+            traceparent: entry.get(FIELD_TRACEPARENT),
             job: parse_job(entry.map.get(FIELD_PHOTO_ID)),
             entry_id: token(lane, &entry.id),
             deliveries: 1,
@@ -308,13 +321,25 @@ impl Queue {
     /// Puts jobs on a lane's stream in one round trip; returns each one's entry token, in
     /// order.
     pub async fn enqueue(&self, lane: Lane, photo_ids: &[Uuid]) -> Result<Vec<String>, QueueError> {
-        if photo_ids.is_empty() {
+        let jobs: Vec<(Uuid, Option<&str>)> = photo_ids.iter().map(|id| (*id, None)).collect();
+        self.enqueue_traced(lane, &jobs).await
+    }
+
+    /// As [`Queue::enqueue`], each entry carrying its photo's traceparent where given.
+    pub async fn enqueue_traced(
+        &self,
+        lane: Lane,
+        jobs: &[(Uuid, Option<&str>)],
+    ) -> Result<Vec<String>, QueueError> {
+        if jobs.is_empty() {
             return Ok(Vec::new());
         }
         let mut conn = self.conn.get().await?;
         let mut invocation = scripts::ENQUEUE.key(self.keys.stream(lane));
-        for id in photo_ids {
-            invocation.arg(id.to_string());
+        for (id, traceparent) in jobs {
+            invocation
+                .arg(id.to_string())
+                .arg(traceparent.unwrap_or(""));
         }
         let ids: Vec<String> = invocation.invoke_async(&mut conn).await?;
         Ok(ids.iter().map(|id| token(lane, id)).collect())
@@ -564,6 +589,80 @@ impl Queue {
         let mut conn = self.conn.get().await?;
         Ok(conn.xlen(&self.keys.dead).await?)
     }
+
+    /// The workers the consumer group knows in `lane`: name, entries delivered to them and
+    /// not acknowledged, and how long since each last read or claimed.
+    pub async fn consumers(&self, lane: Lane) -> Result<Vec<ConsumerInfo>, QueueError> {
+        let mut conn = self.conn.get().await?;
+        let reply: redis::RedisResult<redis::streams::StreamInfoConsumersReply> =
+            conn.xinfo_consumers(self.keys.stream(lane), GROUP).await;
+        match reply {
+            Ok(reply) => Ok(reply
+                .consumers
+                .into_iter()
+                .map(|c| ConsumerInfo {
+                    name: c.name,
+                    pending: c.pending as u64,
+                    idle: Duration::from_millis(c.idle as u64),
+                })
+                .collect()),
+            // No group yet: nobody has consumed.
+            Err(e) if is_nogroup(&e) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// How long per-minute error counts are kept, minutes.
+pub const ERROR_WINDOW_MINUTES: u64 = 60;
+
+impl Queue {
+    /// Counts an attempt that ended in error `code`, in this minute's tally (kept for
+    /// [`ERROR_WINDOW_MINUTES`]); operators see the sums per code.
+    pub async fn count_error(&self, code: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.get().await?;
+        let key = self.error_key(chrono::Utc::now().timestamp() as u64 / 60);
+        redis::pipe()
+            .hincr(&key, code, 1)
+            .ignore()
+            .expire(&key, (ERROR_WINDOW_MINUTES * 60 + 60) as i64)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Attempts ended in each error code over the last [`ERROR_WINDOW_MINUTES`], most
+    /// frequent first.
+    pub async fn recent_errors(&self) -> Result<Vec<(String, u64)>, QueueError> {
+        let mut conn = self.conn.get().await?;
+        let now = chrono::Utc::now().timestamp() as u64 / 60;
+        let mut pipe = redis::pipe();
+        for minute in (now + 1 - ERROR_WINDOW_MINUTES)..=now {
+            pipe.hgetall(self.error_key(minute));
+        }
+        let tallies: Vec<std::collections::HashMap<String, u64>> =
+            pipe.query_async(&mut conn).await?;
+        let mut sums = std::collections::BTreeMap::<String, u64>::new();
+        for (code, n) in tallies.into_iter().flatten() {
+            *sums.entry(code).or_default() += n;
+        }
+        let mut sums: Vec<(String, u64)> = sums.into_iter().collect();
+        sums.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(sums)
+    }
+
+    fn error_key(&self, minute: u64) -> String {
+        self.keys.other(&format!("errors:{minute}"))
+    }
+}
+
+/// A worker as the consumer group sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    pub name: String,
+    pub pending: u64,
+    pub idle: Duration,
 }
 
 /// A lane's stream: `entries` waiting or delivered (acknowledged entries are deleted),
@@ -630,7 +729,7 @@ impl Consumer {
             (*credit as usize).min(count)
         };
         let mut conn = self.queue.conn.get().await?;
-        let reply: Result<Vec<(String, String, String)>, _> = scripts::READ
+        let reply: Result<Vec<(String, String, String, String)>, _> = scripts::READ
             .key(&self.queue.keys.jobs)
             .key(&self.queue.keys.bulk)
             .arg(GROUP)
@@ -648,7 +747,7 @@ impl Consumer {
         };
         let deliveries: Vec<Delivery> = entries
             .into_iter()
-            .map(|(lane, id, photo)| {
+            .map(|(lane, id, photo, trace)| {
                 let lane = if lane == "bulk" {
                     Lane::Bulk
                 } else {
@@ -658,6 +757,7 @@ impl Consumer {
                     job: parse_job(Some(&Value::BulkString(photo.into_bytes()))),
                     entry_id: token(lane, &id),
                     deliveries: 1,
+                    traceparent: non_empty(trace),
                 }
             })
             .collect();
@@ -733,7 +833,7 @@ impl Consumer {
             if want == 0 {
                 break;
             }
-            let reply: Result<Vec<(String, String, u32)>, _> = scripts::TAKE_OVER
+            let reply: Result<Vec<(String, String, u32, String)>, _> = scripts::TAKE_OVER
                 .key(self.queue.keys.stream(lane))
                 .arg(GROUP)
                 .arg(&self.name)
@@ -748,10 +848,11 @@ impl Consumer {
             out.extend(
                 reply
                     .into_iter()
-                    .map(|(entry_id, photo, deliveries)| Delivery {
+                    .map(|(entry_id, photo, deliveries, trace)| Delivery {
                         job: parse_job(Some(&Value::BulkString(photo.into_bytes()))),
                         entry_id: token(lane, &entry_id),
                         deliveries,
+                        traceparent: non_empty(trace),
                     }),
             );
         }
@@ -799,6 +900,10 @@ impl Consumer {
 /// Errors raised inside a script carry the command's error text, not its code.
 fn is_nogroup(e: &redis::RedisError) -> bool {
     e.to_string().contains("NOGROUP")
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
 }
 
 fn parse_job(value: Option<&Value>) -> Result<Job, String> {

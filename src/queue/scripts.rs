@@ -9,13 +9,19 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// KEYS: jobs. ARGV: photo ids. Adds one entry per photo; returns the entry ids in order.
+/// KEYS: jobs. ARGV: pairs of photo id and traceparent ('' for none). Adds one entry per
+/// photo, with its traceparent when it has one; returns the entry ids in order.
 pub static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local ids = {}
-for i = 1, #ARGV do
-  ids[i] = redis.call('XADD', KEYS[1], '*', 'photo_id', ARGV[i])
+for i = 1, #ARGV, 2 do
+  if ARGV[i + 1] == '' then
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'photo_id', ARGV[i])
+  else
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'photo_id', ARGV[i],
+      'traceparent', ARGV[i + 1])
+  end
 end
 return ids
 ",
@@ -52,7 +58,7 @@ return #due
 /// KEYS: interactive stream, bulk stream. ARGV: group, consumer, bulk entries owed, count.
 /// Reads up to `count` new entries without blocking: first the bulk entries owed, then
 /// interactive ones, then bulk ones with what is left. Returns {lane, entry id, photo id
-/// or ''} for each.
+/// or '', traceparent or ''} for each.
 pub static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -63,13 +69,14 @@ local function take(key, lane, n)
   local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', key, '>')
   if not reply then return end
   for _, entry in ipairs(reply[1][2]) do
-    local photo, fields = '', entry[2]
+    local photo, trace, fields = '', '', entry[2]
     if fields then
       for i = 1, #fields, 2 do
         if fields[i] == 'photo_id' then photo = fields[i + 1] end
+        if fields[i] == 'traceparent' then trace = fields[i + 1] end
       end
     end
-    out[#out + 1] = {lane, entry[1], photo}
+    out[#out + 1] = {lane, entry[1], photo, trace}
   end
 end
 take(KEYS[2], 'bulk', math.min(tonumber(ARGV[3]), count))
@@ -110,23 +117,24 @@ return 1
 
 /// KEYS: jobs. ARGV: group, consumer, min idle (ms), count. Takes over entries idle that
 /// long (XAUTOCLAIM, which also drops entries deleted from the stream from the pending
-/// list) and returns {entry id, photo id or '', deliveries} for each.
+/// list) and returns {entry id, photo id or '', deliveries, traceparent or ''} for each.
 pub static TAKE_OVER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local reply = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[4])
 local out = {}
 for _, entry in ipairs(reply[2]) do
-  local id, fields, photo = entry[1], entry[2], ''
+  local id, fields, photo, trace = entry[1], entry[2], '', ''
   if fields then
     for i = 1, #fields, 2 do
       if fields[i] == 'photo_id' then photo = fields[i + 1] end
+      if fields[i] == 'traceparent' then trace = fields[i + 1] end
     end
   end
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
   local n = 1
   if p[1] then n = p[1][4] end
-  out[#out + 1] = {id, photo, n}
+  out[#out + 1] = {id, photo, n, trace}
 end
 return out
 ",

@@ -134,6 +134,26 @@ pub struct Started {
     pub entry: String,
     pub photo: Photo,
     pub attempt: AttemptRef,
+    /// The trace the attempt continues: its entry's, else the photo's.
+    pub traceparent: Option<String>,
+}
+
+impl Started {
+    /// The span of the attempt: every log line of its work carries the photo's id and its
+    /// trace id; with traces exported, it is a child of the span that accepted the photo.
+    pub fn span(&self) -> tracing::Span {
+        let span = tracing::info_span!(
+            "attempt",
+            photo_id = %self.photo.id,
+            attempt = self.photo.attempts,
+            entry = %self.entry,
+            trace_id = tracing::field::Empty,
+        );
+        if let Some(traceparent) = &self.traceparent {
+            crate::telemetry::continue_trace(&span, traceparent);
+        }
+        span
+    }
 }
 
 /// Starts a read batch: drops malformed entries, records the start of every photo in one
@@ -144,9 +164,13 @@ pub struct Started {
 pub async fn start_all(ctx: &WorkerContext, deliveries: Vec<Delivery>) -> Vec<Started> {
     let mut done_with = Vec::new();
     let mut entries = std::collections::HashMap::new();
+    let mut traces = std::collections::HashMap::new();
     for d in deliveries {
         match d.job {
             Ok(job) => {
+                if let Some(traceparent) = d.traceparent {
+                    traces.insert(job.photo_id, traceparent);
+                }
                 let delivered = Delivered {
                     photo_id: job.photo_id,
                     entry: d.entry_id,
@@ -177,10 +201,14 @@ pub async fn start_all(ctx: &WorkerContext, deliveries: Vec<Delivery>) -> Vec<St
             ctx.queue.changes_written();
             for (photo, attempt) in starts.started {
                 if let Some(d) = entries.remove(&photo.id) {
+                    let traceparent = traces
+                        .remove(&photo.id)
+                        .or_else(|| photo.trace_parent.clone());
                     ready.push(Started {
                         entry: d.entry,
                         photo,
                         attempt,
+                        traceparent,
                     });
                 }
             }
@@ -188,12 +216,12 @@ pub async fn start_all(ctx: &WorkerContext, deliveries: Vec<Delivery>) -> Vec<St
                 let Some(d) = entries.remove(&photo_id) else {
                     continue;
                 };
-                let span = tracing::info_span!("job", job_id = %photo_id, entry = %d.entry);
+                let span = tracing::info_span!("attempt", photo_id = %photo_id, entry = %d.entry);
                 bury_unstarted(ctx, &d, &reason).instrument(span).await;
             }
             // Left: duplicates, photos final or running elsewhere; nothing to do.
             for (photo_id, d) in entries {
-                tracing::debug!(job_id = %photo_id, entry = %d.entry, "stale delivery acknowledged");
+                tracing::debug!(photo_id = %photo_id, entry = %d.entry, "stale delivery acknowledged");
                 ctx.metrics.stale("start");
                 done_with.push(d.entry);
             }
@@ -203,7 +231,7 @@ pub async fn start_all(ctx: &WorkerContext, deliveries: Vec<Delivery>) -> Vec<St
             ctx.db_down.store(true, Ordering::Relaxed);
             for (photo_id, d) in entries {
                 if let Err(e) = ctx.queue.hand_back(&d.entry, photo_id).await {
-                    tracing::warn!(job_id = %photo_id, error = %e, "hand-back failed; the job will be taken over");
+                    tracing::warn!(photo_id = %photo_id, error = %e, "hand-back failed; the job will be taken over");
                 }
             }
         }
@@ -242,6 +270,7 @@ pub async fn handle(ctx: &WorkerContext, job: Started) {
         entry,
         photo,
         attempt,
+        ..
     } = job;
     let photo_id = photo.id;
     let lost = CancellationToken::new();
@@ -320,6 +349,7 @@ async fn run(
     lost: &CancellationToken,
 ) -> Result<Outcome, JobError> {
     let photo_id = photo.id;
+    let uploaded_at = photo.created_at;
     let max = ctx.config.retry.max_attempts as i32;
     tracing::debug!(attempt = photo.attempts, "processing");
 
@@ -340,10 +370,17 @@ async fn run(
                     done,
                     attempt,
                 })
+                .instrument(tracing::info_span!("commit"))
                 .await?;
             ctx.metrics.stage("commit", committing.elapsed());
             match committed {
-                Committed::Recorded => Ok(Outcome::Completed),
+                Committed::Recorded => {
+                    let waited = (chrono::Utc::now() - uploaded_at)
+                        .to_std()
+                        .unwrap_or_default();
+                    ctx.metrics.photo_seconds.observe(waited.as_secs_f64());
+                    Ok(Outcome::Completed)
+                }
                 Committed::Stale => Ok(Outcome::Stale),
             }
         }
@@ -421,6 +458,10 @@ async fn end(
         ctx.queue.changes_written();
         if let Some(code) = ending.code() {
             ctx.metrics.job_errors.with_label_values(&[code]).inc();
+            // For operators' recent-errors view; a miss only loses a count.
+            if let Err(e) = ctx.queue.count_error(code).await {
+                tracing::debug!(error = %e, "error code not counted");
+            }
         }
     }
     Ok(changed)
@@ -490,12 +531,16 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
     ctx.metrics.stage("encode", t.encode);
 
     let storing = Instant::now();
+    let store_span = tracing::info_span!("store", variants = processed.variants.len());
     let mut variants = Vec::with_capacity(processed.variants.len());
     for v in processed.variants {
         let key = storage::variant_key(photo.id, &v.name, v.extension);
         let etag = hex::encode(&Sha256::digest(&v.data)[..16]);
         let bytes = v.data.len() as i64;
-        ctx.storage.put(&key, Bytes::from(v.data)).await?;
+        ctx.storage
+            .put(&key, Bytes::from(v.data))
+            .instrument(store_span.clone())
+            .await?;
         variants.push(Variant {
             photo_id: photo.id,
             name: v.name,
@@ -534,7 +579,8 @@ async fn download(
     url: &str,
 ) -> Result<crate::fetch::Fetched, JobError> {
     let started = Instant::now();
-    let fetched = ctx.fetcher.image(url).await?;
+    let span = tracing::info_span!("download");
+    let fetched = ctx.fetcher.image(url).instrument(span.clone()).await?;
     tracing::debug!(
         bytes = fetched.bytes.len(),
         ms = started.elapsed().as_millis() as u64,
@@ -543,6 +589,7 @@ async fn download(
     );
     ctx.storage
         .put(&photo.original_key, fetched.bytes.clone())
+        .instrument(span)
         .await?;
     ctx.metrics.stage("download", started.elapsed());
     Ok(fetched)

@@ -186,8 +186,7 @@ pub async fn run(ctx: WorkerContext, concurrency: usize, shutdown: CancellationT
         for started in job::start_all(&ctx, accepted).await {
             let Some(permit) = permits.pop() else { break };
             let ctx = ctx.clone();
-            let span =
-                tracing::info_span!("job", job_id = %started.photo.id, entry = %started.entry);
+            let span = started.span();
             running.spawn(
                 async move {
                     let ran = AssertUnwindSafe(job::handle(&ctx, started))

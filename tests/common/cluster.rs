@@ -2,7 +2,7 @@
 //! directory shared by every process a test starts.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -94,7 +94,9 @@ impl Cluster {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
+        // Benchmarks compare another build of photoq with this one through PHOTOQ_TEST_BIN.
+        let bin = std::env::var("PHOTOQ_TEST_BIN").unwrap_or_else(|_| BIN.to_owned());
+        let mut c = Command::new(bin);
         c.args(args)
             .env("PHOTOQ_DATABASE_URL", self.database_url())
             .env("PHOTOQ_REDIS_URL", &self.redis_url)
@@ -139,6 +141,17 @@ impl Cluster {
         for (k, v) in extra {
             cmd.env(k, v);
         }
+        Proc {
+            child: cmd.spawn().expect("spawn photoq"),
+        }
+    }
+
+    /// As [`Cluster::spawn`], with its log (`PHOTOQ_LOG=info`) written to `log`.
+    pub fn spawn_logging(&self, args: &[&str], extra: &[(&str, String)], log: &Path) -> Proc {
+        let mut cmd = self.cmd(args);
+        cmd.envs(extra.iter().map(|(k, v)| (k, v)))
+            .env("PHOTOQ_LOG", "info")
+            .stderr(std::fs::File::create(log).expect("log file"));
         Proc {
             child: cmd.spawn().expect("spawn photoq"),
         }

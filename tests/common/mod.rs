@@ -124,7 +124,7 @@ impl Builder {
             Some(k) => k,
             None => {
                 let pool = photoq::db::pool(&config.database).expect("pool");
-                photoq::auth::create_key(&pool, "test")
+                photoq::auth::create_key(&pool, "test", photoq::auth::KeyRole::Client)
                     .await
                     .expect("key")
                     .1
@@ -143,7 +143,7 @@ impl Builder {
 
 fn tracing_subscriber_init() {
     if std::env::var("PHOTOQ_LOG").is_ok() {
-        photoq::telemetry::init();
+        let _ = photoq::telemetry::init(None);
     }
 }
 
@@ -182,8 +182,14 @@ impl TestApp {
     }
 
     pub async fn new_key(&self, name: &str) -> (Uuid, String) {
+        self.new_key_as(name, photoq::auth::KeyRole::Client).await
+    }
+
+    pub async fn new_key_as(&self, name: &str, role: photoq::auth::KeyRole) -> (Uuid, String) {
         let pool = photoq::db::pool(&self.config.database).expect("pool");
-        let (row, key) = photoq::auth::create_key(&pool, name).await.expect("key");
+        let (row, key) = photoq::auth::create_key(&pool, name, role)
+            .await
+            .expect("key");
         (row.id, key)
     }
 
@@ -572,10 +578,11 @@ pub async fn publish_no_op_batch(
                 sha256: Some(String::new()),
                 original_key: format!("originals/{id}"),
                 source_url: None,
+                trace_parent: None,
             }
         })
         .collect();
-    let ids: Vec<Uuid> = photos.iter().map(|p| p.id).collect();
+    let ids: Vec<(Uuid, Option<String>)> = photos.iter().map(|p| (p.id, None)).collect();
     {
         let mut conn = photoq::db::conn(pool).await.expect("conn");
         photoq::db::photos::insert_batch(&mut conn, &batch, &photos, None)
