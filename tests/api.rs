@@ -621,10 +621,13 @@ async fn redis_errors_and_readiness_show_in_the_metrics() {
         sample(&metrics, "photoq_ready", &[("dependency", "redis")]),
         Some(1.0)
     );
-    let before: f64 = ["connection", "timeout", "server"]
-        .iter()
-        .filter_map(|k| sample(&metrics, "photoq_redis_errors_total", &[("kind", k)]))
-        .sum();
+    let errors = |text: &str| -> f64 {
+        ["connection", "timeout", "server"]
+            .iter()
+            .filter_map(|k| sample(text, "photoq_redis_errors_total", &[("kind", k)]))
+            .sum()
+    };
+    let before = errors(&metrics);
     redis.stop();
     let metrics = metrics_when(
         &app.url("/metrics"),
@@ -637,10 +640,7 @@ async fn redis_errors_and_readiness_show_in_the_metrics() {
         sample(&metrics, "photoq_ready", &[("dependency", "database")]),
         Some(1.0)
     );
-    let after: f64 = ["connection", "timeout", "server"]
-        .iter()
-        .filter_map(|k| sample(&metrics, "photoq_redis_errors_total", &[("kind", k)]))
-        .sum();
+    let after = errors(&metrics);
     assert!(
         after > before,
         "redis errors counted: {before} -> {after}: {metrics}"

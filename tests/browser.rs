@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,16 +19,9 @@ use common::{corpus_dir, TestApp};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
-/// Downloads from the fixture on 127.0.0.1; one attempt, so a failed download is dead at once.
-const CONFIG: &str = r#"
-[fetch]
-allow = ["127.0.0.1"]
-connect_timeout_ms = 1000
-read_timeout_ms = 1000
-total_timeout_ms = 5000
-[retry]
-max_attempts = 1
-"#;
+/// One attempt, so a failed download is dead at once (downloads from the fixture:
+/// `FETCH_CONFIG`).
+const CONFIG: &str = "[retry]\nmax_attempts = 1";
 /// How long the page may take to show what the service did.
 const PAGE_WAIT: Duration = Duration::from_secs(60);
 
@@ -41,7 +35,10 @@ struct Driver {
 impl Driver {
     async fn start() -> Driver {
         let port = common::free_port();
+        // A process group of its own: on drop the whole group goes, the Chromium it started
+        // included, even when a failed test never closed its session.
         let child = Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -98,6 +95,9 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
@@ -134,6 +134,14 @@ async fn until(browser: &Client, what: &str, script: &str) {
     }
 }
 
+async fn click(browser: &Client, selector: &str, what: &str) {
+    css(browser, selector)
+        .await
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
 async fn text(browser: &Client, selector: &str) -> String {
     css(browser, selector).await.text().await.expect("text")
 }
@@ -150,7 +158,11 @@ async fn sign_in(browser: &Client, key: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_uses_the_dashboard() {
-    let app = TestApp::builder().config(CONFIG).start().await;
+    let app = TestApp::builder()
+        .config(common::fixture::FETCH_CONFIG)
+        .config(CONFIG)
+        .start()
+        .await;
     let fx = Fixture::start().await;
     let pool = photoq::db::pool(&app.config.database).expect("pool");
     let (_, operator_key) = photoq::auth::create_key(&pool, "ops", photoq::auth::KeyRole::Operator)
@@ -165,6 +177,13 @@ async fn a_person_uses_the_dashboard() {
 
     // Sign in: a wrong key is refused with a message, the right one opens the dashboard.
     css(&browser, "#sign-in:not([hidden])").await;
+    for signed_in_only in ["#nav", "#sign-out"] {
+        let element = css(&browser, signed_in_only).await;
+        assert!(
+            !element.is_displayed().await.expect("displayed"),
+            "{signed_in_only} is not shown before signing in"
+        );
+    }
     screenshot(&browser, "01-sign-in").await;
     sign_in(&browser, "pq_not_a_key").await;
     until(
@@ -215,11 +234,7 @@ async fn a_person_uses_the_dashboard() {
         .send_keys(&files)
         .await
         .expect("choose files");
-    css(&browser, "#upload-files ~ button[type=submit]")
-        .await
-        .click()
-        .await
-        .expect("upload");
+    click(&browser, "#upload-files ~ button[type=submit]", "upload").await;
     css(&browser, "#batch-counts").await;
     let url = browser.current_url().await.expect("url");
     let batch_id = url
@@ -240,11 +255,7 @@ async fn a_person_uses_the_dashboard() {
 
     // The overview: the charts have drawn the photos that just finished, and the batch is
     // among the recent ones.
-    css(&browser, "nav a[data-view='overview']")
-        .await
-        .click()
-        .await
-        .expect("overview");
+    click(&browser, "nav a[data-view='overview']", "overview").await;
     css(
         &browser,
         &format!("tr[data-batch='{batch_id}'][data-state='completed']"),
@@ -266,11 +277,7 @@ async fn a_person_uses_the_dashboard() {
         .expect("back to the batch");
 
     // A photo's page: its variants load, its EXIF and its attempt are shown.
-    css(&browser, "tr[data-photo] a")
-        .await
-        .click()
-        .await
-        .expect("open a photo");
+    click(&browser, "tr[data-photo] a", "open a photo").await;
     css(&browser, ".variants img").await;
     until(
         &browser,
@@ -324,11 +331,7 @@ async fn a_person_uses_the_dashboard() {
         .expect("dead letters");
     css(&browser, &format!("tr[data-photo='{dead_id}']")).await;
     screenshot(&browser, "05-dead-letters").await;
-    css(&browser, "#redrive-all")
-        .await
-        .click()
-        .await
-        .expect("redrive");
+    click(&browser, "#redrive-all", "redrive").await;
     css(&browser, "#no-dead").await;
     until(
         &browser,
@@ -347,17 +350,9 @@ async fn a_person_uses_the_dashboard() {
     }
 
     // The operator view: aggregates for an operator key, and none of the client's photos.
-    css(&browser, "#sign-out")
-        .await
-        .click()
-        .await
-        .expect("sign out");
+    click(&browser, "#sign-out", "sign out").await;
     sign_in(&browser, &operator_key).await;
-    css(&browser, "#nav-operator:not([hidden])")
-        .await
-        .click()
-        .await
-        .expect("operator view");
+    click(&browser, "#nav-operator:not([hidden])", "operator view").await;
     until(
         &browser,
         "the operator view lists workers",
@@ -377,11 +372,7 @@ async fn a_person_uses_the_dashboard() {
     screenshot(&browser, "06-operator").await;
 
     // A phone-sized screen: nothing wider than the screen.
-    css(&browser, "#sign-out")
-        .await
-        .click()
-        .await
-        .expect("sign out");
+    click(&browser, "#sign-out", "sign out").await;
     sign_in(&browser, &app.key).await;
     css(&browser, "#nav:not([hidden])").await;
     browser.set_window_size(390, 844).await.expect("resize");
@@ -390,6 +381,19 @@ async fn a_person_uses_the_dashboard() {
         .await
         .expect("batches");
     css(&browser, "tr[data-batch]").await;
+    // A batch uploaded elsewhere appears in the open list, and completes there.
+    let elsewhere = app
+        .upload_ok(vec![(
+            "e.jpg".to_owned(),
+            common::read(corpus_dir().join("jpg/Canon_40D.jpg")),
+        )])
+        .await;
+    let elsewhere = elsewhere["batch_id"].as_str().expect("batch id");
+    css(
+        &browser,
+        &format!("tr[data-batch='{elsewhere}'][data-state='completed']"),
+    )
+    .await;
     until(
         &browser,
         "the page fits a phone's width",

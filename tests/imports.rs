@@ -11,13 +11,8 @@ use serde_json::{json, Value};
 const A: &str = "Canon_40D.jpg";
 const B: &str = "Nikon_D70.jpg";
 
-/// Downloads from the fixture on 127.0.0.1, short timeouts, quick retries.
+/// Quick retries (downloads from the fixture: `FETCH_CONFIG`).
 const CONFIG: &str = r#"
-[fetch]
-allow = ["127.0.0.1"]
-connect_timeout_ms = 1000
-read_timeout_ms = 1000
-total_timeout_ms = 5000
 [import]
 compressed_keep = ["exif", "icc"]
 [retry]
@@ -28,7 +23,11 @@ max_delay_ms = 200
 
 async fn start() -> (TestApp, Fixture) {
     let fx = Fixture::start().await;
-    let app = TestApp::builder().config(CONFIG).start().await;
+    let app = TestApp::builder()
+        .config(common::fixture::FETCH_CONFIG)
+        .config(CONFIG)
+        .start()
+        .await;
     (app, fx)
 }
 

@@ -36,15 +36,7 @@ pub async fn get_batch(
     let counts = StateCounts::from_rows(&db::batches::state_counts(&mut conn, id).await?);
     let photos = db::batches::photo_states(&mut conn, id).await?;
     Ok(Json(BatchView {
-        id: batch.id,
-        state: counts.overall().to_owned(),
-        total: counts.total(),
-        queued: counts.queued,
-        processing: counts.processing,
-        completed: counts.completed,
-        failed: counts.failed,
-        dead: counts.dead,
-        created_at: batch.created_at,
+        summary: BatchSummary::new(&batch, counts),
         photos: photos
             .into_iter()
             .map(|(id, state)| PhotoRef::new(id, &state))
@@ -79,19 +71,7 @@ pub async fn list_batches(
                 .filter(|(batch, _, _)| *batch == b.id)
                 .map(|(_, state, n)| (state.clone(), *n))
                 .collect();
-            let counts = StateCounts::from_rows(&rows);
-            BatchSummary {
-                id: b.id,
-                state: counts.overall().to_owned(),
-                total: counts.total(),
-                queued: counts.queued,
-                processing: counts.processing,
-                completed: counts.completed,
-                failed: counts.failed,
-                dead: counts.dead,
-                created_at: b.created_at,
-                url: format!("/v1/batches/{}", b.id),
-            }
+            BatchSummary::new(&b, StateCounts::from_rows(&rows))
         })
         .collect();
     Ok(Json(BatchPage {

@@ -173,19 +173,11 @@ pub struct PhotoPage {
     pub next_cursor: Option<String>,
 }
 
+/// `GET /v1/batches/{id}`: the batch's counts, as in a list, and every photo's state.
 #[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
 pub struct BatchView {
-    pub id: Uuid,
-    /// queued (nothing started) | processing | completed (all completed) |
-    /// completed_with_errors (all done, some failed or dead) | failed (all failed or dead)
-    pub state: String,
-    pub total: i64,
-    pub queued: i64,
-    pub processing: i64,
-    pub completed: i64,
-    pub failed: i64,
-    pub dead: i64,
-    pub created_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub summary: BatchSummary,
     pub photos: Vec<PhotoRef>,
 }
 
@@ -503,11 +495,12 @@ pub struct UnfinishedCounts {
     pub processing: i64,
 }
 
-/// A batch in a list: its counts and overall state, without its photos.
+/// A batch's counts and overall state.
 #[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
 pub struct BatchSummary {
     pub id: Uuid,
-    /// As in `GET /v1/batches/{id}`.
+    /// queued (nothing started) | processing | completed (all completed) |
+    /// completed_with_errors (all done, some failed or dead) | failed (all failed or dead)
     pub state: String,
     pub total: i64,
     pub queued: i64,
@@ -517,6 +510,23 @@ pub struct BatchSummary {
     pub dead: i64,
     pub created_at: DateTime<Utc>,
     pub url: String,
+}
+
+impl BatchSummary {
+    pub fn new(batch: &crate::db::models::Batch, counts: StateCounts) -> Self {
+        BatchSummary {
+            id: batch.id,
+            state: counts.overall().to_owned(),
+            total: counts.total(),
+            queued: counts.queued,
+            processing: counts.processing,
+            completed: counts.completed,
+            failed: counts.failed,
+            dead: counts.dead,
+            created_at: batch.created_at,
+            url: format!("/v1/batches/{}", batch.id),
+        }
+    }
 }
 
 /// `GET /v1/batches`: the caller's batches, newest first.

@@ -13,6 +13,16 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
 use futures_util::stream;
 
+/// Configuration that lets photoq download from the fixture (on 127.0.0.1), with short
+/// timeouts.
+pub const FETCH_CONFIG: &str = r#"
+[fetch]
+allow = ["127.0.0.1"]
+connect_timeout_ms = 1000
+read_timeout_ms = 1000
+total_timeout_ms = 5000
+"#;
+
 /// Bytes of each chunk of the endless body.
 const CHUNK: usize = 64 * 1024;
 /// How long `/hold/...` keeps each request open, so concurrent ones overlap.

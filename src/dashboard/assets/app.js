@@ -316,31 +316,40 @@ async function viewBatches(root) {
   await liveBatchList(list, 50);
 }
 
-// A list of the newest batches, each row updated as its events arrive.
+// A list of the newest batches: each row updated as its events arrive, and the list read
+// again when an event names a batch it does not show (a new one).
 async function liveBatchList(container, limit) {
-  const page = await api(`/v1/batches?limit=${limit}`);
-  if (!page.batches.length) {
-    container.replaceChildren(h("p", { class: "note" }, "No batches yet: upload some photos."));
-    return;
-  }
   const rows = new Map();
-  const tbody = h("tbody");
-  for (const b of page.batches) {
-    const row = batchRow(b);
-    rows.set(b.id, row);
-    tbody.append(row);
-  }
-  container.replaceChildren(h("div", { class: "table-wrap" }, h("table", {},
-    h("caption", { class: "visually-hidden" }, "Batches, newest first"),
-    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Batch"), h("th", { scope: "col" }, "State"),
-      h("th", { scope: "col" }, "Progress"), h("th", { scope: "col" }, "Created"))),
-    tbody)));
+  const load = async () => {
+    const page = await api(`/v1/batches?limit=${limit}`);
+    if (!page.batches.length) {
+      container.replaceChildren(h("p", { class: "note" }, "No batches yet: upload some photos."));
+      return;
+    }
+    rows.clear();
+    const tbody = h("tbody");
+    for (const b of page.batches) {
+      const row = batchRow(b);
+      rows.set(b.id, row);
+      tbody.append(row);
+    }
+    container.replaceChildren(h("div", { class: "table-wrap" }, h("table", {},
+      h("caption", { class: "visually-hidden" }, "Batches, newest first"),
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Batch"), h("th", { scope: "col" }, "State"),
+        h("th", { scope: "col" }, "Progress"), h("th", { scope: "col" }, "Created"))),
+      tbody)));
+  };
+  const reload = throttled(load);
   const refresh = throttled(async (id) => {
     updateBatchRow(rows.get(id), await api(`/v1/batches/${id}`));
   });
+  // Listening before the first read: nothing that happens meanwhile is missed.
   state.listeners.add((e) => {
-    if (e.batch_id && rows.has(e.batch_id)) refresh(e.batch_id);
+    if (!e.batch_id) return;
+    if (rows.has(e.batch_id)) refresh(e.batch_id);
+    else if (e.type === "photo.queued" || e.type === "batch.started") reload("list");
   });
+  await load();
 }
 
 function batchRow(b) {
@@ -424,13 +433,15 @@ async function viewBatch(root, id) {
       announce(`Batch ${b.state.replaceAll("_", " ")}.`);
     }
   };
-  await draw();
   const refresh = throttled(draw);
   state.listeners.add((e) => { if (e.batch_id === id) refresh(id); });
+  await draw();
 }
 
 async function viewPhoto(root, id) {
   document.title = "Photo · photoq";
+  let changed = false;
+  state.listeners.add((e) => { if (e.photo_id === id && e.type !== "tick") changed = true; });
   const p = await api(`/v1/photos/${id}`);
   const retry = ["failed", "dead"].includes(p.state)
     ? h("button", {
@@ -467,7 +478,9 @@ async function viewPhoto(root, id) {
     variants.append(h("figure", {}, img, h("figcaption", {}, `${v.name} · ${v.width}×${v.height} · ${v.content_type} · ${v.bytes} bytes`)));
     api(v.url).then((blob) => { img.src = URL.createObjectURL(blob); }).catch(() => { img.alt += " (could not load)"; });
   }
-  state.listeners.add((e) => { if (e.photo_id === id && e.type !== "tick") route(); });
+  // Shown again when the photo changes (and if it changed while it was being read).
+  if (changed) route();
+  else state.listeners.add((e) => { if (e.photo_id === id && e.type !== "tick") route(); });
 }
 
 // The named EXIF fields as a list, and every raw tag in a table that opens on demand.
@@ -551,9 +564,9 @@ async function viewDeadLetters(root) {
           },
         }, "Retry"))))))));
   };
-  await draw();
   const refresh = throttled(draw);
   state.listeners.add((e) => { if (e.type === "photo.dead") refresh("dead"); });
+  await draw();
 }
 
 async function viewOperator(root) {
