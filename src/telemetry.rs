@@ -5,11 +5,14 @@
 //! entry and on the photo's row) to each attempt's stages and commit in a worker. Every log
 //! line of a job's work carries its `photo_id` and `trace_id`, exported or not.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState, TracerProvider};
 use opentelemetry::{SpanId, TraceId};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
@@ -19,6 +22,8 @@ use tracing_subscriber::EnvFilter;
 use crate::config::TelemetryConfig;
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+/// The W3C Trace Context header (and stream entry field) name.
+const TRACEPARENT: &str = "traceparent";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -115,19 +120,23 @@ pub fn accepted(photo_id: uuid::Uuid, batch_id: uuid::Uuid) -> String {
 pub fn traceparent(span: &tracing::Span) -> String {
     let context = span.context();
     let sc = context.span().span_context().clone();
-    if sc.is_valid() {
-        return format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        );
-    }
-    format!(
-        "00-{:032x}-{:016x}-01",
-        rand::random::<u128>().max(1),
-        rand::random::<u64>().max(1)
-    )
+    let sc = if sc.is_valid() {
+        sc
+    } else {
+        SpanContext::new(
+            TraceId::from(rand::random::<u128>().max(1)),
+            SpanId::from(rand::random::<u64>().max(1)),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        )
+    };
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(
+        &opentelemetry::Context::new().with_remote_span_context(sc),
+        &mut carrier,
+    );
+    carrier.remove(TRACEPARENT).unwrap_or_default()
 }
 
 /// Makes `span` a child of the remote span `traceparent` names (when traces are exported)
@@ -141,29 +150,12 @@ pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
     let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
 }
 
-/// `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`, both ids non-zero.
+/// The span context a W3C `traceparent` names, read by OpenTelemetry's own propagator;
+/// `None` when it is malformed.
 fn parse_traceparent(value: &str) -> Option<SpanContext> {
-    let mut parts = value.trim().split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version != "00"
-        || parts.next().is_some()
-        || trace.len() != 32
-        || span.len() != 16
-        || flags.len() != 2
-    {
-        return None;
-    }
-    let trace_id = TraceId::from_hex(trace).ok()?;
-    let span_id = SpanId::from_hex(span).ok()?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    let sc = SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::new(flags),
-        true,
-        TraceState::default(),
-    );
+    let carrier = HashMap::from([(TRACEPARENT.to_owned(), value.to_owned())]);
+    let context = TraceContextPropagator::new().extract(&carrier);
+    let sc = context.span().span_context().clone();
     sc.is_valid().then_some(sc)
 }
 
@@ -184,10 +176,9 @@ mod tests {
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
             "00-zzf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
         ] {

@@ -576,7 +576,8 @@ async function viewOperator(root) {
     return;
   }
   const body = h("div");
-  root.append(h("h1", {}, "Operator"), h("p", { class: "note" }, "The whole queue, every owner; aggregates only."), body);
+  const failed = h("p", { class: "error", role: "alert" });
+  root.append(h("h1", {}, "Operator"), h("p", { class: "note" }, "The whole queue, every owner; aggregates only."), failed, body);
   const draw = async () => {
     const o = await api("/v1/operator/overview");
     const active = o.workers.filter((w) => w.active).length;
@@ -597,7 +598,10 @@ async function viewOperator(root) {
         ? table(["Code", "Attempts"], o.recent_errors.map((e) => [e.code, e.attempts]))
         : h("p", { class: "note" }, "No errors.")));
   };
-  every(OPERATOR_EVERY_MS, () => draw().catch((e) => body.replaceChildren(h("p", { class: "error", role: "alert" }, e.message))));
+  // A failed refresh keeps the last figures on the page and says so above them.
+  every(OPERATOR_EVERY_MS, () => draw()
+    .then(() => { failed.textContent = ""; })
+    .catch((e) => { failed.textContent = `Not refreshed: ${e.message}`; }));
 }
 
 function statBox(label, value) {
