@@ -1,6 +1,6 @@
 //! Queue-wide gauges: each lane's entries, unacknowledged deliveries, entries not yet
-//! delivered, retries scheduled, workers active; dead letters; how long the oldest job waiting to start has
-//! waited; events not yet numbered. One API process at a time samples them (a lease in
+//! delivered, retries scheduled, workers active; dead letters; how long the oldest job
+//! waiting to start has waited; events not yet numbered. One API process at a time samples them (a lease in
 //! Redis), every [`SAMPLE_EVERY`], and only that process exports them, so the series are
 //! right however many nodes Prometheus scrapes (sum or max alike).
 
