@@ -123,6 +123,11 @@ function signOut(message) {
   state.me = null;
   if (state.events) state.events.close();
   state.events = null;
+  // Event ids and charts are the key's own: the next key starts afresh.
+  state.lastEventId = null;
+  state.depth = [];
+  state.finished = [];
+  state.finishedThisSecond = 0;
   state.timers.forEach(clearInterval);
   state.timers = [];
   clearViewTimers();
