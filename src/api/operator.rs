@@ -9,7 +9,6 @@ use super::error::ApiError;
 use super::models::{ErrorCount, LaneView, OperatorOverview, WorkerView};
 use super::AppState;
 use crate::db;
-use crate::metrics::queue::ACTIVE_WITHIN;
 use crate::queue::{Lane, QueueError, ERROR_WINDOW_MINUTES};
 
 /// Queue overview (operators)
@@ -37,12 +36,12 @@ pub async fn overview(
             lane: lane.as_str().to_owned(),
             entries: s.entries,
             pending: s.pending,
-            waiting: s.entries.saturating_sub(s.pending),
+            waiting: s.waiting(),
             scheduled: s.scheduled,
         });
         for c in queue.consumers(lane).await.map_err(unreachable)? {
             workers.push(WorkerView {
-                active: c.idle < ACTIVE_WITHIN,
+                active: c.active(),
                 name: c.name,
                 lane: lane.as_str().to_owned(),
                 pending: c.pending,

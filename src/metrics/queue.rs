@@ -18,8 +18,6 @@ use crate::state::Lane;
 
 /// How often the gauges are sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
-/// A worker that read or claimed within this long counts as active.
-pub const ACTIVE_WITHIN: Duration = Duration::from_secs(60);
 /// The lease that says who samples.
 const LEASE: &str = "metrics-sampler";
 
@@ -156,7 +154,7 @@ async fn sample(
         gauges
             .waiting
             .with_label_values(&label)
-            .set(s.entries.saturating_sub(s.pending) as i64);
+            .set(s.waiting() as i64);
         gauges
             .scheduled
             .with_label_values(&label)
@@ -165,7 +163,7 @@ async fn sample(
             .consumers(lane)
             .await?
             .iter()
-            .filter(|c| c.idle < ACTIVE_WITHIN)
+            .filter(|c| c.active())
             .count();
         gauges
             .consumers

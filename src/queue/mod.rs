@@ -657,12 +657,22 @@ impl Queue {
     }
 }
 
+/// A worker that read or claimed within this long counts as active.
+pub const ACTIVE_WITHIN: Duration = Duration::from_secs(60);
+
 /// A worker as the consumer group sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerInfo {
     pub name: String,
     pub pending: u64,
     pub idle: Duration,
+}
+
+impl ConsumerInfo {
+    /// Read or claimed within [`ACTIVE_WITHIN`].
+    pub fn active(&self) -> bool {
+        self.idle < ACTIVE_WITHIN
+    }
 }
 
 /// A lane's stream: `entries` waiting or delivered (acknowledged entries are deleted),
@@ -672,6 +682,13 @@ pub struct LaneStats {
     pub entries: u64,
     pub pending: u64,
     pub scheduled: u64,
+}
+
+impl LaneStats {
+    /// Entries not yet delivered to any worker: the consumer group's lag.
+    pub fn waiting(&self) -> u64 {
+        self.entries.saturating_sub(self.pending)
+    }
 }
 
 /// A worker's own side of the streams: reads (on a connection of its own, since XREADGROUP
