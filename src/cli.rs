@@ -33,6 +33,17 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Ask a running photoq whether it is alive (GET /healthz), for container health
+    /// checks: exit status 0 when it answers 200 within 3 seconds, 1 otherwise.
+    Health {
+        /// The URL asked (default: /healthz on the configured `bind` address, 127.0.0.1
+        /// when it binds every address; for `photoq work`, use its `worker.metrics_bind`).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Storage maintenance.
+    #[command(subcommand)]
+    Storage(StorageCommand),
     /// Inspect and redrive dead letters (photos out of attempts), across all keys.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -82,6 +93,42 @@ pub enum DlqCommand {
         #[arg(long)]
         include_failed: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StorageCommand {
+    /// Copy every stored object from one backend to the other, both as the `[storage]`
+    /// configuration describes them, checking each copy by reading it back (size and
+    /// SHA-256). Resumable: objects already copied are left as they are, so run it again
+    /// after an interruption, and once more after stopping photoq, before switching
+    /// `storage.backend`. Exit status 0 when every object is at the destination.
+    Migrate {
+        /// The backend copied from.
+        #[arg(long, value_enum)]
+        from: Backend,
+        /// The backend copied to.
+        #[arg(long, value_enum)]
+        to: Backend,
+        /// Objects copied at once.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+        jobs: u32,
+    },
+}
+
+/// A storage backend, on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Local,
+    S3,
+}
+
+impl From<Backend> for crate::config::StorageBackend {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Local => crate::config::StorageBackend::Local,
+            Backend::S3 => crate::config::StorageBackend::S3,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +189,18 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Keys(KeysCommand::Create { .. })
+        ));
+        let cli = Cli::try_parse_from([
+            "photoq", "storage", "migrate", "--from", "local", "--to", "s3",
+        ])
+        .expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Storage(StorageCommand::Migrate {
+                from: Backend::Local,
+                to: Backend::S3,
+                jobs: 8
+            })
         ));
     }
 }

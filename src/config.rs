@@ -86,23 +86,83 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// One server's URL, or with `cluster`, some cluster nodes' URLs separated by commas.
     pub url: String,
+    pub cluster: bool,
     pub prefix: String,
+    /// Job streams, each its own hash tag (1: all under `prefix`).
+    pub shards: u32,
     pub block_ms: u64,
     pub response_timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageBackend {
     Local,
+    S3,
+}
+
+impl RedisConfig {
+    /// The URLs in `url`: one, or the cluster nodes named.
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// How stored images reach clients.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ServeMode {
+    /// The API reads the object and sends its bytes.
+    Proxy,
+    /// The API answers 302 to a presigned GET (S3 only).
+    Redirect,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub backend: StorageBackend,
+    /// Directory of the `local` backend.
     pub root: PathBuf,
+    /// S3 bucket, key prefix, endpoint ("" for AWS), region, path-style addressing and
+    /// whether http:// is allowed. Credentials come from the environment only.
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: String,
+    pub region: String,
+    pub path_style: bool,
+    pub allow_http: bool,
+    /// Longest one S3 request may take.
+    pub timeout_secs: u64,
+    pub serve: ServeMode,
+    /// Lifetime of a presigned URL handed out by a redirect.
+    pub redirect_ttl_secs: u64,
+}
+
+impl StorageConfig {
+    /// The local backend under `root`, everything else at its default.
+    pub fn local(root: impl Into<PathBuf>) -> Self {
+        StorageConfig {
+            backend: StorageBackend::Local,
+            root: root.into(),
+            bucket: String::new(),
+            prefix: String::new(),
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            path_style: false,
+            allow_http: false,
+            timeout_secs: 30,
+            serve: ServeMode::Proxy,
+            redirect_ttl_secs: 900,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -372,6 +432,23 @@ impl Config {
                 ));
             }
         }
+        if self.storage.backend == StorageBackend::S3 && self.storage.bucket.is_empty() {
+            return invalid("storage.backend = \"s3\" needs storage.bucket".into());
+        }
+        if self.storage.timeout_secs == 0 {
+            return invalid("storage.timeout_secs must be > 0".into());
+        }
+        if self.storage.serve == ServeMode::Redirect {
+            if self.storage.backend != StorageBackend::S3 {
+                return invalid(
+                    "storage.serve = \"redirect\" needs storage.backend = \"s3\"".into(),
+                );
+            }
+            // SigV4 presigned URLs live at most 7 days.
+            if !(1..=604_800).contains(&self.storage.redirect_ttl_secs) {
+                return invalid("storage.redirect_ttl_secs must be 1 to 604800".into());
+            }
+        }
         if self.upload.max_files == 0
             || self.upload.max_file_bytes == 0
             || self.upload.max_concurrent == 0
@@ -461,6 +538,18 @@ impl Config {
         }
         if self.redis.prefix.is_empty() {
             return invalid("redis.prefix must not be empty".into());
+        }
+        if !(1..=crate::queue::MAX_SHARDS).contains(&self.redis.shards) {
+            return invalid(format!(
+                "redis.shards must be 1 to {}",
+                crate::queue::MAX_SHARDS
+            ));
+        }
+        if self.redis.urls().is_empty() || (!self.redis.cluster && self.redis.urls().len() > 1) {
+            return invalid(
+                "redis.url: one URL, or several separated by commas with redis.cluster = true"
+                    .into(),
+            );
         }
         Ok(())
     }

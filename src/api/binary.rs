@@ -3,9 +3,12 @@
 use actix_web::body::BoxBody;
 use actix_web::http::header::{self, EntityTag};
 use actix_web::{HttpRequest, HttpResponse, Responder};
+use std::time::Duration;
+
 use bytes::Bytes;
-use paperclip::actix::OperationModifier;
+use paperclip::actix::{Apiv2Schema, OperationModifier};
 use paperclip::v2::models::{DataType, DefaultOperationRaw, DefaultSchemaRaw, Either, Response};
+use serde::Deserialize;
 
 use super::error::ApiError;
 use crate::storage::Storage;
@@ -13,30 +16,59 @@ use crate::storage::Storage;
 /// Variants and originals never change under the same URL, so clients may keep them.
 const CACHE_CONTROL: &str = "private, max-age=31536000, immutable";
 
-pub struct ImageBytes {
-    pub content_type: String,
-    pub etag: String,
-    pub body: Option<Bytes>,
+/// Options of the routes that serve stored images.
+#[derive(Debug, Deserialize, Apiv2Schema)]
+#[serde(deny_unknown_fields)]
+pub struct ServeQuery {
+    /// With `storage.serve = "redirect"`: `false` asks for the bytes through the API instead
+    /// of a redirect to the bucket (for pages whose policy allows only their own origin).
+    /// Ignored otherwise.
+    pub redirect: Option<bool>,
+}
+
+/// A stored image as answered: its bytes, "not modified", or a redirect to a presigned GET.
+pub enum ImageBytes {
+    Bytes {
+        content_type: String,
+        etag: String,
+        body: Bytes,
+    },
+    NotModified {
+        etag: String,
+    },
+    Redirect {
+        location: String,
+        ttl: Duration,
+    },
 }
 
 impl ImageBytes {
-    /// The object at `key`, or a 304 when the request already holds this `etag`.
+    /// The object at `key`: a 304 when the request already holds this `etag`, a redirect
+    /// when storage serves by redirects (and the request did not ask otherwise), else its
+    /// bytes.
     pub async fn serve(
         req: &HttpRequest,
+        query: &ServeQuery,
         storage: &Storage,
         key: &str,
         content_type: String,
         etag: String,
     ) -> Result<Self, ApiError> {
-        let body = if Self::not_modified(req, &etag) {
-            None
-        } else {
-            Some(storage.get(key).await?)
-        };
-        Ok(ImageBytes {
+        if Self::not_modified(req, &etag) {
+            return Ok(ImageBytes::NotModified { etag });
+        }
+        if query.redirect != Some(false) {
+            if let Some((url, ttl)) = storage.presigned_get(key, &content_type).await? {
+                return Ok(ImageBytes::Redirect {
+                    location: url.into(),
+                    ttl,
+                });
+            }
+        }
+        Ok(ImageBytes::Bytes {
+            body: storage.get(key).await?,
             content_type,
             etag,
-            body,
         })
     }
 
@@ -55,19 +87,31 @@ impl Responder for ImageBytes {
     type Body = BoxBody;
 
     fn respond_to(self, _req: &HttpRequest) -> HttpResponse {
-        let tag = EntityTag::new_strong(self.etag);
-        match self.body {
-            None => HttpResponse::NotModified()
-                .insert_header(header::ETag(tag))
+        match self {
+            ImageBytes::NotModified { etag } => HttpResponse::NotModified()
+                .insert_header(header::ETag(EntityTag::new_strong(etag)))
                 .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
                 .finish(),
-            Some(body) => HttpResponse::Ok()
-                .content_type(self.content_type)
+            ImageBytes::Bytes {
+                content_type,
+                etag,
+                body,
+            } => HttpResponse::Ok()
+                .content_type(content_type)
                 // Browsers must take the sniffed type we send, never guess another.
                 .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-                .insert_header(header::ETag(tag))
+                .insert_header(header::ETag(EntityTag::new_strong(etag)))
                 .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
                 .body(body),
+            // Cached for half the URL's life, so a cached redirect never points at an
+            // expired URL.
+            ImageBytes::Redirect { location, ttl } => HttpResponse::Found()
+                .insert_header((header::LOCATION, location))
+                .insert_header((
+                    header::CACHE_CONTROL,
+                    format!("private, max-age={}", ttl.as_secs() / 2),
+                ))
+                .finish(),
         }
     }
 }
@@ -84,6 +128,17 @@ impl OperationModifier for ImageBytes {
                     data_type: Some(DataType::File),
                     ..Default::default()
                 }),
+                ..Default::default()
+            }),
+        );
+        op.responses.insert(
+            "302".into(),
+            Either::Right(Response {
+                description: Some(
+                    "With storage.serve = \"redirect\": Location is a presigned GET of the \
+                     image in the bucket, valid for storage.redirect_ttl_secs"
+                        .into(),
+                ),
                 ..Default::default()
             }),
         );

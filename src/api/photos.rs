@@ -5,7 +5,7 @@ use paperclip::actix::{api_v2_operation, web::Json, AcceptedJson};
 use uuid::Uuid;
 
 use super::auth::Caller;
-use super::binary::ImageBytes;
+use super::binary::{ImageBytes, ServeQuery};
 use super::error::ApiError;
 use super::models::{ListQuery, PhotoPage, PhotoRef, PhotoView};
 use super::AppState;
@@ -180,6 +180,7 @@ pub async fn get_variant(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<(Uuid, String)>,
+    query: web::Query<ServeQuery>,
 ) -> Result<ImageBytes, ApiError> {
     let (id, name) = path.into_inner();
     let mut conn = db::conn(&state.pool).await?;
@@ -192,6 +193,7 @@ pub async fn get_variant(
     drop(conn);
     ImageBytes::serve(
         &req,
+        &query,
         &state.storage,
         &variant.storage_key,
         variant.content_type,
@@ -209,6 +211,7 @@ pub async fn get_original(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<Uuid>,
+    query: web::Query<ServeQuery>,
 ) -> Result<ImageBytes, ApiError> {
     let id = path.into_inner();
     let mut conn = db::conn(&state.pool).await?;
@@ -222,6 +225,7 @@ pub async fn get_original(
     };
     ImageBytes::serve(
         &req,
+        &query,
         &state.storage,
         &photo.original_key,
         content_type,

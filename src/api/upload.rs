@@ -428,8 +428,9 @@ async fn stream_to_storage(
         }
         head.extend_from_slice(&chunk);
         if head.len() >= SNIFF_LEN {
-            format = Some(sniff(&head).ok_or_else(|| unsupported(label))?);
-            let w = writer.insert(state.storage.writer(key).await?);
+            let sniffed = sniff(&head).ok_or_else(|| unsupported(label))?;
+            format = Some(sniffed);
+            let w = writer.insert(state.storage.writer(key, sniffed.mime()).await?);
             w.write(head.split().freeze()).await?;
         }
     }
@@ -444,7 +445,7 @@ async fn stream_to_storage(
         // Smaller than the sniffing window: all of it is in `head`.
         None => {
             let f = sniff(&head).ok_or_else(|| unsupported(label))?;
-            let w = writer.insert(state.storage.writer(key).await?);
+            let w = writer.insert(state.storage.writer(key, f.mime()).await?);
             w.write(head.freeze()).await?;
             f
         }

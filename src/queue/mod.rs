@@ -8,24 +8,31 @@
 //! Acknowledged entries are deleted, so the stream holds only work not yet done.
 //!
 //! Every key of a prefix carries the same hash tag (`{prefix}:jobs`, ...), so the scripts,
-//! which touch several keys at once, also run on a Redis Cluster.
+//! which touch several keys at once, also run on a Redis Cluster. For capacity on a cluster
+//! the job streams can be split in shards (`redis.shards`): shard k > 0 has its streams,
+//! retry sets and dead letters under the tag `{prefix:k}`, so in a slot of its own.
+//! Producers deal batches out over the shards; every worker reads them all.
 //!
 //! Two lanes ([`Lane`]), each its own stream and retry set: interactive work (uploads) and
 //! bulk work (imports). Workers read interactive entries first and give bulk entries a
 //! configured share of what they read, so neither starves. An entry is named by a token:
-//! its stream id, prefixed `bulk:` in the bulk lane; the token is what the rest of photoq
-//! (and the photo row) keeps.
+//! its stream id, prefixed `bulk:` in the bulk lane and `s{k}:` in shard k > 0; the token
+//! is what the rest of photoq (and the photo row) keeps.
 
+mod conn;
 mod scripts;
 
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Value};
-use tokio::sync::Mutex;
 use uuid::Uuid;
+
+use conn::LazyConn;
+pub use conn::RedisConn;
 
 use crate::config::RedisConfig;
 pub use crate::state::Lane;
@@ -39,8 +46,8 @@ const FIELD_TRACEPARENT: &str = "traceparent";
 /// Dead-letter entries kept (approximately) for operators; older ones are trimmed. The
 /// dead photos themselves stay in PostgreSQL until redriven.
 const DEAD_STREAM_MAXLEN: usize = 10_000;
-/// Attempts to connect before a command gives up (each with the connection timeout).
-const CONNECT_RETRIES: usize = 1;
+/// Most job stream shards (`redis.shards`).
+pub const MAX_SHARDS: u32 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -56,8 +63,8 @@ impl From<redis::RedisError> for QueueError {
     }
 }
 
-/// Names of every key photoq keeps in Redis, all under the configured prefix, which is
-/// their hash tag: one prefix lives in one Redis Cluster slot.
+/// Names of the keys of one shard of the queue, all under one hash tag: `{prefix}` for
+/// shard 0 (where every other key of photoq lives too), `{prefix:k}` for shard k.
 #[derive(Debug, Clone)]
 pub struct Keys {
     /// The interactive job stream (consumer group [`GROUP`]).
@@ -70,18 +77,30 @@ pub struct Keys {
     pub bulk_delayed: String,
     /// Dead-letter stream, for operators.
     pub dead: String,
-    prefix: String,
+    /// The hash tag, without its braces.
+    tag: String,
 }
 
 impl Keys {
+    /// The keys of shard 0.
     pub fn new(prefix: &str) -> Self {
+        Self::shard(prefix, 0)
+    }
+
+    /// The keys of shard `shard`.
+    pub fn shard(prefix: &str, shard: u32) -> Self {
+        let tag = if shard == 0 {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}:{shard}")
+        };
         Keys {
-            jobs: format!("{{{prefix}}}:jobs"),
-            bulk: format!("{{{prefix}}}:bulk"),
-            delayed: format!("{{{prefix}}}:delayed"),
-            bulk_delayed: format!("{{{prefix}}}:bulk-delayed"),
-            dead: format!("{{{prefix}}}:dead"),
-            prefix: prefix.to_owned(),
+            jobs: format!("{{{tag}}}:jobs"),
+            bulk: format!("{{{tag}}}:bulk"),
+            delayed: format!("{{{tag}}}:delayed"),
+            bulk_delayed: format!("{{{tag}}}:bulk-delayed"),
+            dead: format!("{{{tag}}}:dead"),
+            tag,
         }
     }
 
@@ -101,43 +120,66 @@ impl Keys {
         }
     }
 
-    /// Another key under the same prefix and hash tag, e.g. `{photoq}:rate:…`.
+    /// Another key under the same hash tag, e.g. `{photoq}:rate:…`.
     pub fn other(&self, name: &str) -> String {
-        format!("{{{}}}:{name}", self.prefix)
+        format!("{{{}}}:{name}", self.tag)
     }
 }
 
 /// Prefix of the tokens of bulk entries.
 const BULK_TOKEN: &str = "bulk:";
+/// Prefix of the tokens of entries in shard k > 0: `s{k}:`.
+const SHARD_TOKEN: char = 's';
 
 /// The lane and stream id an entry token names.
 pub fn locate(token: &str) -> (Lane, &str) {
-    match token.strip_prefix(BULK_TOKEN) {
-        Some(id) => (Lane::Bulk, id),
-        None => (Lane::Interactive, token),
+    let (_, lane, id) = parse(token);
+    (lane, id)
+}
+
+/// The shard, lane and stream id an entry token names.
+fn parse(token: &str) -> (u32, Lane, &str) {
+    let (shard, rest) = token
+        .strip_prefix(SHARD_TOKEN)
+        .and_then(|t| t.split_once(':'))
+        .and_then(|(k, rest)| Some((k.parse::<u32>().ok()?, rest)))
+        .unwrap_or((0, token));
+    match rest.strip_prefix(BULK_TOKEN) {
+        Some(id) => (shard, Lane::Bulk, id),
+        None => (shard, Lane::Interactive, rest),
     }
 }
 
-/// The token of entry `id` of `lane`.
-fn token(lane: Lane, id: &str) -> String {
+/// The token of entry `id` of `lane` in `shard`.
+fn token(shard: u32, lane: Lane, id: &str) -> String {
+    let shard = if shard == 0 {
+        String::new()
+    } else {
+        format!("{SHARD_TOKEN}{shard}:")
+    };
     match lane {
-        Lane::Interactive => id.to_owned(),
-        Lane::Bulk => format!("{BULK_TOKEN}{id}"),
+        Lane::Interactive => format!("{shard}{id}"),
+        Lane::Bulk => format!("{shard}{BULK_TOKEN}{id}"),
     }
 }
 
-/// Stream ids by lane, each with its position in `tokens`.
-fn by_lane<T: AsRef<str>>(tokens: &[T]) -> [(Lane, Vec<(usize, &str)>); 2] {
-    let mut lanes = Lane::ALL.map(|l| (l, Vec::new()));
+/// The stream ids of one shard and lane, each with its position in the tokens grouped.
+type Group<'a> = (u32, Lane, Vec<(usize, &'a str)>);
+
+/// Stream ids grouped by shard and lane, each with its position in `tokens`.
+fn grouped<T: AsRef<str>>(tokens: &[T]) -> Vec<Group<'_>> {
+    let mut groups: Vec<Group<'_>> = Vec::new();
     for (i, t) in tokens.iter().enumerate() {
-        let (lane, id) = locate(t.as_ref());
-        let slot = match lane {
-            Lane::Interactive => 0,
-            Lane::Bulk => 1,
-        };
-        lanes[slot].1.push((i, id));
+        let (shard, lane, id) = parse(t.as_ref());
+        match groups
+            .iter_mut()
+            .find(|(s, l, _)| *s == shard && *l == lane)
+        {
+            Some((_, _, ids)) => ids.push((i, id)),
+            None => groups.push((shard, lane, vec![(i, id)])),
+        }
     }
-    lanes
+    groups
 }
 
 /// A job: process this photo.
@@ -159,11 +201,11 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    fn from_entry(lane: Lane, entry: StreamId) -> Self {
+    fn from_entry(shard: u32, lane: Lane, entry: StreamId) -> Self {
         Delivery {
             traceparent: entry.get(FIELD_TRACEPARENT),
             job: parse_job(entry.map.get(FIELD_PHOTO_ID)),
-            entry_id: token(lane, &entry.id),
+            entry_id: token(shard, lane, &entry.id),
             deliveries: 1,
         }
     }
@@ -182,46 +224,15 @@ pub enum EntryStatus {
     Pending,
 }
 
-/// A Redis connection made on first use, so photoq starts (and accepts uploads) while Redis
-/// is down; once made it reconnects by itself.
-#[derive(Clone)]
-struct LazyConn {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-    conn: Arc<Mutex<Option<ConnectionManager>>>,
-}
-
-impl LazyConn {
-    fn new(config: &RedisConfig, response_timeout: Duration) -> Result<Self, QueueError> {
-        let client = redis::Client::open(config.url.as_str())?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(response_timeout))
-            .set_connection_timeout(Some(Duration::from_secs(config.response_timeout_secs)))
-            .set_number_of_retries(CONNECT_RETRIES);
-        Ok(LazyConn {
-            client,
-            config,
-            conn: Arc::new(Mutex::new(None)),
-        })
-    }
-
-    async fn get(&self) -> Result<ConnectionManager, QueueError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let conn =
-            ConnectionManager::new_with_config(self.client.clone(), self.config.clone()).await?;
-        *slot = Some(conn.clone());
-        Ok(conn)
-    }
-}
-
 /// A handle for producers (the API), acks and bookkeeping; cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
     conn: LazyConn,
-    keys: Keys,
+    prefix: Arc<str>,
+    /// The keys of each shard, shard 0 first.
+    shards: Arc<[Keys]>,
+    /// The shard the next enqueue goes to (modulo their number).
+    next_shard: Arc<AtomicUsize>,
     /// "Changes staged" notices (to the event sequencer) and "events appended" notices
     /// (to the API processes' feeds).
     notices: Arc<[Notifier; 2]>,
@@ -282,37 +293,68 @@ impl Queue {
     /// Does not contact Redis; the connection is made on first use.
     pub fn new(config: &RedisConfig) -> Result<Self, QueueError> {
         let keys = Keys::new(&config.prefix);
+        let shards: Vec<Keys> = (0..config.shards.max(1))
+            .map(|k| Keys::shard(&config.prefix, k))
+            .collect();
         Ok(Queue {
             conn: LazyConn::new(config, Duration::from_secs(config.response_timeout_secs))?,
             notices: Arc::new([
                 Notifier::new(keys.other("changes")),
                 Notifier::new(keys.other("events")),
             ]),
-            keys,
+            prefix: config.prefix.as_str().into(),
+            shards: shards.into(),
+            next_shard: Arc::new(AtomicUsize::new(0)),
         })
     }
 
+    /// The keys of shard 0, under which photoq's other keys live too.
     pub fn keys(&self) -> &Keys {
-        &self.keys
+        &self.shards[0]
+    }
+
+    /// The keys of each shard.
+    pub fn shards(&self) -> &[Keys] {
+        &self.shards
+    }
+
+    /// The keys of a shard an entry token names (one past the configured number too, for
+    /// entries published before it was lowered).
+    fn keys_of(&self, shard: u32) -> Cow<'_, Keys> {
+        match self.shards.get(shard as usize) {
+            Some(keys) => Cow::Borrowed(keys),
+            None => Cow::Owned(Keys::shard(&self.prefix, shard)),
+        }
+    }
+
+    /// Every shard with its number.
+    fn each_shard(&self) -> impl Iterator<Item = (u32, &Keys)> {
+        self.shards
+            .iter()
+            .enumerate()
+            .map(|(k, keys)| (k as u32, keys))
     }
 
     /// The shared connection, for other users of photoq's Redis keys (`limits`).
-    pub(crate) async fn connection(&self) -> Result<ConnectionManager, QueueError> {
+    pub(crate) async fn connection(&self) -> Result<RedisConn, QueueError> {
         self.conn.get().await
     }
 
-    /// Creates the stream and the consumer group if they do not exist. The group starts at the
-    /// beginning of the stream, so entries added before any worker started are delivered.
+    /// Creates the streams and the consumer groups if they do not exist. A group starts at
+    /// the beginning of its stream, so entries added before any worker started are
+    /// delivered.
     pub async fn ensure_group(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.get().await?;
-        for lane in Lane::ALL {
-            let res: Result<(), _> = conn
-                .xgroup_create_mkstream(self.keys.stream(lane), GROUP, "0")
-                .await;
-            match res {
-                Ok(()) => {}
-                Err(e) if e.code() == Some("BUSYGROUP") => {}
-                Err(e) => return Err(e.into()),
+        for (_, keys) in self.each_shard() {
+            for lane in Lane::ALL {
+                let res: Result<(), _> = conn
+                    .xgroup_create_mkstream(keys.stream(lane), GROUP, "0")
+                    .await;
+                match res {
+                    Ok(()) => {}
+                    Err(e) if e.code() == Some("BUSYGROUP") => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         Ok(())
@@ -334,47 +376,54 @@ impl Queue {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
+        let shard = (self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len()) as u32;
         let mut conn = self.conn.get().await?;
-        let mut invocation = scripts::ENQUEUE.key(self.keys.stream(lane));
+        let mut invocation = scripts::ENQUEUE.key(self.keys_of(shard).stream(lane));
         for (id, traceparent) in jobs {
             invocation
                 .arg(id.to_string())
                 .arg(traceparent.unwrap_or(""));
         }
         let ids: Vec<String> = invocation.invoke_async(&mut conn).await?;
-        Ok(ids.iter().map(|id| token(lane, id)).collect())
+        Ok(ids.iter().map(|id| token(shard, lane, id)).collect())
     }
 
     /// Schedules a photo's next attempt at `due_ms` (milliseconds since the Unix epoch), in
-    /// the lane of the entry it came from.
+    /// the shard and lane of the entry it came from.
     pub async fn schedule(
         &self,
         entry: &str,
         photo_id: Uuid,
         due_ms: i64,
     ) -> Result<(), QueueError> {
-        let (lane, _) = locate(entry);
+        let (shard, lane, _) = parse(entry);
         let mut conn = self.conn.get().await?;
         let _: i64 = conn
-            .zadd(self.keys.retries(lane), photo_id.to_string(), due_ms)
+            .zadd(
+                self.keys_of(shard).retries(lane),
+                photo_id.to_string(),
+                due_ms,
+            )
             .await?;
         Ok(())
     }
 
-    /// Moves up to `limit` retries per lane due by `now_ms` onto their streams; returns how
-    /// many.
+    /// Moves up to `limit` retries per shard and lane due by `now_ms` onto their streams;
+    /// returns how many.
     pub async fn promote_due(&self, now_ms: i64, limit: usize) -> Result<usize, QueueError> {
         let mut conn = self.conn.get().await?;
         let mut moved = 0;
-        for lane in Lane::ALL {
-            let n: usize = scripts::PROMOTE
-                .key(self.keys.retries(lane))
-                .key(self.keys.stream(lane))
-                .arg(now_ms)
-                .arg(limit)
-                .invoke_async(&mut conn)
-                .await?;
-            moved += n;
+        for (_, keys) in self.each_shard() {
+            for lane in Lane::ALL {
+                let n: usize = scripts::PROMOTE
+                    .key(keys.retries(lane))
+                    .key(keys.stream(lane))
+                    .arg(now_ms)
+                    .arg(limit)
+                    .invoke_async(&mut conn)
+                    .await?;
+                moved += n;
+            }
         }
         Ok(moved)
     }
@@ -383,17 +432,14 @@ impl Queue {
         self.ack_many(&[entry_id]).await
     }
 
-    /// Acknowledges and deletes several entries, one round trip per lane.
+    /// Acknowledges and deletes several entries, one round trip per shard and lane.
     pub async fn ack_many(&self, entry_ids: &[impl AsRef<str>]) -> Result<(), QueueError> {
         if entry_ids.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn.get().await?;
-        for (lane, ids) in by_lane(entry_ids) {
-            if ids.is_empty() {
-                continue;
-            }
-            let mut invocation = scripts::ACK.key(self.keys.stream(lane));
+        for (shard, lane, ids) in grouped(entry_ids) {
+            let mut invocation = scripts::ACK.key(self.keys_of(shard).stream(lane));
             invocation.arg(GROUP);
             for (_, id) in ids {
                 invocation.arg(id);
@@ -407,16 +453,16 @@ impl Queue {
     /// atomically: it is delivered again at once, to whichever worker reads next. Returns
     /// the new entry's token.
     pub async fn hand_back(&self, entry_id: &str, photo_id: Uuid) -> Result<String, QueueError> {
-        let (lane, id) = locate(entry_id);
+        let (shard, lane, id) = parse(entry_id);
         let mut conn = self.conn.get().await?;
         let new: String = scripts::HAND_BACK
-            .key(self.keys.stream(lane))
+            .key(self.keys_of(shard).stream(lane))
             .arg(GROUP)
             .arg(id)
             .arg(photo_id.to_string())
             .invoke_async(&mut conn)
             .await?;
-        Ok(token(lane, &new))
+        Ok(token(shard, lane, &new))
     }
 
     /// Records a dead letter for operators and, if the job came from an entry, acknowledges
@@ -427,11 +473,12 @@ impl Queue {
         photo_id: Uuid,
         reason: &str,
     ) -> Result<(), QueueError> {
-        let (lane, id) = entry_id.map_or((Lane::Interactive, ""), locate);
+        let (shard, lane, id) = entry_id.map_or((0, Lane::Interactive, ""), parse);
+        let keys = self.keys_of(shard);
         let mut conn = self.conn.get().await?;
         let _: Value = scripts::DEAD_LETTER
-            .key(self.keys.stream(lane))
-            .key(&self.keys.dead)
+            .key(keys.stream(lane))
+            .key(&keys.dead)
             .arg(GROUP)
             .arg(id)
             .arg(photo_id.to_string())
@@ -449,11 +496,8 @@ impl Queue {
         }
         let mut conn = self.conn.get().await?;
         let mut out = vec![EntryStatus::Gone; entry_ids.len()];
-        for (lane, ids) in by_lane(entry_ids) {
-            if ids.is_empty() {
-                continue;
-            }
-            let mut invocation = scripts::ENTRY_STATUS.key(self.keys.stream(lane));
+        for (shard, lane, ids) in grouped(entry_ids) {
+            let mut invocation = scripts::ENTRY_STATUS.key(self.keys_of(shard).stream(lane));
             invocation.arg(GROUP);
             for (_, id) in &ids {
                 invocation.arg(*id);
@@ -476,14 +520,16 @@ impl Queue {
     pub async fn prune_consumers(&self, idle: Duration) -> Result<u64, QueueError> {
         let mut conn = self.conn.get().await?;
         let mut removed = 0;
-        for lane in Lane::ALL {
-            let n: u64 = scripts::PRUNE_CONSUMERS
-                .key(self.keys.stream(lane))
-                .arg(GROUP)
-                .arg(idle.as_millis() as u64)
-                .invoke_async(&mut conn)
-                .await?;
-            removed += n;
+        for (_, keys) in self.each_shard() {
+            for lane in Lane::ALL {
+                let n: u64 = scripts::PRUNE_CONSUMERS
+                    .key(keys.stream(lane))
+                    .arg(GROUP)
+                    .arg(idle.as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await?;
+                removed += n;
+            }
         }
         Ok(removed)
     }
@@ -497,10 +543,14 @@ impl Queue {
         Ok(total)
     }
 
-    /// Entries in one lane's stream.
+    /// Entries in one lane's streams (all shards).
     pub async fn lane_len(&self, lane: Lane) -> Result<u64, QueueError> {
         let mut conn = self.conn.get().await?;
-        Ok(conn.xlen(self.keys.stream(lane)).await?)
+        let mut total = 0;
+        for (_, keys) in self.each_shard() {
+            total += conn.xlen::<_, u64>(keys.stream(lane)).await?;
+        }
+        Ok(total)
     }
 
     /// The pub/sub channel that tells the event sequencer changes were committed.
@@ -529,7 +579,7 @@ impl Queue {
 
     /// A connection of its own for subscribing to pub/sub channels.
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, QueueError> {
-        Ok(self.conn.client.get_async_pubsub().await?)
+        self.conn.pubsub().await
     }
 
     pub async fn ping(&self) -> Result<(), QueueError> {
@@ -538,18 +588,20 @@ impl Queue {
         Ok(())
     }
 
-    /// One lane as the metrics see it.
+    /// One lane as the metrics see it (all shards).
     pub async fn lane_stats(&self, lane: Lane) -> Result<LaneStats, QueueError> {
         let mut conn = self.conn.get().await?;
-        let stream = self.keys.stream(lane);
-        let entries: u64 = conn.xlen(stream).await?;
-        let pending: redis::streams::StreamPendingReply = conn.xpending(stream, GROUP).await?;
-        let scheduled: u64 = conn.zcard(self.keys.retries(lane)).await?;
-        Ok(LaneStats {
-            entries,
-            pending: pending.count() as u64,
-            scheduled,
-        })
+        let mut stats = LaneStats::default();
+        for (_, keys) in self.each_shard() {
+            let stream = keys.stream(lane);
+            let entries: u64 = conn.xlen(stream).await?;
+            let pending: redis::streams::StreamPendingReply = conn.xpending(stream, GROUP).await?;
+            let scheduled: u64 = conn.zcard(keys.retries(lane)).await?;
+            stats.entries += entries;
+            stats.pending += pending.count() as u64;
+            stats.scheduled += scheduled;
+        }
+        Ok(stats)
     }
 
     /// Takes the lease `name` for `holder` if nobody holds it, or renews it if `holder`
@@ -558,7 +610,7 @@ impl Queue {
     pub async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, QueueError> {
         let mut conn = self.conn.get().await?;
         let held: i64 = scripts::LEASE
-            .key(self.keys.other(name))
+            .key(self.keys().other(name))
             .arg(holder)
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut conn)
@@ -584,32 +636,46 @@ impl Queue {
         Ok(total)
     }
 
-    /// Entries in the dead-letter stream.
+    /// Entries in the dead-letter streams.
     pub async fn dead_letters(&self) -> Result<u64, QueueError> {
         let mut conn = self.conn.get().await?;
-        Ok(conn.xlen(&self.keys.dead).await?)
+        let mut total = 0;
+        for (_, keys) in self.each_shard() {
+            total += conn.xlen::<_, u64>(&keys.dead).await?;
+        }
+        Ok(total)
     }
 
-    /// The workers the consumer group knows in `lane`: name, entries delivered to them and
-    /// not acknowledged, and how long since each last read or claimed.
+    /// The workers the consumer groups know in `lane`: name, entries delivered to them and
+    /// not acknowledged, and how long since each last read or claimed (in any shard).
     pub async fn consumers(&self, lane: Lane) -> Result<Vec<ConsumerInfo>, QueueError> {
         let mut conn = self.conn.get().await?;
-        let reply: redis::RedisResult<redis::streams::StreamInfoConsumersReply> =
-            conn.xinfo_consumers(self.keys.stream(lane), GROUP).await;
-        match reply {
-            Ok(reply) => Ok(reply
-                .consumers
-                .into_iter()
-                .map(|c| ConsumerInfo {
-                    name: c.name,
-                    pending: c.pending as u64,
-                    idle: Duration::from_millis(c.idle as u64),
-                })
-                .collect()),
-            // No group yet: nobody has consumed.
-            Err(e) if is_nogroup(&e) => Ok(Vec::new()),
-            Err(e) => Err(e.into()),
+        let mut out: Vec<ConsumerInfo> = Vec::new();
+        for (_, keys) in self.each_shard() {
+            let reply: redis::RedisResult<redis::streams::StreamInfoConsumersReply> =
+                conn.xinfo_consumers(keys.stream(lane), GROUP).await;
+            let consumers = match reply {
+                Ok(reply) => reply.consumers,
+                // No group yet: nobody has consumed.
+                Err(e) if is_nogroup(&e) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            for c in consumers {
+                let idle = Duration::from_millis(c.idle as u64);
+                match out.iter_mut().find(|o| o.name == c.name) {
+                    Some(o) => {
+                        o.pending += c.pending as u64;
+                        o.idle = o.idle.min(idle);
+                    }
+                    None => out.push(ConsumerInfo {
+                        name: c.name,
+                        pending: c.pending as u64,
+                        idle,
+                    }),
+                }
+            }
         }
+        Ok(out)
     }
 }
 
@@ -653,7 +719,7 @@ impl Queue {
     }
 
     fn error_key(&self, minute: u64) -> String {
-        self.keys.other(&format!("errors:{minute}"))
+        self.keys().other(&format!("errors:{minute}"))
     }
 }
 
@@ -703,6 +769,8 @@ pub struct Consumer {
     /// Bulk entries owed: grows by `bulk_share` per entry read, shrinks by one per bulk
     /// entry read, kept between 0 and 1.
     bulk_credit: std::sync::Mutex<f64>,
+    /// The shard reads start from, moved on by every read so all shards get their turn.
+    cursor: AtomicUsize,
 }
 
 /// Share of reads the bulk lane gets when nothing else is set.
@@ -720,6 +788,7 @@ impl Consumer {
             block_ms: config.block_ms,
             bulk_share: DEFAULT_BULK_SHARE,
             bulk_credit: std::sync::Mutex::new(0.0),
+            cursor: AtomicUsize::new(0),
         })
     }
 
@@ -734,52 +803,61 @@ impl Consumer {
     }
 
     /// Reads up to `count` new entries: interactive ones first, bulk ones with what is
-    /// left, and bulk ones first when the bulk lane is owed its share. When both lanes are
-    /// empty, blocks up to the configured time for the first entry of either. Recreates the
-    /// groups if Redis lost them.
+    /// left, and bulk ones first when the bulk lane is owed its share; shard after shard,
+    /// starting from a different one each time. When every stream is empty, blocks up to the
+    /// configured time for the first entry of either lane of one shard (the next in turn).
+    /// Recreates the groups if Redis lost them.
     pub async fn read(&self, count: usize) -> Result<Vec<Delivery>, QueueError> {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let owed = {
+        let mut owed = {
             let credit = self.bulk_credit.lock().unwrap_or_else(|p| p.into_inner());
             (*credit as usize).min(count)
         };
+        let shards = self.queue.shards.len();
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % shards;
         let mut conn = self.queue.conn.get().await?;
-        let reply: Result<Vec<(String, String, String, String)>, _> = scripts::READ
-            .key(&self.queue.keys.jobs)
-            .key(&self.queue.keys.bulk)
-            .arg(GROUP)
-            .arg(&self.name)
-            .arg(owed)
-            .arg(count)
-            .invoke_async(&mut conn)
-            .await;
-        let entries = match reply {
-            Err(e) if is_nogroup(&e) => {
-                self.queue.ensure_group().await?;
-                return Ok(Vec::new());
+        let mut deliveries: Vec<Delivery> = Vec::new();
+        for shard in (0..shards).map(|i| ((start + i) % shards) as u32) {
+            let want = count - deliveries.len();
+            if want == 0 {
+                break;
             }
-            other => other?,
-        };
-        let deliveries: Vec<Delivery> = entries
-            .into_iter()
-            .map(|(lane, id, photo, trace)| {
+            let keys = self.queue.keys_of(shard);
+            let reply: Result<Vec<(String, String, String, String)>, _> = scripts::READ
+                .key(&keys.jobs)
+                .key(&keys.bulk)
+                .arg(GROUP)
+                .arg(&self.name)
+                .arg(owed.min(want))
+                .arg(want)
+                .invoke_async(&mut conn)
+                .await;
+            let entries = match reply {
+                Err(e) if is_nogroup(&e) => {
+                    self.queue.ensure_group().await?;
+                    continue;
+                }
+                other => other?,
+            };
+            for (lane, id, photo, trace) in entries {
                 let lane = if lane == "bulk" {
+                    owed = owed.saturating_sub(1);
                     Lane::Bulk
                 } else {
                     Lane::Interactive
                 };
-                Delivery {
+                deliveries.push(Delivery {
                     job: parse_job(Some(&Value::BulkString(photo.into_bytes()))),
-                    entry_id: token(lane, &id),
+                    entry_id: token(shard, lane, &id),
                     deliveries: 1,
                     traceparent: non_empty(trace),
-                }
-            })
-            .collect();
+                });
+            }
+        }
         if deliveries.is_empty() {
-            return self.read_blocking(count).await;
+            return self.read_blocking(count, start as u32).await;
         }
         self.settle(&deliveries);
         Ok(deliveries)
@@ -795,17 +873,19 @@ impl Consumer {
         *credit = (*credit + self.bulk_share * read.len() as f64 - bulk as f64).clamp(0.0, 1.0);
     }
 
-    /// Blocks until either lane has entries. Redis answers up to `count` from each stream;
-    /// bulk entries beyond `count` are handed back (put at the end of their stream).
-    async fn read_blocking(&self, count: usize) -> Result<Vec<Delivery>, QueueError> {
+    /// Blocks until either lane of `shard` has entries. Redis answers up to `count` from
+    /// each stream; bulk entries beyond `count` are handed back (put at the end of their
+    /// stream).
+    async fn read_blocking(&self, count: usize, shard: u32) -> Result<Vec<Delivery>, QueueError> {
         let options = StreamReadOptions::default()
             .group(GROUP, &self.name)
             .count(count)
             .block(self.block_ms as usize);
         let mut conn = self.reader.get().await?;
-        let keys = [&self.queue.keys.jobs, &self.queue.keys.bulk];
+        let keys = self.queue.keys_of(shard);
+        let streams = [&keys.jobs, &keys.bulk];
         let reply: Result<Option<StreamReadReply>, _> =
-            conn.xread_options(&keys, &[">", ">"], &options).await;
+            conn.xread_options(&streams, &[">", ">"], &options).await;
         let reply = match reply {
             Err(e) if e.code() == Some("NOGROUP") => {
                 self.queue.ensure_group().await?;
@@ -815,12 +895,16 @@ impl Consumer {
         };
         let mut deliveries: Vec<Delivery> = Vec::new();
         for key in reply.into_iter().flat_map(|r| r.keys) {
-            let lane = if key.key == self.queue.keys.bulk {
+            let lane = if key.key == keys.bulk {
                 Lane::Bulk
             } else {
                 Lane::Interactive
             };
-            deliveries.extend(key.ids.into_iter().map(|e| Delivery::from_entry(lane, e)));
+            deliveries.extend(
+                key.ids
+                    .into_iter()
+                    .map(|e| Delivery::from_entry(shard, lane, e)),
+            );
         }
         // Interactive entries first; what does not fit goes back.
         deliveries.sort_by_key(|d| locate(&d.entry_id).0 == Lane::Bulk);
@@ -846,32 +930,34 @@ impl Consumer {
         let mut conn = self.queue.conn.get().await?;
         let mut out = Vec::new();
         for lane in Lane::ALL {
-            let want = count - out.len();
-            if want == 0 {
-                break;
+            for (shard, keys) in self.queue.each_shard() {
+                let want = count - out.len();
+                if want == 0 {
+                    return Ok(out);
+                }
+                let reply: Result<Vec<(String, String, u32, String)>, _> = scripts::TAKE_OVER
+                    .key(keys.stream(lane))
+                    .arg(GROUP)
+                    .arg(&self.name)
+                    .arg(min_idle.as_millis() as u64)
+                    .arg(want)
+                    .invoke_async(&mut conn)
+                    .await;
+                let reply = match reply {
+                    Err(e) if e.code() == Some("NOGROUP") || is_nogroup(&e) => continue,
+                    other => other?,
+                };
+                out.extend(
+                    reply
+                        .into_iter()
+                        .map(|(entry_id, photo, deliveries, trace)| Delivery {
+                            job: parse_job(Some(&Value::BulkString(photo.into_bytes()))),
+                            entry_id: token(shard, lane, &entry_id),
+                            deliveries,
+                            traceparent: non_empty(trace),
+                        }),
+                );
             }
-            let reply: Result<Vec<(String, String, u32, String)>, _> = scripts::TAKE_OVER
-                .key(self.queue.keys.stream(lane))
-                .arg(GROUP)
-                .arg(&self.name)
-                .arg(min_idle.as_millis() as u64)
-                .arg(want)
-                .invoke_async(&mut conn)
-                .await;
-            let reply = match reply {
-                Err(e) if e.code() == Some("NOGROUP") || is_nogroup(&e) => continue,
-                other => other?,
-            };
-            out.extend(
-                reply
-                    .into_iter()
-                    .map(|(entry_id, photo, deliveries, trace)| Delivery {
-                        job: parse_job(Some(&Value::BulkString(photo.into_bytes()))),
-                        entry_id: token(lane, &entry_id),
-                        deliveries,
-                        traceparent: non_empty(trace),
-                    }),
-            );
         }
         Ok(out)
     }
@@ -883,11 +969,8 @@ impl Consumer {
             return Ok(());
         }
         let mut conn = self.queue.conn.get().await?;
-        for (lane, ids) in by_lane(entry_ids) {
-            if ids.is_empty() {
-                continue;
-            }
-            let mut invocation = scripts::RELEASE.key(self.queue.keys.stream(lane));
+        for (shard, lane, ids) in grouped(entry_ids) {
+            let mut invocation = scripts::RELEASE.key(self.queue.keys_of(shard).stream(lane));
             invocation.arg(GROUP).arg(&self.name);
             for (_, id) in ids {
                 invocation.arg(id);
@@ -901,10 +984,10 @@ impl Consumer {
     /// over; does not count as a delivery. False when another consumer has taken the entry
     /// over meanwhile: this worker's attempt is stale.
     pub async fn heartbeat(&self, entry_id: &str) -> Result<bool, QueueError> {
-        let (lane, id) = locate(entry_id);
+        let (shard, lane, id) = parse(entry_id);
         let mut conn = self.queue.conn.get().await?;
         let renewed: i64 = scripts::HEARTBEAT
-            .key(self.queue.keys.stream(lane))
+            .key(self.queue.keys_of(shard).stream(lane))
             .arg(GROUP)
             .arg(&self.name)
             .arg(id)
@@ -940,12 +1023,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_name_the_lane() {
+    fn tokens_name_the_shard_and_lane() {
         assert_eq!(locate("1-0"), (Lane::Interactive, "1-0"));
-        assert_eq!(locate(&token(Lane::Bulk, "1-0")), (Lane::Bulk, "1-0"));
-        let lanes = by_lane(&["1-0", "bulk:2-0", "3-0"]);
-        assert_eq!(lanes[0].1, [(0, "1-0"), (2, "3-0")]);
-        assert_eq!(lanes[1].1, [(1, "2-0")]);
+        assert_eq!(token(0, Lane::Interactive, "1-0"), "1-0");
+        assert_eq!(token(0, Lane::Bulk, "1-0"), "bulk:1-0");
+        assert_eq!(token(3, Lane::Bulk, "1-0"), "s3:bulk:1-0");
+        for shard in [0, 1, 63] {
+            for lane in Lane::ALL {
+                assert_eq!(parse(&token(shard, lane, "9-1")), (shard, lane, "9-1"));
+            }
+        }
+        let groups = grouped(&["1-0", "bulk:2-0", "3-0", "s2:4-0", "s2:bulk:5-0", "s2:6-0"]);
+        assert_eq!(
+            groups,
+            vec![
+                (0, Lane::Interactive, vec![(0, "1-0"), (2, "3-0")]),
+                (0, Lane::Bulk, vec![(1, "2-0")]),
+                (2, Lane::Interactive, vec![(3, "4-0"), (5, "6-0")]),
+                (2, Lane::Bulk, vec![(4, "5-0")]),
+            ]
+        );
+    }
+
+    #[test]
+    fn shards_have_tags_of_their_own() {
+        let zero = Keys::shard("pq", 0);
+        assert_eq!(zero.jobs, "{pq}:jobs");
+        assert_eq!(zero.other("rate:x"), "{pq}:rate:x");
+        let two = Keys::shard("pq", 2);
+        assert_eq!(
+            [two.jobs, two.bulk, two.delayed, two.bulk_delayed, two.dead],
+            [
+                "{pq:2}:jobs",
+                "{pq:2}:bulk",
+                "{pq:2}:delayed",
+                "{pq:2}:bulk-delayed",
+                "{pq:2}:dead"
+            ]
+        );
     }
 
     #[test]

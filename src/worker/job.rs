@@ -538,7 +538,7 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
         let etag = hex::encode(&Sha256::digest(&v.data)[..16]);
         let bytes = v.data.len() as i64;
         ctx.storage
-            .put(&key, Bytes::from(v.data))
+            .put(&key, Bytes::from(v.data), v.content_type)
             .instrument(store_span.clone())
             .await?;
         variants.push(Variant {
@@ -588,7 +588,11 @@ async fn download(
         "downloaded"
     );
     ctx.storage
-        .put(&photo.original_key, fetched.bytes.clone())
+        .put(
+            &photo.original_key,
+            fetched.bytes.clone(),
+            fetched.format.mime(),
+        )
         .instrument(span)
         .await?;
     ctx.metrics.stage("download", started.elapsed());

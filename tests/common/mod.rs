@@ -4,6 +4,8 @@
 
 pub mod cluster;
 pub mod fixture;
+pub mod redis_cluster;
+pub mod s3;
 pub mod sse;
 
 use std::path::{Path, PathBuf};
@@ -319,6 +321,15 @@ impl TestApp {
             0,
             "entries left pending"
         );
+        // A cluster of the test's own goes with the test.
+        if !self.config.redis.cluster {
+            self.remove_redis_keys().await;
+        }
+        drop_database(&self.name).await;
+        let _ = std::fs::remove_dir_all(&self.config.storage.root);
+    }
+
+    async fn remove_redis_keys(&self) {
         let client = redis::Client::open(self.config.redis.url.as_str()).expect("redis client");
         let mut conn = client
             .get_multiplexed_async_connection()
@@ -336,18 +347,18 @@ impl TestApp {
                 .await
                 .expect("del");
         }
-        let mut admin = AsyncPgConnection::establish(&format!("{}/postgres", pg_server()))
-            .await
-            .expect("admin connection");
-        diesel::sql_query(format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.name
-        ))
+    }
+}
+
+/// Drops a test's database (its processes stopped or not).
+pub async fn drop_database(name: &str) {
+    let mut admin = AsyncPgConnection::establish(&format!("{}/postgres", pg_server()))
+        .await
+        .expect("admin connection");
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .execute(&mut admin)
         .await
         .expect("drop database");
-        let _ = std::fs::remove_dir_all(&self.config.storage.root);
-    }
 }
 
 /// The error body's code, asserting the body has the documented shape.

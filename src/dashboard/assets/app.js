@@ -481,7 +481,9 @@ async function viewPhoto(root, id) {
   for (const v of p.variants) {
     const img = h("img", { alt: `${v.name} variant, ${v.width} by ${v.height} pixels`, width: v.width, height: v.height, "data-blob": true });
     variants.append(h("figure", {}, img, h("figcaption", {}, `${v.name} · ${v.width}×${v.height} · ${v.content_type} · ${v.bytes} bytes`)));
-    api(v.url).then((blob) => { img.src = URL.createObjectURL(blob); }).catch(() => { img.alt += " (could not load)"; });
+    // The bytes through the API even where storage serves by redirects: the page may
+    // only connect to its own origin.
+    api(`${v.url}?redirect=false`).then((blob) => { img.src = URL.createObjectURL(blob); }).catch(() => { img.alt += " (could not load)"; });
   }
   // Shown again when the photo changes (and if it changed while it was being read).
   if (changed) route();
