@@ -2,8 +2,9 @@
 //! this machine, driven over HTTP.
 //!
 //!   cargo bench --bench e2e -- [--photos N] [--workers W] [--concurrency C] [--dir DIR]
+//!                                  [--costs]
 //!   cargo bench --bench e2e -- --no-op [--jobs N] [--workers W] [--concurrency C] [--no-events]
-//!                                  [--scrapes S]
+//!                                  [--scrapes S] [--costs]
 //!   cargo bench --bench e2e -- --uploads N --upload-mib M
 //!
 //! Image mode uploads N photos from DIR (cycled; default the 12 MP set under
@@ -23,6 +24,13 @@
 //! of its `/metrics` (once the queue-wide gauges are in it), printing the median, p99 and
 //! the size of the answer.
 //!
+//! `--costs` adds what the run cost per job (`benches/usage`): CPU of the API and worker
+//! processes, of PostgreSQL and of Redis, SQL statements (when the server has
+//! pg_stat_statements in shared_preload_libraries), Redis commands and bytes stored; the
+//! driver then polls once a second instead of every 50 ms, so it adds little of its own.
+//! In no-op mode the jobs are published by the driver itself (its CPU is not counted; the
+//! statements and commands of publishing are).
+//!
 //! Upload mode starts `photoq serve` alone and has N clients upload one file of M MiB each,
 //! all at once; it prints the API process's peak RSS (VmHWM) and how many were accepted.
 //!
@@ -37,6 +45,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -56,9 +65,13 @@ const UPLOADERS: usize = 4;
 const PUBLISH_CHUNK: usize = 5000;
 const POLL: Duration = Duration::from_millis(50);
 const TIMEOUT: Duration = Duration::from_secs(1800);
+/// How often the driver looks for the end of a run whose costs are measured.
+const COST_POLL: Duration = Duration::from_secs(1);
 
 struct Args {
     no_op: bool,
+    /// Report the run's cost per job.
+    costs: bool,
     /// No-op mode without the event log's triggers.
     no_events: bool,
     /// No-op mode: scrapes of `/metrics` timed at the end.
@@ -75,6 +88,7 @@ struct Args {
 fn args() -> Args {
     let mut a = Args {
         no_op: false,
+        costs: false,
         no_events: false,
         scrapes: 0,
         uploads: 0,
@@ -89,6 +103,7 @@ fn args() -> Args {
         let mut value = || it.next().expect("a value after the flag");
         match arg.as_str() {
             "--no-op" => a.no_op = true,
+            "--costs" => a.costs = true,
             "--no-events" => a.no_events = true,
             "--scrapes" => a.scrapes = value().parse().expect("a number"),
             "--photos" | "--jobs" => a.count = value().parse().expect("a number"),
@@ -183,6 +198,15 @@ async fn images(a: Args) {
     procs.push(api);
 
     let files = photo_files(a.dir);
+    let mut db = AsyncPgConnection::establish(&cluster.database_url())
+        .await
+        .expect("db");
+    let usage_before = if a.costs {
+        Some(usage::Usage::take(&[], &mut db, &cluster.redis_url).await)
+    } else {
+        None
+    };
+    let poll = if a.costs { COST_POLL } else { POLL };
     let started = Utc::now();
     let clock = Instant::now();
     let batches: Vec<Vec<(String, Vec<u8>)>> = (0..a.count)
@@ -211,7 +235,7 @@ async fn images(a: Args) {
             }
             assert!(clock.elapsed() < TIMEOUT, "timed out");
             assert_alive(&mut procs);
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(poll).await;
         }
         let list = client
             .get(&format!("/v1/photos?batch={id}&limit=100"))
@@ -219,7 +243,23 @@ async fn images(a: Args) {
         photos.extend(list["photos"].as_array().cloned().unwrap_or_default());
     }
     let rss: Vec<f64> = workers.iter().filter_map(|&p| peak_rss_mib(p)).collect();
+    let costs = match usage_before {
+        Some(before) => {
+            let pids: Vec<u32> = procs.iter().map(Proc::pid).collect();
+            let after = usage::Usage::take(&pids, &mut db, &cluster.redis_url).await;
+            let stored: u64 = cluster
+                .stored("")
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            Some((before, after, stored))
+        }
+        None => None,
+    };
+    let api_rss = peak_rss_mib(procs.last().map(Proc::pid).unwrap_or(0));
     drop(procs);
+    drop(db);
     cluster.cleanup().await;
 
     assert_eq!(photos.len(), a.count, "every photo listed");
@@ -257,6 +297,14 @@ async fn images(a: Args) {
     );
     let rss: Vec<String> = rss.iter().map(|r| format!("{r:.0}")).collect();
     println!("  peak worker RSS (MiB): {}", rss.join(", "));
+    if let Some(r) = api_rss {
+        println!("  peak API RSS (MiB):    {r:.0}");
+    }
+    if let Some((before, after, stored)) = costs {
+        let mut roles = vec!["photoq work"; a.workers];
+        roles.push("photoq serve");
+        after.report(&before, &roles, a.count, stored);
+    }
 }
 
 /// Redis's `used_memory`, in bytes.
@@ -353,6 +401,15 @@ async fn no_op(a: Args) {
         }
     }
     let memory_before = used_memory(&cluster.redis_url).await;
+    let mut db = AsyncPgConnection::establish(&cluster.database_url())
+        .await
+        .expect("db");
+    let usage_before = if a.costs {
+        Some(usage::Usage::take(&[], &mut db, &cluster.redis_url).await)
+    } else {
+        None
+    };
+    let poll = if a.costs { COST_POLL } else { POLL };
 
     let clock = Instant::now();
     let mut remaining = a.count;
@@ -403,7 +460,7 @@ async fn no_op(a: Args) {
         }
         assert!(clock.elapsed() < TIMEOUT, "timed out");
         assert_alive(&mut procs);
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(poll).await;
     }
     let wall = clock.elapsed();
     // The sequencer numbers the changes after their commits: with events on, the run is
@@ -439,14 +496,24 @@ async fn no_op(a: Args) {
             }
             checks += 1;
             assert!(clock.elapsed() < TIMEOUT, "changes left unsequenced");
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(poll).await;
         }
     }
     // Completion is recorded before the acknowledgement: wait for the stream to empty.
     while queue.stream_len().await.expect("xlen") > 0 {
         assert!(clock.elapsed() < TIMEOUT, "entries left in the stream");
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(poll).await;
     }
+    let costs = match usage_before {
+        Some(before) => {
+            let pids: Vec<u32> = procs.iter().map(Proc::pid).collect();
+            Some((
+                before,
+                usage::Usage::take(&pids, &mut db, &cluster.redis_url).await,
+            ))
+        }
+        None => None,
+    };
     let memory_after = used_memory(&cluster.redis_url).await;
     let stream_after = queue.stream_len().await.expect("xlen");
 
@@ -480,6 +547,7 @@ async fn no_op(a: Args) {
         None
     };
     drop(conn);
+    drop(db);
     drop(pool);
     cluster.cleanup().await;
 
@@ -522,6 +590,9 @@ async fn no_op(a: Args) {
         memory_after as f64 / 1048576.0,
         (memory_after as f64 / memory_before as f64 - 1.0) * 100.0
     );
+    if let Some((before, after)) = costs {
+        after.report(&before, &vec!["photoq work --no-op"; a.workers], a.count, 0);
+    }
 }
 
 /// Starts `photoq serve` and times `n` sequential scrapes of its `/metrics`, once the

@@ -239,21 +239,14 @@ async fn storage_migrate_copies_local_to_s3_resumably_and_verified() {
     assert_eq!(local_objects.len(), 9, "{local_objects:?}");
 
     // An earlier, interrupted run: one object copied, another cut short.
-    let put = |key: &str, body: Vec<u8>| {
-        let url = s3.url(&format!("/photoq-test/moved/{key}"));
-        async move {
-            let res = common::http_client()
-                .put(url)
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert!(res.status().is_success());
-        }
-    };
     let (first, second) = (&local_objects[0], &local_objects[1]);
-    put(first, std::fs::read(root.join(first)).unwrap()).await;
-    put(second, b"cut short".to_vec()).await;
+    s3.put(
+        &format!("moved/{first}"),
+        std::fs::read(root.join(first)).unwrap(),
+    )
+    .await;
+    s3.put(&format!("moved/{second}"), b"cut short".to_vec())
+        .await;
 
     let migrate = || {
         let out = Command::new(common::cluster::BIN)
@@ -264,6 +257,7 @@ async fn storage_migrate_copies_local_to_s3_resumably_and_verified() {
             .env("PHOTOQ_STORAGE_BUCKET", common::s3::BUCKET)
             .env("PHOTOQ_STORAGE_PREFIX", "moved")
             .env("PHOTOQ_STORAGE_ENDPOINT", s3.endpoint())
+            .env("PHOTOQ_STORAGE_REGION", s3.region())
             .env("PHOTOQ_STORAGE_PATH_STYLE", "true")
             .env("PHOTOQ_STORAGE_ALLOW_HTTP", "true")
             .output()
