@@ -197,16 +197,8 @@ async fn images(a: Args) {
     let workers: Vec<u32> = procs.iter().map(Proc::pid).collect();
     procs.push(api);
 
-    let files = photo_files(a.dir);
-    let mut db = AsyncPgConnection::establish(&cluster.database_url())
-        .await
-        .expect("db");
-    let usage_before = if a.costs {
-        Some(usage::Usage::take(&[], &mut db, &cluster.redis_url).await)
-    } else {
-        None
-    };
-    let poll = if a.costs { COST_POLL } else { POLL };
+    let files = photo_files(a.dir.clone());
+    let (mut db, usage_before, poll) = costs_from_now(&a, &cluster).await;
     let started = Utc::now();
     let clock = Instant::now();
     let batches: Vec<Vec<(String, Vec<u8>)>> = (0..a.count)
@@ -307,6 +299,23 @@ async fn images(a: Args) {
     }
 }
 
+/// A connection to the run's database, what was used so far when the run's costs are
+/// measured, and how often the driver polls then.
+async fn costs_from_now(
+    a: &Args,
+    cluster: &Cluster,
+) -> (AsyncPgConnection, Option<usage::Usage>, Duration) {
+    let mut db = AsyncPgConnection::establish(&cluster.database_url())
+        .await
+        .expect("db");
+    if a.costs {
+        let before = usage::Usage::take(&[], &mut db, &cluster.redis_url).await;
+        (db, Some(before), COST_POLL)
+    } else {
+        (db, None, POLL)
+    }
+}
+
 /// Redis's `used_memory`, in bytes.
 async fn used_memory(url: &str) -> u64 {
     let mut conn = redis::Client::open(url)
@@ -401,15 +410,7 @@ async fn no_op(a: Args) {
         }
     }
     let memory_before = used_memory(&cluster.redis_url).await;
-    let mut db = AsyncPgConnection::establish(&cluster.database_url())
-        .await
-        .expect("db");
-    let usage_before = if a.costs {
-        Some(usage::Usage::take(&[], &mut db, &cluster.redis_url).await)
-    } else {
-        None
-    };
-    let poll = if a.costs { COST_POLL } else { POLL };
+    let (mut db, usage_before, poll) = costs_from_now(&a, &cluster).await;
 
     let clock = Instant::now();
     let mut remaining = a.count;

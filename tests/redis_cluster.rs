@@ -6,24 +6,8 @@
 mod common;
 
 use common::redis_cluster::RedisCluster;
-use common::{corpus_dir, read, TestApp};
+use common::{three_photos, TestApp};
 use serde_json::Value;
-
-fn photos() -> Vec<(String, Vec<u8>)> {
-    [
-        "jpg/Canon_40D.jpg",
-        "jpg/gps/DSCN0010.jpg",
-        "jpg/Kodak_CX7530.jpg",
-    ]
-    .iter()
-    .map(|p| {
-        (
-            p.rsplit('/').next().unwrap().to_owned(),
-            read(corpus_dir().join(p)),
-        )
-    })
-    .collect()
-}
 
 /// How many entries each shard's interactive stream has delivered to the workers' group.
 async fn delivered_per_shard(cluster: &RedisCluster, app: &TestApp) -> Vec<u64> {
@@ -53,7 +37,7 @@ async fn delivered_per_shard(cluster: &RedisCluster, app: &TestApp) -> Vec<u64> 
 async fn upload_batches(app: &TestApp, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for _ in 0..n {
-        let batch: Value = app.upload_ok(photos()).await;
+        let batch: Value = app.upload_ok(three_photos()).await;
         ids.push(batch["batch_id"].as_str().unwrap().to_owned());
     }
     ids

@@ -9,24 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::s3::S3Server;
-use common::{corpus_dir, read, TestApp, SETTLE_TIMEOUT};
+use common::{three_photos, TestApp, SETTLE_TIMEOUT};
 use serde_json::Value;
-
-fn photos() -> Vec<(String, Vec<u8>)> {
-    [
-        "jpg/Canon_40D.jpg",
-        "jpg/gps/DSCN0010.jpg",
-        "jpg/Kodak_CX7530.jpg",
-    ]
-    .iter()
-    .map(|p| {
-        (
-            p.rsplit('/').next().unwrap().to_owned(),
-            read(corpus_dir().join(p)),
-        )
-    })
-    .collect()
-}
 
 /// A PNG of noise, larger than one S3 part (5 MiB), so its upload is a multipart one.
 fn large_png() -> Vec<u8> {
@@ -69,7 +53,7 @@ async fn photos_are_stored_in_the_bucket_and_served_by_presigned_redirects() {
         .config(&s3.config("tenant-a", "serve = \"redirect\"\nredirect_ttl_secs = 600"))
         .start()
         .await;
-    let mut files = photos();
+    let mut files = three_photos();
     files.push(("noise.png".into(), large_png()));
     let batch = app.upload_ok(files.clone()).await;
     let batch_id = batch["batch_id"].as_str().unwrap();
@@ -170,14 +154,14 @@ async fn storage_unreachable_mid_run_jobs_are_retried_and_nothing_is_lost() {
         .await;
     let mut batches = Vec::new();
     for _ in 0..2 {
-        let batch = app.upload_ok(photos()).await;
+        let batch = app.upload_ok(three_photos()).await;
         batches.push(batch["batch_id"].as_str().unwrap().to_owned());
     }
     s3.pause();
     let app = app.restart(&format!("{s3_config}\n{retry}")).await;
 
     // Attempts fail on storage while it is unreachable (and the uploads are refused).
-    let refused = app.upload(photos()).await;
+    let refused = app.upload(three_photos()).await;
     assert_eq!(refused.status(), 503);
     assert_eq!(common::error_code(refused).await, "unavailable");
     let deadline = Instant::now() + SETTLE_TIMEOUT;
@@ -221,7 +205,7 @@ async fn storage_unreachable_mid_run_jobs_are_retried_and_nothing_is_lost() {
 async fn storage_migrate_copies_local_to_s3_resumably_and_verified() {
     let s3 = S3Server::start().await;
     let app = TestApp::start().await;
-    let batch = app.upload_ok(photos()).await;
+    let batch = app.upload_ok(three_photos()).await;
     let batch_id = batch["batch_id"].as_str().unwrap().to_owned();
     assert_eq!(app.wait_batch(&batch_id).await["completed"], 3);
     let photos = app.batch_photos(&batch_id).await;

@@ -40,6 +40,21 @@ pub fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/exif-samples")
 }
 
+/// Three small camera JPEGs of the corpus, as (file name, bytes).
+pub fn three_photos() -> Vec<(String, Vec<u8>)> {
+    [
+        "jpg/Canon_40D.jpg",
+        "jpg/gps/DSCN0010.jpg",
+        "jpg/Kodak_CX7530.jpg",
+    ]
+    .iter()
+    .map(|p| {
+        let name = p.rsplit('/').next().unwrap_or(p).to_owned();
+        (name, read(corpus_dir().join(p)))
+    })
+    .collect()
+}
+
 /// How long a test waits for photos to reach a final state before failing.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(100);
