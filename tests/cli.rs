@@ -26,6 +26,9 @@ fn every_command_has_help() {
         vec!["dlq", "redrive", "--help"],
         vec!["render", "--help"],
         vec!["import", "--help"],
+        vec!["storage", "--help"],
+        vec!["storage", "migrate", "--help"],
+        vec!["health", "--help"],
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -39,6 +42,27 @@ fn every_command_has_help() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
+}
+
+#[test]
+fn health_fails_when_nothing_answers_and_migrate_refuses_one_backend_twice() {
+    let port = common::free_port();
+    let out = Command::new(BIN)
+        .args([
+            "health",
+            "--url",
+            &format!("http://127.0.0.1:{port}/healthz"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not healthy"));
+    let out = Command::new(BIN)
+        .args(["storage", "migrate", "--from", "local", "--to", "local"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("same backend"));
 }
 
 #[test]

@@ -1,10 +1,10 @@
 //! Responses that carry image bytes, documented as files in the OpenAPI document.
 
+use std::time::Duration;
+
 use actix_web::body::BoxBody;
 use actix_web::http::header::{self, EntityTag};
 use actix_web::{HttpRequest, HttpResponse, Responder};
-use std::time::Duration;
-
 use bytes::Bytes;
 use paperclip::actix::{Apiv2Schema, OperationModifier};
 use paperclip::v2::models::{DataType, DefaultOperationRaw, DefaultSchemaRaw, Either, Response};
