@@ -155,7 +155,7 @@ impl StorageConfig {
             bucket: String::new(),
             prefix: String::new(),
             endpoint: String::new(),
-            region: "us-east-1".into(),
+            region: String::new(),
             path_style: false,
             allow_http: false,
             timeout_secs: 30,

@@ -280,6 +280,14 @@ async fn uploads_survive_redis_outages_and_lost_data() {
         (ready["database"].as_str(), ready["redis"].as_str()),
         (Some("up"), Some("down"))
     );
+    // Ready all the same for a load balancer that knows uploads go on without Redis.
+    let ready = app.get_public("/readyz?redis=optional").await;
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(
+        (ready["status"].as_str(), ready["redis"].as_str()),
+        (Some("ready"), Some("down"))
+    );
 
     // Redis comes up: the reconciler publishes, the workers connect and finish.
     redis.start().await;

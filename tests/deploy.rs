@@ -93,9 +93,23 @@ fn compose_file_matches_the_compose_specification() {
     assert_eq!(services["migrate"]["command"][0], "migrate");
 }
 
-/// Every manifest the kustomization lists, and only those, is in the directory.
+/// Every manifest of the kustomizations (the application's and the migration Job's); each
+/// lists every manifest of its directory, and both run the same image.
 fn manifests() -> Vec<PathBuf> {
-    let dir = repo("deploy/k8s");
+    let app = repo("deploy/k8s");
+    let migrate = app.join("migrate");
+    let image = |dir: &Path| yaml_docs(&dir.join("kustomization.yaml"))[0]["images"].clone();
+    assert_eq!(
+        image(&app),
+        image(&migrate),
+        "the migration Job runs another image"
+    );
+    let mut all = listed(&app);
+    all.extend(listed(&migrate));
+    all
+}
+
+fn listed(dir: &Path) -> Vec<PathBuf> {
     let kustomization = &yaml_docs(&dir.join("kustomization.yaml"))[0];
     let listed: Vec<String> = kustomization["resources"]
         .as_sequence()
@@ -103,7 +117,7 @@ fn manifests() -> Vec<PathBuf> {
         .iter()
         .map(|r| r.as_str().unwrap().to_owned())
         .collect();
-    let mut present: Vec<String> = std::fs::read_dir(&dir)
+    let mut present: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -193,7 +207,7 @@ fn kubernetes_timings_agree_with_photoq() {
     assert!(api["terminationGracePeriodSeconds"].as_i64().unwrap() >= pre_stop + 30);
     assert_eq!(
         api["containers"][0]["readinessProbe"]["httpGet"]["path"],
-        "/readyz"
+        "/readyz?redis=optional"
     );
     assert_eq!(
         api["containers"][0]["livenessProbe"]["httpGet"]["path"],

@@ -316,11 +316,15 @@ async fn postgres_restart_mid_run() {
     assert_eq!(common::error_code(res).await, "unavailable");
     let ready = client
         .http
-        .get(format!("{base}/readyz"))
+        .get(format!("{base}/readyz?redis=optional"))
         .send()
         .await
         .unwrap();
-    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        ready.status(),
+        503,
+        "PostgreSQL is required whatever Redis's need"
+    );
     pg.start();
 
     assert_all_completed(&cluster, &client, &batches).await;

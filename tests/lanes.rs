@@ -14,11 +14,16 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 async fn queue_and_consumer(share: f64) -> (Queue, Consumer, String) {
+    sharded_queue_and_consumer(share, 1).await
+}
+
+async fn sharded_queue_and_consumer(share: f64, shards: u32) -> (Queue, Consumer, String) {
     let prefix = format!("pqlanes_{}", &Uuid::new_v4().simple().to_string()[..10]);
     let mut config = photoq::config::Config::defaults().unwrap().redis;
     config.url = common::redis_url();
     config.prefix = prefix.clone();
     config.block_ms = 50;
+    config.shards = shards;
     let queue = Queue::new(&config).unwrap();
     queue.ensure_group().await.unwrap();
     let consumer = Consumer::new(&config, queue.clone(), "reader".into())
@@ -30,8 +35,9 @@ async fn queue_and_consumer(share: f64) -> (Queue, Consumer, String) {
 async fn drop_keys(prefix: &str) {
     let client = redis::Client::open(common::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // Shard 0's keys and every other shard's (`{prefix:k}:…`).
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{{{prefix}}}:*"))
+        .arg(format!("{{{prefix}*"))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -46,6 +52,51 @@ async fn drop_keys(prefix: &str) {
 
 fn ids(n: usize) -> Vec<Uuid> {
     (0..n).map(|_| Uuid::now_v7()).collect()
+}
+
+#[tokio::test]
+async fn shards_interactive_first_across_shards_and_dropped_shards_count_as_gone() {
+    let (queue, consumer, prefix) = sharded_queue_and_consumer(0.25, 3).await;
+    // Enqueues are dealt out over the shards in turn: bulk work in shard 0, uploads in
+    // shard 1.
+    let bulk = queue.enqueue(Lane::Bulk, &ids(4)).await.unwrap();
+    let uploads = queue.enqueue(Lane::Interactive, &ids(2)).await.unwrap();
+    assert!(bulk.iter().all(|t| !t.starts_with('s')), "{bulk:?}");
+    assert!(uploads.iter().all(|t| t.starts_with("s1:")), "{uploads:?}");
+    // The first read starts at shard 0, which holds only bulk work: the uploads of shard 1
+    // come first all the same.
+    let got = consumer.read(2).await.unwrap();
+    let mut tokens: Vec<&str> = got.iter().map(|d| d.entry_id.as_str()).collect();
+    tokens.sort();
+    let mut expected: Vec<&str> = uploads.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(tokens, expected);
+    // Then bulk work, from any shard.
+    let more = consumer.read(10).await.unwrap();
+    assert_eq!(more.len(), 4);
+    assert!(more.iter().all(|d| locate(&d.entry_id).0 == Lane::Bulk));
+    queue
+        .ack_many(&more.iter().map(|d| &d.entry_id).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    queue.ack_many(&uploads).await.unwrap();
+
+    // Waiting in shard 2, then the queue is cut to one shard: the entry is gone for the
+    // reconciler (no worker reads shard 2 any more), which publishes its photo again.
+    let stranded = queue.enqueue(Lane::Interactive, &ids(1)).await.unwrap();
+    assert!(stranded[0].starts_with("s2:"), "{stranded:?}");
+    let mut config = photoq::config::Config::defaults().unwrap().redis;
+    config.url = common::redis_url();
+    config.prefix = prefix.clone();
+    let waiting = queue.entry_status(&[stranded[0].as_str()]).await.unwrap();
+    assert_eq!(waiting, [photoq::queue::EntryStatus::Waiting]);
+    let one_shard = Queue::new(&config).unwrap();
+    let gone = one_shard
+        .entry_status(&[stranded[0].as_str()])
+        .await
+        .unwrap();
+    assert_eq!(gone, [photoq::queue::EntryStatus::Gone]);
+    drop_keys(&prefix).await;
 }
 
 #[tokio::test]

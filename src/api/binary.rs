@@ -17,8 +17,8 @@ use crate::storage::Storage;
 const CACHE_CONTROL: &str = "private, max-age=31536000, immutable";
 
 /// Options of the routes that serve stored images.
+/// Other parameters are ignored (cache busters, say).
 #[derive(Debug, Deserialize, Apiv2Schema)]
-#[serde(deny_unknown_fields)]
 pub struct ServeQuery {
     /// With `storage.serve = "redirect"`: `false` asks for the bytes through the API instead
     /// of a redirect to the bucket (for pages whose policy allows only their own origin).

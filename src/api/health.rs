@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
-use paperclip::actix::{api_v2_operation, web::Json};
+use paperclip::actix::{api_v2_operation, web::Json, Apiv2Schema};
+use serde::Deserialize;
 
 use super::models::{Health, Readiness};
 use super::AppState;
@@ -21,24 +22,40 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
+/// What readiness requires of Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Apiv2Schema)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisNeed {
+    /// Not ready while Redis does not answer.
+    #[default]
+    Required,
+    /// Ready while PostgreSQL answers: uploads are still accepted without Redis (their jobs
+    /// are published once it is back), so a load balancer may keep sending them here.
+    Optional,
+}
+
+#[derive(Debug, Deserialize, Apiv2Schema)]
+pub struct ReadyQuery {
+    /// `optional`: ready whenever PostgreSQL answers (the Kubernetes manifests use it, so
+    /// a Redis outage does not take every API process out of service). Default `required`.
+    redis: Option<RedisNeed>,
+}
+
 /// Readiness
 ///
-/// 200 when PostgreSQL and Redis both answer, 503 otherwise; the body says which is down.
+/// 200 when PostgreSQL and Redis both answer (or PostgreSQL alone, with
+/// `?redis=optional`), 503 otherwise; the body says which is down.
 #[api_v2_operation(tags(Operations))]
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+pub async fn readyz(state: web::Data<AppState>, query: web::Query<ReadyQuery>) -> HttpResponse {
     let (db_ok, redis_ok) = probe(&state).await;
+    let ready = db_ok && (redis_ok || query.redis == Some(RedisNeed::Optional));
     let up = |ok: bool| if ok { "up" } else { "down" }.to_owned();
     let body = Readiness {
-        status: if db_ok && redis_ok {
-            "ready"
-        } else {
-            "unavailable"
-        }
-        .into(),
+        status: if ready { "ready" } else { "unavailable" }.into(),
         database: up(db_ok),
         redis: up(redis_ok),
     };
-    if db_ok && redis_ok {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

@@ -318,8 +318,8 @@ impl Queue {
         &self.shards
     }
 
-    /// The keys of a shard an entry token names (one past the configured number too, for
-    /// entries published before it was lowered).
+    /// The keys of a shard an entry token names (past the configured number too, for
+    /// entries published before it was lowered: they can still be acknowledged).
     fn keys_of(&self, shard: u32) -> Cow<'_, Keys> {
         match self.shards.get(shard as usize) {
             Some(keys) => Cow::Borrowed(keys),
@@ -497,6 +497,11 @@ impl Queue {
         let mut conn = self.conn.get().await?;
         let mut out = vec![EntryStatus::Gone; entry_ids.len()];
         for (shard, lane, ids) in grouped(entry_ids) {
+            // A shard no longer configured is read by no worker: its entries count as
+            // gone, so the reconciler publishes their photos again on the shards in use.
+            if shard as usize >= self.shards.len() {
+                continue;
+            }
             let mut invocation = scripts::ENTRY_STATUS.key(self.keys_of(shard).stream(lane));
             invocation.arg(GROUP);
             for (_, id) in &ids {
@@ -803,7 +808,7 @@ impl Consumer {
     }
 
     /// Reads up to `count` new entries: interactive ones first, bulk ones with what is
-    /// left, and bulk ones first when the bulk lane is owed its share; shard after shard,
+    /// left, and bulk ones first when the bulk lane is owed its share; over every shard,
     /// starting from a different one each time. When every stream is empty, blocks up to the
     /// configured time for the first entry of either lane of one shard (the next in turn).
     /// Recreates the groups if Redis lost them.
@@ -819,7 +824,14 @@ impl Consumer {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed) % shards;
         let mut conn = self.queue.conn.get().await?;
         let mut deliveries: Vec<Delivery> = Vec::new();
-        for shard in (0..shards).map(|i| ((start + i) % shards) as u32) {
+        // With several shards, interactive entries of every shard come before the bulk
+        // entries of any (beyond those owed): a first pass takes only those, a second fills
+        // up with bulk ones. With one shard, one pass does both.
+        let passes: &[bool] = if shards == 1 { &[true] } else { &[false, true] };
+        let order = passes
+            .iter()
+            .flat_map(|&fill| (0..shards).map(move |i| (((start + i) % shards) as u32, fill)));
+        for (shard, fill_with_bulk) in order {
             let want = count - deliveries.len();
             if want == 0 {
                 break;
@@ -832,6 +844,7 @@ impl Consumer {
                 .arg(&self.name)
                 .arg(owed.min(want))
                 .arg(want)
+                .arg(if fill_with_bulk { 1 } else { 0 })
                 .invoke_async(&mut conn)
                 .await;
             let entries = match reply {

@@ -55,10 +55,11 @@ return #due
     )
 });
 
-/// KEYS: interactive stream, bulk stream. ARGV: group, consumer, bulk entries owed, count.
-/// Reads up to `count` new entries without blocking: first the bulk entries owed, then
-/// interactive ones, then bulk ones with what is left. Returns {lane, entry id, photo id
-/// or '', traceparent or ''} for each.
+/// KEYS: interactive stream, bulk stream. ARGV: group, consumer, bulk entries owed, count,
+/// 1 to fill up with bulk entries (0: interactive and owed ones only). Reads up to `count`
+/// new entries without blocking: first the bulk entries owed, then interactive ones, then
+/// bulk ones with what is left. Returns {lane, entry id, photo id or '', traceparent or
+/// ''} for each.
 pub static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -81,7 +82,7 @@ local function take(key, lane, n)
 end
 take(KEYS[2], 'bulk', math.min(tonumber(ARGV[3]), count))
 take(KEYS[1], 'interactive', count - #out)
-take(KEYS[2], 'bulk', count - #out)
+if ARGV[5] == '1' then take(KEYS[2], 'bulk', count - #out) end
 return out
 ",
     )

@@ -54,10 +54,9 @@ const LOCAL_PART_BYTES: usize = 1024 * 1024;
 /// smaller than one part is sent with a single PUT, a larger one as a multipart upload.
 const S3_PART_BYTES: usize = 5 * 1024 * 1024;
 /// Requests to S3 are retried this often within photoq's own attempt (which has its own
-/// retries with backoff), each waiting at most this long, so a storage outage fails the
-/// attempt in seconds rather than holding it for minutes.
+/// retries with backoff), and only within `storage.timeout_secs` of the first, so a
+/// storage outage fails the attempt in seconds rather than holding it for minutes.
 const S3_RETRIES: usize = 2;
-const S3_RETRY_TIMEOUT: Duration = Duration::from_secs(15);
 const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The backend's handle for presigned URLs, and where its keys start.
@@ -253,7 +252,6 @@ fn s3_client(config: &StorageConfig) -> Result<AmazonS3, StorageError> {
     // environment gives, a proxy say, and the allow_http just set).
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(&config.bucket)
-        .with_region(&config.region)
         .with_virtual_hosted_style_request(!config.path_style)
         .with_allow_http(config.allow_http)
         .with_config(
@@ -266,9 +264,13 @@ fn s3_client(config: &StorageConfig) -> Result<AmazonS3, StorageError> {
         )
         .with_retry(RetryConfig {
             max_retries: S3_RETRIES,
-            retry_timeout: S3_RETRY_TIMEOUT,
+            retry_timeout: timeout,
             ..Default::default()
         });
+    // Unset, the region comes from AWS_REGION (else us-east-1).
+    if !config.region.is_empty() {
+        builder = builder.with_region(&config.region);
+    }
     if !config.endpoint.is_empty() {
         builder = builder.with_endpoint(&config.endpoint);
     }
