@@ -10,7 +10,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::cluster::{wait_until_up, Client, BIN};
 use common::{corpus_dir, pg_server, read};
@@ -335,17 +334,17 @@ async fn the_image_root_filesystem_runs_photoq_as_its_user() {
     let stored = rootfs
         .join(home.trim_start_matches('/'))
         .join("data/variants");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let owner = loop {
-        let file = walk(&stored).into_iter().next();
-        if let Some(f) = file {
-            use std::os::unix::fs::MetadataExt;
-            break std::fs::metadata(f).unwrap().uid();
-        }
-        assert!(Instant::now() < deadline, "no variant stored");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(owner.to_string(), uid);
+    // Variants are stored before the photo's completion is committed.
+    let variants = common::stored_objects(&stored);
+    assert!(!variants.is_empty(), "no variant stored");
+    for file in variants {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().uid().to_string(),
+            uid,
+            "{file:?}"
+        );
+    }
 
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -354,19 +353,4 @@ async fn the_image_root_filesystem_runs_photoq_as_its_user() {
     assert!(status.success(), "photoq all exited {status}");
     let _ = std::fs::remove_dir_all(rootfs.join(home.trim_start_matches('/')).join("data"));
     common::drop_database(&name).await;
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.path().is_dir() {
-                dirs.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
 }

@@ -219,7 +219,11 @@ async fn storage_migrate_copies_local_to_s3_resumably_and_verified() {
         before.push(objects);
     }
     let root = app.config.storage.root.clone();
-    let local_objects = walk(&root);
+    // The stored objects, as keys relative to the storage root.
+    let local_objects: Vec<String> = common::stored_objects(&root)
+        .iter()
+        .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
     assert_eq!(local_objects.len(), 9, "{local_objects:?}");
 
     // An earlier, interrupted run: one object copied, another cut short.
@@ -287,22 +291,4 @@ async fn storage_migrate_copies_local_to_s3_resumably_and_verified() {
         }
     }
     app.finish().await;
-}
-
-/// Files under `root`, as keys relative to it.
-fn walk(root: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                out.push(path.strip_prefix(root).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
 }

@@ -170,33 +170,9 @@ impl Cluster {
         self.spawn(&["work", "--concurrency", &concurrency.to_string()], &[])
     }
 
-    /// Objects under `dir` of the storage root. A write is staged in a file named
-    /// `{object}#{digits}` and renamed into place; a worker killed (SIGKILL) between the two
-    /// leaves the staging file behind. object_store does not count those as objects, and
-    /// neither does this.
+    /// Objects under `dir` of the storage root (see [`super::stored_objects`]).
     pub fn stored(&self, dir: &str) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let mut stack = vec![self.storage.join(dir)];
-        while let Some(d) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let p = e.path();
-                let staged = p
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.split_once('#'))
-                    .is_some_and(|(_, s)| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
-                if p.is_dir() {
-                    stack.push(p);
-                } else if !staged {
-                    out.push(p);
-                }
-            }
-        }
-        out.sort();
-        out
+        super::stored_objects(&self.storage.join(dir))
     }
 
     /// The process id of the photoq process whose event sequencer leads now, if one does

@@ -390,6 +390,35 @@ pub fn read(path: impl AsRef<Path>) -> Vec<u8> {
     std::fs::read(path.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
 }
 
+/// The objects of local storage under `dir`, sorted. A write is staged in a file named
+/// `{object}#{digits}` and renamed into place; a worker killed (SIGKILL) between the two
+/// leaves the staging file behind. object_store does not count those as objects, and
+/// neither does this.
+pub fn stored_objects(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let staged = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split_once('#'))
+                .is_some_and(|(_, s)| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+            if p.is_dir() {
+                stack.push(p);
+            } else if !staged {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// A port nothing listens on (at the time of asking).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
