@@ -146,25 +146,6 @@ pub struct StorageConfig {
     pub redirect_ttl_secs: u64,
 }
 
-impl StorageConfig {
-    /// The local backend under `root`, everything else at its default.
-    pub fn local(root: impl Into<PathBuf>) -> Self {
-        StorageConfig {
-            backend: StorageBackend::Local,
-            root: root.into(),
-            bucket: String::new(),
-            prefix: String::new(),
-            endpoint: String::new(),
-            region: String::new(),
-            path_style: false,
-            allow_http: false,
-            timeout_secs: 30,
-            serve: ServeMode::Proxy,
-            redirect_ttl_secs: 900,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UploadConfig {

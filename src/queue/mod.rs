@@ -201,6 +201,24 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// An entry as the READ and TAKE_OVER scripts return it: its id, its photo id (or ''),
+    /// and its traceparent (or '').
+    fn from_script(
+        shard: u32,
+        lane: Lane,
+        id: &str,
+        photo: String,
+        deliveries: u32,
+        trace: String,
+    ) -> Self {
+        Delivery {
+            job: parse_job(Some(&Value::BulkString(photo.into_bytes()))),
+            entry_id: token(shard, lane, id),
+            deliveries,
+            traceparent: non_empty(trace),
+        }
+    }
+
     fn from_entry(shard: u32, lane: Lane, entry: StreamId) -> Self {
         Delivery {
             traceparent: entry.get(FIELD_TRACEPARENT),
@@ -292,15 +310,14 @@ impl Notifier {
 impl Queue {
     /// Does not contact Redis; the connection is made on first use.
     pub fn new(config: &RedisConfig) -> Result<Self, QueueError> {
-        let keys = Keys::new(&config.prefix);
         let shards: Vec<Keys> = (0..config.shards.max(1))
             .map(|k| Keys::shard(&config.prefix, k))
             .collect();
         Ok(Queue {
             conn: LazyConn::new(config, Duration::from_secs(config.response_timeout_secs))?,
             notices: Arc::new([
-                Notifier::new(keys.other("changes")),
-                Notifier::new(keys.other("events")),
+                Notifier::new(shards[0].other("changes")),
+                Notifier::new(shards[0].other("events")),
             ]),
             prefix: config.prefix.as_str().into(),
             shards: shards.into(),
@@ -861,12 +878,7 @@ impl Consumer {
                 } else {
                     Lane::Interactive
                 };
-                deliveries.push(Delivery {
-                    job: parse_job(Some(&Value::BulkString(photo.into_bytes()))),
-                    entry_id: token(shard, lane, &id),
-                    deliveries: 1,
-                    traceparent: non_empty(trace),
-                });
+                deliveries.push(Delivery::from_script(shard, lane, &id, photo, 1, trace));
             }
         }
         if deliveries.is_empty() {
@@ -960,16 +972,9 @@ impl Consumer {
                     Err(e) if e.code() == Some("NOGROUP") || is_nogroup(&e) => continue,
                     other => other?,
                 };
-                out.extend(
-                    reply
-                        .into_iter()
-                        .map(|(entry_id, photo, deliveries, trace)| Delivery {
-                            job: parse_job(Some(&Value::BulkString(photo.into_bytes()))),
-                            entry_id: token(shard, lane, &entry_id),
-                            deliveries,
-                            traceparent: non_empty(trace),
-                        }),
-                );
+                out.extend(reply.into_iter().map(|(id, photo, deliveries, trace)| {
+                    Delivery::from_script(shard, lane, &id, photo, deliveries, trace)
+                }));
             }
         }
         Ok(out)

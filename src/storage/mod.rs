@@ -138,10 +138,6 @@ impl Storage {
         }
     }
 
-    pub fn backend(&self) -> StorageBackend {
-        self.backend
-    }
-
     /// Writes a whole object, tagged with its content type where the backend keeps one.
     pub async fn put(
         &self,
@@ -321,7 +317,12 @@ mod tests {
     /// Local storage under a fresh temporary directory (returned for removal).
     fn temp_storage() -> (std::path::PathBuf, Storage) {
         let root = std::env::temp_dir().join(format!("photoq-storage-{}", Uuid::new_v4()));
-        let storage = Storage::from_config(&StorageConfig::local(&root)).expect("storage");
+        let config = StorageConfig {
+            backend: StorageBackend::Local,
+            root: root.clone(),
+            ..crate::config::Config::defaults().expect("defaults").storage
+        };
+        let storage = Storage::from_config(&config).expect("storage");
         (root, storage)
     }
 
