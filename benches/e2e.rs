@@ -6,6 +6,10 @@
 //!   cargo bench --bench e2e -- --no-op [--jobs N] [--workers W] [--concurrency C] [--no-events]
 //!                                  [--scrapes S] [--costs]
 //!   cargo bench --bench e2e -- --uploads N --upload-mib M
+//!   cargo bench --bench e2e -- --latency N [--dir DIR]
+//!
+//! `--concurrency C` and `--cpu-slots S` are passed to the workers; without them the workers
+//! run at photoq's defaults (derived from the machine), except in no-op mode (500 jobs).
 //!
 //! Image mode uploads N photos from DIR (cycled; default the 12 MP set under
 //! /tmp/corpus/big/12mp, else the shared corpus) in batches of 50 from 4 concurrent
@@ -30,6 +34,15 @@
 //! driver then polls once a second instead of every 50 ms, so it adds little of its own.
 //! In no-op mode the jobs are published by the driver itself (its CPU is not counted; the
 //! statements and commands of publishing are).
+//!
+//! Latency mode measures one photo at a time on an idle service: `photoq serve` and one
+//! worker at its defaults; each of N photos (12 MP by default) is uploaded once the one
+//! before is completed and the worker has sat idle for 200 ms (blocked in its stream
+//! read). It prints p50/p99/max of: the upload request (client clock), upload committed to
+//! attempt started (`created_at` to the attempt's `started_at`), started to completed, and
+//! upload sent to thumbnail ready (the client's clock before the request to the photo's
+//! `completed_at`: one machine, one clock). The driver watches for the end by reading the
+//! photo's row every 2 ms.
 //!
 //! Upload mode starts `photoq serve` alone and has N clients upload one file of M MiB each,
 //! all at once; it prints the API process's peak RSS (VmHWM) and how many were accepted.
@@ -81,8 +94,39 @@ struct Args {
     upload_mib: usize,
     count: usize,
     workers: usize,
-    concurrency: usize,
+    /// Passed to the workers when set (else photoq's defaults).
+    concurrency: Option<usize>,
+    cpu_slots: Option<usize>,
+    /// Latency mode: photos, one at a time.
+    latency: usize,
     dir: Option<PathBuf>,
+}
+
+impl Args {
+    /// `photoq work` with this run's sizing flags.
+    fn work_args(&self, no_op: bool) -> Vec<String> {
+        let mut args = vec!["work".to_owned()];
+        if no_op {
+            args.push("--no-op".into());
+        }
+        if let Some(c) = self.concurrency {
+            args.extend(["--concurrency".into(), c.to_string()]);
+        }
+        if let Some(s) = self.cpu_slots {
+            args.extend(["--cpu-slots".into(), s.to_string()]);
+        }
+        args
+    }
+
+    /// How the workers are sized, for the report.
+    fn sizing(&self) -> String {
+        let show = |v: Option<usize>| v.map_or("default".to_owned(), |n| n.to_string());
+        format!(
+            "concurrency {}, cpu slots {}",
+            show(self.concurrency),
+            show(self.cpu_slots)
+        )
+    }
 }
 
 fn args() -> Args {
@@ -95,7 +139,9 @@ fn args() -> Args {
         upload_mib: 20,
         count: 0,
         workers: 1,
-        concurrency: 0,
+        concurrency: None,
+        cpu_slots: None,
+        latency: 0,
         dir: None,
     };
     let mut it = std::env::args().skip(1);
@@ -108,7 +154,9 @@ fn args() -> Args {
             "--scrapes" => a.scrapes = value().parse().expect("a number"),
             "--photos" | "--jobs" => a.count = value().parse().expect("a number"),
             "--workers" => a.workers = value().parse().expect("a number"),
-            "--concurrency" => a.concurrency = value().parse().expect("a number"),
+            "--concurrency" => a.concurrency = Some(value().parse().expect("a number")),
+            "--cpu-slots" => a.cpu_slots = Some(value().parse().expect("a number")),
+            "--latency" => a.latency = value().parse().expect("a number"),
             "--dir" => a.dir = Some(PathBuf::from(value())),
             "--uploads" => a.uploads = value().parse().expect("a number"),
             "--upload-mib" => a.upload_mib = value().parse().expect("a number"),
@@ -119,8 +167,8 @@ fn args() -> Args {
     if a.count == 0 {
         a.count = if a.no_op { 100_000 } else { 200 };
     }
-    if a.concurrency == 0 {
-        a.concurrency = if a.no_op { 500 } else { 2 };
+    if a.no_op && a.concurrency.is_none() {
+        a.concurrency = Some(500);
     }
     a
 }
@@ -190,10 +238,9 @@ async fn images(a: Args) {
     let key = cluster.key();
     let (api, base) = cluster.serve().await;
     let client = Client::new(&base, &key);
-    let conc = a.concurrency.to_string();
-    let mut procs: Vec<Proc> = (0..a.workers)
-        .map(|_| cluster.spawn(&["work", "--concurrency", &conc], &[]))
-        .collect();
+    let work = a.work_args(false);
+    let work: Vec<&str> = work.iter().map(String::as_str).collect();
+    let mut procs: Vec<Proc> = (0..a.workers).map(|_| cluster.spawn(&work, &[])).collect();
     let workers: Vec<u32> = procs.iter().map(Proc::pid).collect();
     procs.push(api);
 
@@ -271,10 +318,10 @@ async fn images(a: Args) {
     let window = (last - started).as_seconds_f64();
 
     println!(
-        "photoq e2e: {} photos, {} worker process(es) x concurrency {}, {} cores",
+        "photoq e2e: {} photos, {} worker process(es), {}, {} cores",
         a.count,
         a.workers,
-        a.concurrency,
+        a.sizing(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("  uploads done after   {:.2} s", uploaded.as_secs_f64());
@@ -332,6 +379,91 @@ async fn used_memory(url: &str) -> u64 {
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("used_memory")
+}
+
+/// Timestamps of one photo's way through, from its row and its attempt's.
+#[derive(diesel::QueryableByName)]
+struct Way {
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    created_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Timestamptz>)]
+    started_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Timestamptz>)]
+    completed_at: Option<DateTime<Utc>>,
+}
+
+async fn latency(a: Args) {
+    let cluster = Cluster::new("pqbench");
+    let key = cluster.key();
+    let (api, base) = cluster.serve().await;
+    let client = Client::new(&base, &key);
+    let work = a.work_args(false);
+    let work: Vec<&str> = work.iter().map(String::as_str).collect();
+    let mut procs = vec![cluster.spawn(&work, &[]), api];
+    let files = photo_files(a.dir.clone());
+    let mut db = AsyncPgConnection::establish(&cluster.database_url())
+        .await
+        .expect("db");
+    let (mut upload, mut to_start, mut running, mut ready) = (vec![], vec![], vec![], vec![]);
+    for i in 0..a.latency + 1 {
+        // Idle: the worker is blocked in its stream read.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sent = Utc::now();
+        let clock = Instant::now();
+        let body = client.upload(&[files[i % files.len()].clone()]).await;
+        let took = clock.elapsed().as_secs_f64();
+        let id: uuid::Uuid = body["photos"][0]["id"].as_str().unwrap().parse().unwrap();
+        let way = loop {
+            let way: Way = diesel::sql_query(
+                "SELECT p.created_at, a.started_at, p.completed_at FROM photos AS p \
+                 LEFT JOIN photo_attempts AS a ON a.photo_id = p.id WHERE p.id = $1",
+            )
+            .bind::<diesel::sql_types::Uuid, _>(id)
+            .get_result(&mut db)
+            .await
+            .expect("photo");
+            if way.completed_at.is_some() {
+                break way;
+            }
+            assert!(
+                clock.elapsed() < Duration::from_secs(60),
+                "photo {id} not done"
+            );
+            assert_alive(&mut procs);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        if i == 0 {
+            continue; // warm-up: connections opened, code paged in
+        }
+        let (started, completed) = (way.started_at.unwrap(), way.completed_at.unwrap());
+        upload.push(took);
+        to_start.push((started - way.created_at).as_seconds_f64());
+        running.push((completed - started).as_seconds_f64());
+        ready.push((completed - sent).as_seconds_f64());
+    }
+    drop(procs);
+    drop(db);
+    cluster.cleanup().await;
+    println!(
+        "photoq latency at idle: {} photos one at a time, 1 worker process, {}, {} cores",
+        a.latency,
+        a.sizing(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for (name, mut v) in [
+        ("upload request", upload),
+        ("committed -> started", to_start),
+        ("started -> completed", running),
+        ("upload sent -> thumbnail ready", ready),
+    ] {
+        v.sort_by(f64::total_cmp);
+        println!(
+            "  {name:32} p50 {:7.1} ms  p99 {:7.1} ms  max {:7.1} ms",
+            percentile(&v, 50.0) * 1e3,
+            percentile(&v, 99.0) * 1e3,
+            v.last().copied().unwrap_or(f64::NAN) * 1e3
+        );
+    }
 }
 
 async fn uploads(a: Args) {
@@ -434,10 +566,9 @@ async fn no_op(a: Args) {
             .expect("analyze");
     }
 
-    let conc = a.concurrency.to_string();
-    let mut procs: Vec<Proc> = (0..a.workers)
-        .map(|_| cluster.spawn(&["work", "--no-op", "--concurrency", &conc], &[]))
-        .collect();
+    let work = a.work_args(true);
+    let work: Vec<&str> = work.iter().map(String::as_str).collect();
+    let mut procs: Vec<Proc> = (0..a.workers).map(|_| cluster.spawn(&work, &[])).collect();
     let clock = Instant::now();
     let mut conn = AsyncPgConnection::establish(&cluster.database_url())
         .await
@@ -451,7 +582,7 @@ async fn no_op(a: Args) {
         // Through the partial index of unfinished photos: the poll costs the run little.
         let left: Count = diesel::sql_query(
             "SELECT count(*) AS n FROM (SELECT 1 FROM photos \
-             WHERE state IN ('queued', 'processing') LIMIT 1) AS s",
+             WHERE unfinished LIMIT 1) AS s",
         )
         .get_result(&mut conn)
         .await
@@ -554,10 +685,10 @@ async fn no_op(a: Args) {
 
     let secs = w.secs.unwrap_or(f64::NAN);
     println!(
-        "photoq no-op: {} jobs, {} worker process(es) x concurrency {}, events {}",
+        "photoq no-op: {} jobs, {} worker process(es), {}, events {}",
         a.count,
         a.workers,
-        a.concurrency,
+        a.sizing(),
         if a.no_events { "off" } else { "on" }
     );
     println!(
@@ -648,6 +779,8 @@ fn main() {
     runtime.block_on(async {
         if a.no_op {
             no_op(a).await
+        } else if a.latency > 0 {
+            latency(a).await
         } else if a.uploads > 0 {
             uploads(a).await
         } else {

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # photoq against the seeds' own stack (Express + multer + BullMQ + sharp + PostgreSQL, in
 # ../shared/bench/seedstack), end to end over HTTP: the same driver (its drive.py), files,
-# PostgreSQL and Redis, one service at a time, alternating. Prints every run, each
-# service's median and the ratio of the medians.
+# PostgreSQL and Redis, one service at a time, alternating. Each round also runs photoq's
+# pipeline alone (`photoq render` at its defaults) over the same files, the ceiling of the
+# service. Prints every run, the medians and the ratios of the medians.
 #
 #   benches/vs_seedstack.sh [--rounds 5] [--corpus DIR] [--repeat 5]
 #                           [--photoq "all"] [--seed-concurrency 2]
@@ -91,19 +92,35 @@ run_photoq() {
   unset PHOTOQ_DATABASE_URL PHOTOQ_REDIS_URL PHOTOQ_REDIS_PREFIX PHOTOQ_STORAGE_ROOT PHOTOQ_BIND
 }
 
+# images/s of `photoq render` over the same uploads, written to a scratch directory.
+run_render() {
+  local out files=()
+  out=$(mktemp -d)
+  for _ in $(seq "$REPEAT"); do
+    while IFS= read -r f; do files+=("$f"); done < <(find "$CORPUS" -maxdepth 1 -iname '*.jp*g' | sort)
+  done
+  # Each file once per repeat: the same name overwrites its outputs, the work is done again.
+  "$PQ" render --out "$out" "${files[@]}" | tee /dev/stderr | sed -n 's/.*: \([0-9.]*\) images\/s/\1/p'
+  rm -rf "$out"
+}
+
 median() { python3 -c 'import statistics, sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 
 echo "$(( $(find "$CORPUS" -maxdepth 1 -iname '*.jp*g' | wc -l) * REPEAT )) images from $CORPUS per run," \
   "$ROUNDS rounds; photoq: \`photoq $PQ_ARGS\`; seedstack: concurrency $SEED_CONC" >&2
-pq=() seed=()
+pq=() seed=() render=()
 for round in $(seq "$ROUNDS"); do
   echo "  round $round: photoq" >&2
   pq+=("$(run_photoq)")
   echo "  round $round: seedstack" >&2
   seed+=("$(run_seed)")
+  echo "  round $round: photoq render" >&2
+  render+=("$(run_render)")
 done
 m_pq=$(median "${pq[@]}")
 m_seed=$(median "${seed[@]}")
-echo "photoq    images/s: ${pq[*]} (median $m_pq)"
-echo "seedstack images/s: ${seed[*]} (median $m_seed)"
-python3 -c "print(f'ratio photoq/seedstack: {$m_pq / $m_seed:.2f}')"
+m_render=$(median "${render[@]}")
+echo "photoq        images/s: ${pq[*]} (median $m_pq)"
+echo "seedstack     images/s: ${seed[*]} (median $m_seed)"
+echo "photoq render images/s: ${render[*]} (median $m_render)"
+python3 -c "print(f'ratio photoq/seedstack: {$m_pq / $m_seed:.2f}; photoq/render: {$m_pq / $m_render:.2f}')"

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::cli::{Cli, Command, DlqCommand, KeysCommand, StorageCommand};
-use crate::config::Config;
+use crate::config::{Config, WorkerSize};
 use crate::db::{self, DbPool};
 use crate::dispatch;
 use crate::metrics::Metrics;
@@ -55,8 +55,8 @@ pub enum StartError {
 #[derive(Debug, Clone, Copy)]
 pub struct Roles {
     pub api: bool,
-    /// Worker concurrency, if this process runs workers.
-    pub workers: Option<usize>,
+    /// How much the workers run at once, if this process runs workers.
+    pub workers: Option<WorkerSize>,
     /// Workers skip the image work and storage (benchmarking the queue and bookkeeping).
     pub no_op: bool,
 }
@@ -148,17 +148,19 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
         shutdown.clone(),
     )));
 
-    if let Some(concurrency) = roles.workers {
+    if let Some(size) = roles.workers {
         let consumer = Consumer::new(&config.redis, queue.clone(), consumer_name())?
             .with_bulk_share(config.worker.bulk_share);
+        // Job transitions on connections of their own (planned for key lookups).
+        let jobs_pool = db::jobs_pool(&config.database)?;
         let mut ctx = WorkerContext::new(
-            pool.clone(),
+            jobs_pool,
             queue.clone(),
             consumer,
             storage.clone(),
             config.clone(),
             metrics.clone(),
-            concurrency,
+            size,
         )
         .map_err(StartError::Fetch)?;
         ctx.no_op = roles.no_op;
@@ -170,11 +172,7 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
             config.clone(),
             shutdown.clone(),
         )));
-        tasks.push(tokio::spawn(worker::run(
-            ctx,
-            concurrency,
-            shutdown.clone(),
-        )));
+        tasks.push(tokio::spawn(worker::run(ctx, size, shutdown.clone())));
         // A worker-only process serves its own metrics (with the API, `/metrics` has them).
         if let (false, Some(bind)) = (roles.api, config.worker.metrics_bind) {
             let metrics = metrics.clone();
@@ -274,7 +272,10 @@ async fn run(
     config: Result<Config, crate::config::ConfigError>,
 ) -> Result<(), StartError> {
     let config = config?;
-    let concurrency = |n: Option<u32>| n.map(|n| n as usize).unwrap_or(config.worker.concurrency);
+    let size = |args: &crate::cli::WorkArgs| {
+        let n = |n: Option<u32>| n.map(|n| n as usize);
+        config.worker.size(n(args.concurrency), n(args.cpu_slots))
+    };
     let roles = match cli.command {
         Command::Serve => Roles {
             api: true,
@@ -283,12 +284,12 @@ async fn run(
         },
         Command::Work(args) => Roles {
             api: false,
-            workers: Some(concurrency(args.concurrency)),
+            workers: Some(size(&args)),
             no_op: args.no_op,
         },
         Command::All(args) => Roles {
             api: true,
-            workers: Some(concurrency(args.concurrency)),
+            workers: Some(size(&args)),
             no_op: args.no_op,
         },
         Command::Migrate => {
@@ -314,7 +315,10 @@ async fn run(
         Command::Storage(cmd) => return storage(&config, cmd).await,
         Command::Health { url } => return health(&config, url).await,
         Command::Render(args) => {
-            let threads = concurrency(args.concurrency);
+            let threads = config
+                .worker
+                .size(None, args.concurrency.map(|n| n as usize))
+                .cpu_slots;
             let spec = crate::pipeline::Spec::from_config(&config);
             let summary = tokio::task::spawn_blocking(move || {
                 crate::render::run(&spec, &args.files, &args.out, threads)

@@ -65,7 +65,8 @@ pub struct RenderArgs {
     /// Directory the variants are written to, as `{stem}_{variant}.{ext}`.
     #[arg(long, short, value_name = "DIR")]
     pub out: PathBuf,
-    /// Images processed at once (default: worker.concurrency from the configuration).
+    /// Images processed at once (default: worker.cpu_slots from the configuration, "auto":
+    /// the cores this process may use).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: Option<u32>,
     /// Image files (JPEG, PNG, WebP).
@@ -133,9 +134,14 @@ impl From<Backend> for crate::config::StorageBackend {
 
 #[derive(Debug, Args)]
 pub struct WorkArgs {
-    /// Jobs processed at once (default: worker.concurrency from the configuration).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// Jobs in flight at once: read ahead, downloading, storing, being recorded (default:
+    /// worker.concurrency from the configuration, "auto": 2 per CPU slot).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub concurrency: Option<u32>,
+    /// Images decoded, resized and encoded at once (default: worker.cpu_slots from the
+    /// configuration, "auto": the cores this process may use).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub cpu_slots: Option<u32>,
     /// For benchmarking the queue and bookkeeping alone: skip the image work and storage.
     /// Each job is still started, completed and acknowledged, and every state change is
     /// recorded in PostgreSQL (the photo ends `completed` with no variants).
@@ -181,6 +187,7 @@ mod tests {
             cli.command,
             Command::Work(WorkArgs {
                 concurrency: Some(4),
+                cpu_slots: None,
                 no_op: false,
             })
         ));

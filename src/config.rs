@@ -157,7 +157,10 @@ pub struct UploadConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
-    pub concurrency: usize,
+    /// Jobs in flight at once (reading ahead, downloads, storage and database round trips).
+    pub concurrency: Count,
+    /// Images decoded, resized and encoded at once.
+    pub cpu_slots: Count,
     pub visibility_timeout_secs: u64,
     pub heartbeat_secs: u64,
     pub reclaim_interval_secs: u64,
@@ -170,6 +173,98 @@ pub struct WorkerConfig {
     /// unset, nowhere (`photoq all` has them on the API's address).
     #[serde(default)]
     pub metrics_bind: Option<SocketAddr>,
+}
+
+/// Jobs in flight per CPU slot when `worker.concurrency` is `"auto"`: while one job of a
+/// slot decodes, the next is read, started and fetched, and the one before is stored and
+/// committed (measured best on 2 cores, README "Choosing the concurrency").
+pub const JOBS_PER_CPU_SLOT: usize = 2;
+
+/// How many of something a worker runs at once: a number, or `"auto"` (derived from the
+/// machine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    Auto,
+    Fixed(usize),
+}
+
+impl Count {
+    /// The number given, or `auto` when derived.
+    pub fn or(self, auto: usize) -> usize {
+        match self {
+            Count::Auto => auto,
+            Count::Fixed(n) => n,
+        }
+    }
+}
+
+impl Serialize for Count {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Count::Auto => s.serialize_str("auto"),
+            Count::Fixed(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"auto\" or a number")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Count, E> {
+                usize::try_from(n)
+                    .map(Count::Fixed)
+                    .map_err(|_| E::custom("too large"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Count, E> {
+                usize::try_from(n)
+                    .map(Count::Fixed)
+                    .map_err(|_| E::custom("expected \"auto\" or a number > 0"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Count, E> {
+                match v {
+                    "auto" => Ok(Count::Auto),
+                    other => other
+                        .parse()
+                        .map(Count::Fixed)
+                        .map_err(|_| E::custom("expected \"auto\" or a number")),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// How much a worker process runs at once, resolved from the configuration, the command
+/// line and the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerSize {
+    /// Jobs in flight.
+    pub concurrency: usize,
+    /// Image work (decode, resize, encode) at once.
+    pub cpu_slots: usize,
+}
+
+impl WorkerConfig {
+    /// `cpu_slots` defaults to the cores this process may use (its CPU affinity and cgroup
+    /// quota, as `std::thread::available_parallelism` reads them), `concurrency` to
+    /// `JOBS_PER_CPU_SLOT` per slot. Given jobs in flight fewer than the slots, the slots
+    /// follow them (no more images at once than jobs).
+    pub fn size(&self, concurrency: Option<usize>, cpu_slots: Option<usize>) -> WorkerSize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu_slots = cpu_slots.unwrap_or(self.cpu_slots.or(cores)).max(1);
+        let concurrency = concurrency
+            .unwrap_or(self.concurrency.or(cpu_slots * JOBS_PER_CPU_SLOT))
+            .max(1);
+        WorkerSize {
+            concurrency,
+            cpu_slots: cpu_slots.min(concurrency),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -492,8 +587,10 @@ impl Config {
         if !(0.0..=1.0).contains(&self.worker.bulk_share) {
             return invalid("worker.bulk_share must be between 0 and 1".into());
         }
-        if self.worker.concurrency == 0 {
-            return invalid("worker.concurrency must be > 0".into());
+        if self.worker.concurrency == Count::Fixed(0) || self.worker.cpu_slots == Count::Fixed(0) {
+            return invalid(
+                "worker.concurrency and worker.cpu_slots must be > 0 or \"auto\"".into(),
+            );
         }
         if self.worker.heartbeat_secs == 0
             || self.worker.heartbeat_secs >= self.worker.visibility_timeout_secs
@@ -641,5 +738,46 @@ mod tests {
         ));
         let config = Config::from_figment(fig).expect("width alone is enough for inside");
         assert_eq!(config.variants["wide"].quality, DEFAULT_QUALITY);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type.
+    fn worker_size_is_derived_from_the_machine_unless_given() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let config = Config::defaults().expect("defaults load");
+        assert_eq!(
+            config.worker.size(None, None),
+            WorkerSize {
+                concurrency: cores * JOBS_PER_CPU_SLOT,
+                cpu_slots: cores
+            }
+        );
+        // Given jobs in flight only: the slots stay the cores, never more than the jobs.
+        assert_eq!(config.worker.size(Some(1), None).cpu_slots, 1);
+        assert_eq!(
+            config.worker.size(Some(64), None),
+            WorkerSize {
+                concurrency: 64,
+                cpu_slots: cores
+            }
+        );
+        // Given slots only: jobs in flight follow them.
+        assert_eq!(
+            config.worker.size(None, Some(3)).concurrency,
+            3 * JOBS_PER_CPU_SLOT
+        );
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PHOTOQ_WORKER_CONCURRENCY", "12");
+            jail.set_env("PHOTOQ_WORKER_CPU_SLOTS", "auto");
+            let config = Config::load(None).expect("load");
+            assert_eq!(config.worker.concurrency, Count::Fixed(12));
+            assert_eq!(config.worker.cpu_slots, Count::Auto);
+            Ok(())
+        });
+        for bad in ["concurrency = 0", "cpu_slots = \"many\"", "cpu_slots = -1"] {
+            let fig = Figment::from(Toml::string(DEFAULT_TOML))
+                .merge(Toml::string(&format!("[worker]\n{bad}")));
+            assert!(Config::from_figment(fig).is_err(), "{bad}");
+        }
     }
 }

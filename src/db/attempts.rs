@@ -2,7 +2,6 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -32,36 +31,6 @@ pub async fn interrupt_running(
     Ok(())
 }
 
-/// Opens attempts (photo, attempt id, attempt number), all run by `worker`. The ids were
-/// taken from the table's sequence when the photos were started.
-pub async fn open_many(
-    conn: &mut AsyncPgConnection,
-    opening: &[(Uuid, i64, i32)],
-    worker: &str,
-    now: DateTime<Utc>,
-) -> Result<(), DbError> {
-    if opening.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<_> = opening
-        .iter()
-        .map(|&(photo_id, id, n)| {
-            (
-                photo_attempts::id.eq(id),
-                photo_attempts::photo_id.eq(photo_id),
-                photo_attempts::attempt.eq(n),
-                photo_attempts::worker.eq(worker),
-                photo_attempts::started_at.eq(now),
-            )
-        })
-        .collect();
-    diesel::insert_into(photo_attempts::table)
-        .values(&rows)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// An attempt in progress, as the worker knows it.
 #[derive(Debug, Clone, Copy)]
 pub struct AttemptRef {
@@ -86,30 +55,6 @@ pub async fn close(
         ))
         .execute(conn)
         .await?;
-    Ok(())
-}
-
-/// Closes these attempts as completed, in one statement.
-pub async fn close_completed(
-    conn: &mut AsyncPgConnection,
-    attempts: &[AttemptRef],
-) -> Result<(), DbError> {
-    let ids: Vec<i64> = attempts.iter().map(|a| a.id).collect();
-    let ms: Vec<i64> = attempts
-        .iter()
-        .map(|a| a.started.elapsed().as_millis() as i64)
-        .collect();
-    diesel::sql_query(
-        "UPDATE photo_attempts AS a \
-         SET outcome = $1, error = NULL, finished_at = $2, duration_ms = v.ms \
-         FROM unnest($3::int8[], $4::int8[]) AS v(id, ms) WHERE a.id = v.id",
-    )
-    .bind::<Text, _>(AttemptOutcome::Completed.as_str())
-    .bind::<Timestamptz, _>(Utc::now())
-    .bind::<Array<BigInt>, _>(ids)
-    .bind::<Array<BigInt>, _>(ms)
-    .execute(conn)
-    .await?;
     Ok(())
 }
 

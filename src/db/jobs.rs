@@ -9,39 +9,18 @@ use diesel::prelude::*;
 use diesel::sql_types::{
     Array, BigInt, Integer, Interval, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
 };
-use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::attempts::{self, AttemptRef};
 use super::models::{Photo, Variant};
-use super::schema::{photos, variants};
+use super::schema::photos;
 use super::DbError;
 use crate::state::{AttemptOutcome, Lane, PhotoState};
 
 /// Times a transaction over several photos is run again when PostgreSQL aborts it to break
 /// a deadlock (two workers holding the same photo twice, in different orders).
 const CONFLICT_TRIES: usize = 3;
-
-/// Steers the rest of the transaction to primary-key lookups. The batch statements touch a
-/// few hundred rows by id; on a table of modest size the planner otherwise prefers a
-/// sequential scan or a hash of the whole table, which costs more than the update itself.
-///
-/// The statements guarded by an attempt match it by `attempt_id` alone, never also by
-/// `state = 'processing'`: the schema makes the one imply the other (`photos_attempt_check`),
-/// and the state condition would let the planner start from the unfinished photos' index
-/// (thought to hold few `processing` rows when the statistics were taken while everything
-/// was queued) and compare every one of them with every job of the statement.
-async fn prefer_key_lookups(conn: &mut AsyncPgConnection) -> Result<(), DbError> {
-    diesel::sql_query(
-        "SELECT set_config('enable_seqscan', 'off', true), \
-                set_config('enable_hashjoin', 'off', true), \
-                set_config('enable_mergejoin', 'off', true)",
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
 
 /// Awaits the transaction `$tx` (an expression making a future), again when PostgreSQL
 /// asks for it to be rerun (deadlock, serialization failure), up to `CONFLICT_TRIES` times.
@@ -76,7 +55,7 @@ pub struct Starts {
     pub dead: Vec<(Uuid, String)>,
 }
 
-/// `Start` for several deliveries, in one transaction: each photo that is `queued`, or
+/// `Start` for several deliveries, in one statement: each photo that is `queued`, or
 /// `processing` from this very entry (taken over from a worker that died), moves to
 /// `processing` with a new attempt, or to `dead` when its attempt budget is spent (by
 /// attempts recorded, or by Redis deliveries that never got as far as recording a start).
@@ -95,44 +74,48 @@ pub async fn start_many(
     let entries: Vec<&str> = delivered.iter().map(|d| d.entry.as_str()).collect();
     let counts: Vec<i32> = delivered.iter().map(|d| d.deliveries).collect();
     let spent = spent_reason(max_attempts);
-    // Only a take-over (a delivery after the first) can find the photo `processing`, with
-    // an attempt still `running`: every other way out of `processing` closes its attempt.
-    let taken_over: std::collections::HashSet<Uuid> = delivered
-        .iter()
-        .filter(|d| d.deliveries > 1)
-        .map(|d| d.photo_id)
-        .collect();
-    rerun_on_conflict!(conn.transaction::<_, DbError, _>(async |conn| {
-        prefer_key_lookups(conn).await?;
-        let now = Utc::now();
-        // One statement: a photo whose budget is spent ($4 attempts recorded, or more
-        // deliveries than that) goes to `dead`, any other it may take to `processing`.
-        let photos: Vec<Photo> = diesel::sql_query(
-            "UPDATE photos AS p \
-             SET state = CASE WHEN p.attempts >= $4 OR v.n > $4 \
-                   THEN 'dead' ELSE 'processing' END, \
-                 attempts = CASE WHEN p.attempts >= $4 OR v.n > $4 \
-                   THEN p.attempts ELSE p.attempts + 1 END, \
-                 attempt_id = CASE WHEN p.attempts >= $4 OR v.n > $4 \
-                   THEN NULL ELSE nextval(pg_get_serial_sequence('photo_attempts', 'id')) END, \
-                 started_at = CASE WHEN p.attempts >= $4 OR v.n > $4 \
-                   THEN p.started_at ELSE $5 END, \
-                 completed_at = CASE WHEN p.attempts >= $4 OR v.n > $4 \
-                   THEN $5 ELSE p.completed_at END, \
-                 error = CASE \
-                   WHEN p.attempts >= $4 THEN $6 || coalesce('; last error: ' || p.error, '') \
-                   WHEN v.n > $4 THEN 'delivered ' || v.n || ' times without a recorded \
-                        start: the job stops its worker before it can begin' \
-                   ELSE p.error END, \
-                 error_code = CASE \
-                   WHEN p.attempts >= $4 THEN coalesce(p.error_code, 'attempts_exhausted') \
-                   WHEN v.n > $4 THEN 'worker_crashed' \
-                   ELSE p.error_code END, \
-                 entry_id = v.entry, updated_at = $5, next_attempt_at = NULL \
-             FROM unnest($1::uuid[], $2::text[], $3::int4[]) AS v(id, entry, n) \
-             WHERE p.id = v.id \
-               AND (p.state = 'queued' OR (p.state = 'processing' AND p.entry_id = v.entry)) \
-             RETURNING p.*",
+    let now = Utc::now();
+    // One statement (atomic without a transaction of its own): a photo whose budget is
+    // spent ($4 attempts recorded, or more deliveries than that) goes to `dead`, any other
+    // it may take to `processing` with a new attempt (`o`). Only a take-over (a delivery
+    // after the first) can find the photo `processing` with an attempt still `running`:
+    // every other way out of `processing` closes its attempt; `x` closes it as interrupted.
+    let photos: Vec<Photo> = rerun_on_conflict!(async {
+        diesel::sql_query(
+            "WITH p AS ( \
+           UPDATE photos AS p \
+           SET state = CASE WHEN p.attempts >= $4 OR v.n > $4 \
+                 THEN 'dead' ELSE 'processing' END, \
+               attempts = CASE WHEN p.attempts >= $4 OR v.n > $4 \
+                 THEN p.attempts ELSE p.attempts + 1 END, \
+               attempt_id = CASE WHEN p.attempts >= $4 OR v.n > $4 \
+                 THEN NULL ELSE nextval(pg_get_serial_sequence('photo_attempts', 'id')) END, \
+               started_at = CASE WHEN p.attempts >= $4 OR v.n > $4 \
+                 THEN p.started_at ELSE $5 END, \
+               completed_at = CASE WHEN p.attempts >= $4 OR v.n > $4 \
+                 THEN $5 ELSE p.completed_at END, \
+               error = CASE \
+                 WHEN p.attempts >= $4 THEN $6 || coalesce('; last error: ' || p.error, '') \
+                 WHEN v.n > $4 THEN 'delivered ' || v.n || ' times without a recorded \
+                      start: the job stops its worker before it can begin' \
+                 ELSE p.error END, \
+               error_code = CASE \
+                 WHEN p.attempts >= $4 THEN coalesce(p.error_code, 'attempts_exhausted') \
+                 WHEN v.n > $4 THEN 'worker_crashed' \
+                 ELSE p.error_code END, \
+               entry_id = v.entry, updated_at = $5, next_attempt_at = NULL \
+           FROM unnest($1::uuid[], $2::text[], $3::int4[]) AS v(id, entry, n) \
+           WHERE p.id = v.id \
+             AND (p.state = 'queued' OR (p.state = 'processing' AND p.entry_id = v.entry)) \
+           RETURNING p.*, v.n AS deliveries), \
+         x AS ( \
+           UPDATE photo_attempts AS a SET outcome = 'interrupted', finished_at = $5 \
+           FROM p WHERE p.deliveries > 1 AND a.photo_id = p.id AND a.outcome = 'running'), \
+         o AS ( \
+           INSERT INTO photo_attempts (id, photo_id, attempt, worker, started_at) \
+           SELECT p.attempt_id, p.id, p.attempts, $7, $5 FROM p \
+           WHERE p.attempt_id IS NOT NULL) \
+         SELECT * FROM p",
         )
         .bind::<Array<SqlUuid>, _>(&ids)
         .bind::<Array<Text>, _>(&entries)
@@ -140,30 +123,21 @@ pub async fn start_many(
         .bind::<Integer, _>(max_attempts)
         .bind::<Timestamptz, _>(now)
         .bind::<Text, _>(&spent)
-        .load(conn)
-        .await?;
-        let interrupted: Vec<Uuid> = photos
-            .iter()
-            .map(|p| p.id)
-            .filter(|id| taken_over.contains(id))
-            .collect();
-        attempts::interrupt_running(conn, &interrupted, now).await?;
-        let opening: Vec<(Uuid, i64, i32)> = photos
-            .iter()
-            .filter_map(|p| p.attempt_id.map(|a| (p.id, a, p.attempts)))
-            .collect();
-        attempts::open_many(conn, &opening, worker, now).await?;
-        let mut starts = Starts::default();
-        for photo in photos {
-            match photo.attempt_id {
-                Some(id) => starts.started.push((photo, AttemptRef { id, started })),
-                None => starts
-                    .dead
-                    .push((photo.id, photo.error.unwrap_or_default())),
-            }
+        .bind::<Text, _>(worker)
+        .load(&mut *conn)
+        .await
+        .map_err(DbError::from)
+    })?;
+    let mut starts = Starts::default();
+    for photo in photos {
+        match photo.attempt_id {
+            Some(id) => starts.started.push((photo, AttemptRef { id, started })),
+            None => starts
+                .dead
+                .push((photo.id, photo.error.unwrap_or_default())),
         }
-        Ok(starts)
-    }))
+    }
+    Ok(starts)
 }
 
 #[derive(QueryableByName)]
@@ -202,7 +176,7 @@ impl OriginalInfo {
     }
 }
 
-/// `Finish(Completed)` for several jobs, in one transaction: results and variants are
+/// `Finish(Completed)` for several jobs, in one statement: results and variants are
 /// recorded only for photos still `processing` under the attempt that made them. Returns
 /// the photos recorded; the others' results were stale and are dropped.
 pub async fn complete_many(
@@ -214,6 +188,10 @@ pub async fn complete_many(
     }
     let ids: Vec<Uuid> = done.iter().map(|(id, _, _)| *id).collect();
     let attempt_ids: Vec<i64> = done.iter().map(|(_, _, a)| a.id).collect();
+    let ms: Vec<i64> = done
+        .iter()
+        .map(|(_, _, a)| a.started.elapsed().as_millis() as i64)
+        .collect();
     let widths: Vec<i32> = done.iter().map(|(_, c, _)| c.width).collect();
     let heights: Vec<i32> = done.iter().map(|(_, c, _)| c.height).collect();
     let exifs: Vec<&serde_json::Value> = done.iter().map(|(_, c, _)| &c.exif).collect();
@@ -224,19 +202,39 @@ pub async fn complete_many(
         .collect();
     let sizes: Vec<Option<i64>> = originals.clone().map(|o| o.map(|o| o.bytes)).collect();
     let hashes: Vec<Option<&str>> = originals.map(|o| o.map(|o| o.sha256.as_str())).collect();
-    rerun_on_conflict!(conn.transaction::<_, DbError, _>(async |conn| {
-        prefer_key_lookups(conn).await?;
-        let recorded: Vec<IdOnly> = diesel::sql_query(
-            "UPDATE photos AS p \
-                 SET state = 'completed', width = v.width, height = v.height, exif = v.exif, \
-                     error = NULL, error_code = NULL, attempt_id = NULL, completed_at = $1, \
-                     updated_at = $1, content_type = coalesce(v.content_type, p.content_type), \
-                     bytes = coalesce(v.bytes, p.bytes), sha256 = coalesce(v.sha256, p.sha256) \
-                 FROM unnest($2::uuid[], $3::int8[], $4::int4[], $5::int4[], $6::jsonb[], \
-                             $7::text[], $8::int8[], $9::text[]) \
-                      AS v(id, attempt_id, width, height, exif, content_type, bytes, sha256) \
-                 WHERE p.id = v.id AND p.attempt_id = v.attempt_id \
-                 RETURNING p.id",
+    let variants = VariantColumns::of(done.iter().flat_map(|(_, c, _)| &c.variants));
+    // One statement (atomic without a transaction of its own): the photos still held by
+    // the attempts that made these results (`p`), their attempts closed (`a`) and their
+    // variants recorded, replacing those an earlier run of the same photo wrote (`w`).
+    let recorded: Vec<IdOnly> = rerun_on_conflict!(async {
+        diesel::sql_query(
+            "WITH p AS ( \
+           UPDATE photos AS p \
+           SET state = 'completed', width = v.width, height = v.height, exif = v.exif, \
+               error = NULL, error_code = NULL, attempt_id = NULL, completed_at = $1, \
+               updated_at = $1, content_type = coalesce(v.content_type, p.content_type), \
+               bytes = coalesce(v.bytes, p.bytes), sha256 = coalesce(v.sha256, p.sha256) \
+           FROM unnest($2::uuid[], $3::int8[], $4::int4[], $5::int4[], $6::jsonb[], \
+                       $7::text[], $8::int8[], $9::text[], $10::int8[]) \
+                AS v(id, attempt_id, width, height, exif, content_type, bytes, sha256, ms) \
+           WHERE p.id = v.id AND p.attempt_id = v.attempt_id \
+           RETURNING p.id, v.attempt_id, v.ms), \
+         a AS ( \
+           UPDATE photo_attempts AS a \
+           SET outcome = 'completed', error = NULL, finished_at = $1, duration_ms = p.ms \
+           FROM p WHERE a.id = p.attempt_id), \
+         w AS ( \
+           INSERT INTO variants \
+             (photo_id, name, storage_key, content_type, width, height, bytes, etag) \
+           SELECT w.* FROM unnest($11::uuid[], $12::text[], $13::text[], $14::text[], \
+                                  $15::int4[], $16::int4[], $17::int8[], $18::text[]) \
+                AS w(photo_id, name, storage_key, content_type, width, height, bytes, etag) \
+           WHERE w.photo_id IN (SELECT id FROM p) \
+           ON CONFLICT (photo_id, name) DO UPDATE \
+           SET storage_key = excluded.storage_key, content_type = excluded.content_type, \
+               width = excluded.width, height = excluded.height, bytes = excluded.bytes, \
+               etag = excluded.etag) \
+         SELECT id FROM p",
         )
         .bind::<Timestamptz, _>(Utc::now())
         .bind::<Array<SqlUuid>, _>(&ids)
@@ -247,46 +245,50 @@ pub async fn complete_many(
         .bind::<Array<Nullable<Text>>, _>(&types)
         .bind::<Array<Nullable<BigInt>>, _>(&sizes)
         .bind::<Array<Nullable<Text>>, _>(&hashes)
-        .load(conn)
-        .await?;
-        let recorded: std::collections::HashSet<Uuid> =
-            recorded.into_iter().map(|r| r.id).collect();
-        let rows: Vec<&Variant> = done
-            .iter()
-            .filter(|(id, _, _)| recorded.contains(id))
-            .flat_map(|(_, c, _)| &c.variants)
-            .collect();
-        upsert_variants(conn, &rows).await?;
-        let closing: Vec<AttemptRef> = done
-            .iter()
-            .filter(|(id, _, _)| recorded.contains(id))
-            .map(|(_, _, a)| *a)
-            .collect();
-        attempts::close_completed(conn, &closing).await?;
-        Ok(recorded.into_iter().collect())
-    }))
+        .bind::<Array<BigInt>, _>(&ms)
+        .bind::<Array<SqlUuid>, _>(&variants.photo_ids)
+        .bind::<Array<Text>, _>(&variants.names)
+        .bind::<Array<Text>, _>(&variants.keys)
+        .bind::<Array<Text>, _>(&variants.types)
+        .bind::<Array<Integer>, _>(&variants.widths)
+        .bind::<Array<Integer>, _>(&variants.heights)
+        .bind::<Array<BigInt>, _>(&variants.bytes)
+        .bind::<Array<Text>, _>(&variants.etags)
+        .load(&mut *conn)
+        .await
+        .map_err(DbError::from)
+    })?;
+    Ok(recorded.into_iter().map(|r| r.id).collect())
 }
 
-/// Variant rows, replacing those a previous run of the same photo wrote.
-async fn upsert_variants(conn: &mut AsyncPgConnection, rows: &[&Variant]) -> Result<(), DbError> {
-    if rows.is_empty() {
-        return Ok(());
+/// Variant rows as one array per column, for `unnest`.
+#[derive(Default)]
+struct VariantColumns<'a> {
+    photo_ids: Vec<Uuid>,
+    names: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    types: Vec<&'a str>,
+    widths: Vec<i32>,
+    heights: Vec<i32>,
+    bytes: Vec<i64>,
+    etags: Vec<&'a str>,
+}
+
+impl<'a> VariantColumns<'a> {
+    fn of(rows: impl Iterator<Item = &'a Variant>) -> Self {
+        let mut c = VariantColumns::default();
+        for v in rows {
+            c.photo_ids.push(v.photo_id);
+            c.names.push(&v.name);
+            c.keys.push(&v.storage_key);
+            c.types.push(&v.content_type);
+            c.widths.push(v.width);
+            c.heights.push(v.height);
+            c.bytes.push(v.bytes);
+            c.etags.push(&v.etag);
+        }
+        c
     }
-    diesel::insert_into(variants::table)
-        .values(rows.to_vec())
-        .on_conflict((variants::photo_id, variants::name))
-        .do_update()
-        .set((
-            variants::storage_key.eq(excluded(variants::storage_key)),
-            variants::content_type.eq(excluded(variants::content_type)),
-            variants::width.eq(excluded(variants::width)),
-            variants::height.eq(excluded(variants::height)),
-            variants::bytes.eq(excluded(variants::bytes)),
-            variants::etag.eq(excluded(variants::etag)),
-        ))
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 /// How a worker ends one attempt other than by completing it.
@@ -467,7 +469,7 @@ pub async fn overdue(
     };
     Ok(diesel::sql_query(
         "SELECT id, state, entry_id, attempt_id, source_url FROM photos \
-         WHERE state IN ('queued', 'processing') AND id > $1 \
+         WHERE unfinished AND id > $1 \
            AND CASE state \
              WHEN 'queued' THEN greatest(created_at, published_at, next_attempt_at) < now() - $2 \
              ELSE started_at < now() - $3 END \
@@ -575,6 +577,10 @@ pub async fn redrive(
     let mut query = diesel::update(photos::table)
         .filter(photos::state.eq_any(states))
         .into_boxed();
+    if !filter.include_failed {
+        // What the partial index of dead photos is defined by.
+        query = query.filter(photos::dead);
+    }
     if let Some(owner) = filter.owner {
         query = query.filter(photos::owner_id.eq(owner));
     }

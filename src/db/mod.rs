@@ -19,7 +19,9 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::ConnectionError;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use futures_util::FutureExt;
@@ -102,14 +104,49 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DbPool, DbError> {
 
 /// A pool only; no start-up work. Connections are opened lazily.
 pub fn pool(config: &DatabaseConfig) -> Result<DbPool, DbError> {
+    pool_with(config, config.pool_size, "")
+}
+
+/// Connections of a worker process's job transitions: one starting read batches, one
+/// recording group commits, two for attempts ending otherwise (each a short statement).
+pub const JOBS_POOL_SIZE: usize = 4;
+
+/// A pool for the job transitions of `db::jobs`, whose statements touch up to a few
+/// thousand photos by id: its connections' planner looks rows up by key. On a table of
+/// modest size it would otherwise prefer a sequential scan or a hash of the whole table,
+/// which costs more than the update itself. (The statements guarded by an attempt match it
+/// by `attempt_id` alone, never also by `state = 'processing'`: the schema makes the one
+/// imply the other, and the state condition would let the planner start from the
+/// unfinished photos' index and compare every one of them with every job.)
+pub fn jobs_pool(config: &DatabaseConfig) -> Result<DbPool, DbError> {
+    pool_with(
+        config,
+        JOBS_POOL_SIZE,
+        "; SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off",
+    )
+}
+
+/// A pool of `size` connections that run `settings` (statements, each starting with `;`) after the
+/// statement timeout. A connection is checked when taken from the pool only by whether it
+/// is still open (deadpool's `Fast` recycling): a query on a connection that died since is
+/// a transient error its caller handles like any other, and the broken connection is
+/// dropped instead of returned. (`Verified` would add a `SELECT 1` round trip to every
+/// checkout: a third of all statements in a busy worker.)
+fn pool_with(
+    config: &DatabaseConfig,
+    size: usize,
+    settings: &'static str,
+) -> Result<DbPool, DbError> {
     let statement_timeout_ms = config.statement_timeout_secs * 1000;
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    manager_config.recycling_method = RecyclingMethod::Fast;
     manager_config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
         async move {
             let mut conn = AsyncPgConnection::establish(&url).await?;
             conn.batch_execute(&format!(
-                "SET statement_timeout = {statement_timeout_ms}; SET application_name = 'photoq'"
+                "SET statement_timeout = {statement_timeout_ms}; \
+                 SET application_name = 'photoq'{settings}"
             ))
             .await
             .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
@@ -120,7 +157,7 @@ pub fn pool(config: &DatabaseConfig) -> Result<DbPool, DbError> {
     let manager = AsyncDieselConnectionManager::new_with_config(&config.url, manager_config);
     let timeout = Some(Duration::from_secs(config.connect_timeout_secs));
     Pool::builder(manager)
-        .max_size(config.pool_size)
+        .max_size(size)
         .wait_timeout(timeout)
         .create_timeout(timeout)
         .recycle_timeout(timeout)

@@ -84,8 +84,14 @@ pub async fn list(
     if let Some(batch) = filter.batch {
         query = query.filter(photos::batch_id.eq(batch));
     }
-    if let Some(state) = filter.state {
-        query = query.filter(photos::state.eq(state.as_str()));
+    match filter.state {
+        // Through the partial indexes: their conditions are these generated columns.
+        Some(PhotoState::Dead) => query = query.filter(photos::dead),
+        Some(s @ (PhotoState::Queued | PhotoState::Processing)) => {
+            query = query.filter(photos::unfinished.and(photos::state.eq(s.as_str())))
+        }
+        Some(state) => query = query.filter(photos::state.eq(state.as_str())),
+        None => {}
     }
     if let Some(after) = filter.after {
         query = query.filter(photos::id.gt(after));
@@ -96,7 +102,7 @@ pub async fn list(
 /// Dead photos of every owner, oldest first (for operators).
 pub async fn list_dead(conn: &mut AsyncPgConnection, limit: i64) -> Result<Vec<Photo>, DbError> {
     Ok(photos::table
-        .filter(photos::state.eq(PhotoState::Dead.as_str()))
+        .filter(photos::dead)
         .order(photos::id.asc())
         .limit(limit)
         .select(Photo::as_select())
@@ -144,7 +150,8 @@ pub async fn oldest_waiting_secs(conn: &mut AsyncPgConnection) -> Result<Option<
         "SELECT extract(epoch FROM now() - coalesce(next_attempt_at, created_at))::float8 \
              AS secs \
          FROM photos \
-         WHERE state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()) \
+         WHERE unfinished AND state = 'queued' \
+           AND (next_attempt_at IS NULL OR next_attempt_at <= now()) \
          ORDER BY id LIMIT 1",
     )
     .get_result(conn)
@@ -161,10 +168,8 @@ pub async fn unfinished_counts(
     owner: Option<Uuid>,
 ) -> Result<Vec<(String, i64)>, DbError> {
     let mut query = photos::table
-        // Written as the index's own predicate, so that every plan can use it.
-        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
-            "state IN ('queued', 'processing')",
-        ))
+        // The index's own condition.
+        .filter(photos::unfinished)
         .group_by(photos::state)
         .select((photos::state, diesel::dsl::count_star()))
         .into_boxed();

@@ -53,6 +53,8 @@ diesel::table! {
         source_url -> Nullable<Text>,
         error_code -> Nullable<Text>,
         trace_parent -> Nullable<Text>,
+        unfinished -> Bool,
+        dead -> Bool,
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Config, WorkerSize};
 use crate::db::{self, DbPool};
 use crate::fetch::{Fetcher, SystemLookup};
 use crate::metrics::Metrics;
@@ -72,7 +72,7 @@ impl WorkerContext {
         storage: Storage,
         config: Arc<Config>,
         metrics: Metrics,
-        concurrency: usize,
+        size: WorkerSize,
     ) -> Result<Self, String> {
         // Downloads resolve names with the system's resolver; `fetcher` may be replaced.
         let fetcher = Fetcher::new(&config.fetch, Arc::new(SystemLookup))?;
@@ -82,7 +82,7 @@ impl WorkerContext {
             queue.clone(),
             consumer.clone(),
             metrics.clone(),
-            concurrency,
+            size.concurrency,
         );
         Ok(WorkerContext {
             committer,
@@ -95,7 +95,7 @@ impl WorkerContext {
             fetcher,
             config,
             metrics,
-            cpu_slots: Arc::new(Semaphore::new(concurrency)),
+            cpu_slots: Arc::new(Semaphore::new(size.cpu_slots)),
             db_down: Arc::new(AtomicBool::new(false)),
             interrupt: CancellationToken::new(),
             no_op: false,
@@ -105,8 +105,8 @@ impl WorkerContext {
 
 /// Runs until `shutdown` is cancelled, then finishes the jobs in flight within the grace
 /// period, interrupts the rest (they hand themselves back), and returns.
-pub async fn run(ctx: WorkerContext, concurrency: usize, shutdown: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(concurrency));
+pub async fn run(ctx: WorkerContext, size: WorkerSize, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(size.concurrency));
     let mut running = JoinSet::new();
     let cfg = ctx.config.worker.clone();
     let visibility = Duration::from_secs(cfg.visibility_timeout_secs);
@@ -119,7 +119,8 @@ pub async fn run(ctx: WorkerContext, concurrency: usize, shutdown: CancellationT
     }
     tracing::info!(
         consumer = ctx.consumer.name(),
-        concurrency,
+        concurrency = size.concurrency,
+        cpu_slots = size.cpu_slots,
         "worker started"
     );
 

@@ -130,7 +130,10 @@ impl Builder {
             config.clone(),
             Roles {
                 api: true,
-                workers: self.workers,
+                workers: self.workers.map(|n| photoq::config::WorkerSize {
+                    concurrency: n,
+                    cpu_slots: n,
+                }),
                 no_op: false,
             },
         )
