@@ -30,23 +30,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-SHARED=$(realpath ../shared)
-CACHE=${PHOTOQ_CACHE_DIR:-$HOME/.cache/photoq}
-SEED=$CACHE/seedstack
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
+# shellcheck source=benches/peers.sh
+. benches/peers.sh
 export PGHOST=127.0.0.1 PGPORT=5432 PGUSER=postgres REDIS_PORT=${REDIS_PORT:-6379}
 PQ_PORT=8091
-
-# The peer, copied out of ../shared (read-only there), its locked dependencies once.
-mkdir -p "$SEED"
-cp "$SHARED"/bench/seedstack/*.js "$SHARED"/bench/seedstack/*.sh "$SHARED"/bench/seedstack/*.py \
-  "$SHARED"/bench/seedstack/package*.json "$SEED"/
-if ! cmp -s "$SEED/package-lock.json" "$SEED/node_modules/.photoq-lock"; then
-  # As its README says (`npm ci` refuses its lock file, which lists no other platforms'
-  # optional packages).
-  (cd "$SEED" && npm install --silent --no-audit --no-fund)
-  cp "$SEED/package-lock.json" "$SEED/node_modules/.photoq-lock"
-fi
+ensure_seedstack
 cargo build --release --quiet --bin photoq
 PQ=$CARGO_TARGET_DIR/release/photoq
 
