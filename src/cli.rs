@@ -192,6 +192,16 @@ mod tests {
             })
         ));
         assert!(Cli::try_parse_from(["photoq", "work", "--concurrency", "0"]).is_err());
+        let cli = Cli::try_parse_from(["photoq", "all", "--cpu-slots", "3"]).expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::All(WorkArgs {
+                concurrency: None,
+                cpu_slots: Some(3),
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["photoq", "all", "--cpu-slots", "0"]).is_err());
         let cli = Cli::try_parse_from(["photoq", "keys", "create", "--name", "ci"]).expect("parse");
         assert!(matches!(
             cli.command,

@@ -528,3 +528,88 @@ async fn scenarios_replayed_on_postgres_match_the_model() {
         .await
         .unwrap();
 }
+
+/// Starting a photo changes none of its indexed columns (the partial indexes' conditions
+/// read generated columns that keep their value from `queued` to `processing`), so
+/// PostgreSQL updates the row in place: no new entry in any of the photo indexes. Counted
+/// by PostgreSQL itself within the transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_photos_updates_their_rows_in_place() {
+    use photoq::db::jobs::{self, Delivered};
+    let name = format!(
+        "pqtest_hot_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let mut config = photoq::config::Config::defaults().unwrap().database;
+    config.url = format!("{}/{name}", common::pg_server());
+    let pool = photoq::db::connect(&config).await.unwrap();
+    let (key, _) = photoq::auth::create_key(&pool, "hot", photoq::auth::KeyRole::Client)
+        .await
+        .unwrap();
+    let batch = photoq::db::models::Batch {
+        id: uuid::Uuid::now_v7(),
+        owner_id: key.id,
+        created_at: chrono::Utc::now(),
+    };
+    let photos: Vec<_> = (0..5)
+        .map(|_| photoq::db::models::NewPhoto {
+            id: uuid::Uuid::now_v7(),
+            batch_id: batch.id,
+            owner_id: key.id,
+            filename: Some("IMG_0001.JPG".into()),
+            content_type: Some("image/jpeg".into()),
+            bytes: Some(1),
+            sha256: Some("0".repeat(64)),
+            original_key: "originals/x.jpg".into(),
+            source_url: None,
+            trace_parent: None,
+        })
+        .collect();
+    let mut conn = photoq::db::conn(&pool).await.unwrap();
+    photoq::db::photos::insert_batch(&mut conn, &batch, &photos, None)
+        .await
+        .unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Counted {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        updated: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        in_place: i64,
+    }
+    let counted: Counted = conn
+        .transaction::<_, photoq::db::DbError, _>(async |conn| {
+            let delivered: Vec<Delivered> = photos
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Delivered {
+                    photo_id: p.id,
+                    entry: format!("1-{i}"),
+                    deliveries: 1,
+                })
+                .collect();
+            let starts = jobs::start_many(conn, &delivered, "hot", 3).await?;
+            assert_eq!(starts.started.len(), 5, "every photo started");
+            Ok(diesel::sql_query(
+                "SELECT pg_stat_get_xact_tuples_updated('photos'::regclass) AS updated, \
+                        pg_stat_get_xact_tuples_hot_updated('photos'::regclass) AS in_place",
+            )
+            .get_result(conn)
+            .await?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (counted.updated, counted.in_place),
+        (5, 5),
+        "every start an in-place update"
+    );
+    drop(conn);
+    drop(pool);
+    let mut admin = AsyncPgConnection::establish(&format!("{}/postgres", common::pg_server()))
+        .await
+        .unwrap();
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
