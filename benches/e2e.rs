@@ -233,16 +233,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-async fn images(a: Args) {
+/// `photoq serve` and `workers` worker processes sized as the run asks, on a fresh database
+/// and key prefix, and a client with a key: the processes are the workers, then the API.
+async fn service(a: &Args, workers: usize) -> (Cluster, Client, Vec<Proc>) {
     let cluster = Cluster::new("pqbench");
     let key = cluster.key();
     let (api, base) = cluster.serve().await;
     let client = Client::new(&base, &key);
     let work = a.work_args(false);
     let work: Vec<&str> = work.iter().map(String::as_str).collect();
-    let mut procs: Vec<Proc> = (0..a.workers).map(|_| cluster.spawn(&work, &[])).collect();
-    let workers: Vec<u32> = procs.iter().map(Proc::pid).collect();
+    let mut procs: Vec<Proc> = (0..workers).map(|_| cluster.spawn(&work, &[])).collect();
     procs.push(api);
+    (cluster, client, procs)
+}
+
+async fn images(a: Args) {
+    let (cluster, client, mut procs) = service(&a, a.workers).await;
+    let workers: Vec<u32> = procs[..a.workers].iter().map(Proc::pid).collect();
 
     let files = photo_files(a.dir.clone());
     let (mut db, usage_before, poll) = costs_from_now(&a, &cluster).await;
@@ -393,13 +400,7 @@ struct Way {
 }
 
 async fn latency(a: Args) {
-    let cluster = Cluster::new("pqbench");
-    let key = cluster.key();
-    let (api, base) = cluster.serve().await;
-    let client = Client::new(&base, &key);
-    let work = a.work_args(false);
-    let work: Vec<&str> = work.iter().map(String::as_str).collect();
-    let mut procs = vec![cluster.spawn(&work, &[]), api];
+    let (cluster, client, mut procs) = service(&a, 1).await;
     let files = photo_files(a.dir.clone());
     let mut db = AsyncPgConnection::establish(&cluster.database_url())
         .await

@@ -461,18 +461,26 @@ async fn replay(conn: &mut AsyncPgConnection, photo_id: uuid::Uuid, trace: &[Eve
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scenarios_replayed_on_postgres_match_the_model() {
+/// A new database (named after `prefix`), migrated, with its pool and one client key.
+async fn database_with_key(
+    prefix: &str,
+) -> (String, photoq::db::DbPool, photoq::db::models::ApiKey) {
     let name = format!(
-        "pqtest_sm_{}",
+        "{prefix}_{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
     let mut config = photoq::config::Config::defaults().unwrap().database;
     config.url = format!("{}/{name}", common::pg_server());
     let pool = photoq::db::connect(&config).await.unwrap();
-    let (key, _) = photoq::auth::create_key(&pool, "replay", photoq::auth::KeyRole::Client)
+    let (key, _) = photoq::auth::create_key(&pool, prefix, photoq::auth::KeyRole::Client)
         .await
         .unwrap();
+    (name, pool, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenarios_replayed_on_postgres_match_the_model() {
+    let (name, pool, key) = database_with_key("pqtest_sm").await;
     let mut conn = photoq::db::conn(&pool).await.unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut events = 0;
@@ -520,13 +528,7 @@ async fn scenarios_replayed_on_postgres_match_the_model() {
     );
     drop(conn);
     drop(pool);
-    let mut admin = AsyncPgConnection::establish(&format!("{}/postgres", common::pg_server()))
-        .await
-        .unwrap();
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    common::drop_database(&name).await;
 }
 
 /// Starting a photo changes none of its indexed columns (the partial indexes' conditions
@@ -536,16 +538,7 @@ async fn scenarios_replayed_on_postgres_match_the_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starting_photos_updates_their_rows_in_place() {
     use photoq::db::jobs::{self, Delivered};
-    let name = format!(
-        "pqtest_hot_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let mut config = photoq::config::Config::defaults().unwrap().database;
-    config.url = format!("{}/{name}", common::pg_server());
-    let pool = photoq::db::connect(&config).await.unwrap();
-    let (key, _) = photoq::auth::create_key(&pool, "hot", photoq::auth::KeyRole::Client)
-        .await
-        .unwrap();
+    let (name, pool, key) = database_with_key("pqtest_hot").await;
     let batch = photoq::db::models::Batch {
         id: uuid::Uuid::now_v7(),
         owner_id: key.id,
@@ -605,11 +598,5 @@ async fn starting_photos_updates_their_rows_in_place() {
     );
     drop(conn);
     drop(pool);
-    let mut admin = AsyncPgConnection::establish(&format!("{}/postgres", common::pg_server()))
-        .await
-        .unwrap();
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    common::drop_database(&name).await;
 }
