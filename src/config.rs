@@ -177,7 +177,7 @@ pub struct WorkerConfig {
 
 /// Jobs in flight per CPU slot when `worker.concurrency` is `"auto"`: while one job of a
 /// slot decodes, the next is read, started and fetched, and the one before is stored and
-/// committed (measured best on 2 cores, README "Choosing the concurrency").
+/// committed (measured best on 2 cores: README "End to end").
 pub const JOBS_PER_CPU_SLOT: usize = 2;
 
 /// How many of something a worker runs at once: a number, or `"auto"` (derived from the

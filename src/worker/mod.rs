@@ -1,7 +1,8 @@
 //! The consume loop: read jobs from the stream (and take over those abandoned by dead
-//! workers), at most `concurrency` at once; move due retries onto the stream; pause while
-//! PostgreSQL is down; on shutdown, finish or hand back what is in flight. Knows nothing of
-//! HTTP.
+//! workers), at most `concurrency` in flight, of which at most `cpu_slots` decode, resize
+//! and encode at once (the others are read, fetched, stored or recorded meanwhile); move
+//! due retries onto the stream; pause while PostgreSQL is down; on shutdown, finish or
+//! hand back what is in flight. Knows nothing of HTTP.
 
 pub mod commit;
 pub mod job;
@@ -49,8 +50,8 @@ pub struct WorkerContext {
     pub fetcher: Fetcher,
     pub config: Arc<Config>,
     pub metrics: Metrics,
-    /// Bounds the image work actually running on the blocking pool (a timed-out attempt's
-    /// work keeps its slot until it really ends).
+    /// `worker.cpu_slots`: bounds the image work actually running on the blocking pool (a
+    /// timed-out attempt's work keeps its slot until it really ends).
     pub cpu_slots: Arc<Semaphore>,
     /// Set by a job that found PostgreSQL unreachable; the loop pauses until it answers.
     pub db_down: Arc<AtomicBool>,
