@@ -152,7 +152,7 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
         let consumer = Consumer::new(&config.redis, queue.clone(), consumer_name())?
             .with_bulk_share(config.worker.bulk_share);
         // Job transitions on connections of their own (planned for key lookups).
-        let jobs_pool = db::jobs_pool(&config.database)?;
+        let jobs_pool = db::jobs_pool(&config.database, size.concurrency)?;
         let mut ctx = WorkerContext::new(
             jobs_pool,
             queue.clone(),
@@ -315,10 +315,10 @@ async fn run(
         Command::Storage(cmd) => return storage(&config, cmd).await,
         Command::Health { url } => return health(&config, url).await,
         Command::Render(args) => {
-            let threads = config
-                .worker
-                .size(None, args.concurrency.map(|n| n as usize))
-                .cpu_slots;
+            let threads = match args.concurrency {
+                Some(n) => n as usize,
+                None => config.worker.size(None, None).cpu_slots,
+            };
             let spec = crate::pipeline::Spec::from_config(&config);
             let summary = tokio::task::spawn_blocking(move || {
                 crate::render::run(&spec, &args.files, &args.out, threads)

@@ -107,10 +107,6 @@ pub fn pool(config: &DatabaseConfig) -> Result<DbPool, DbError> {
     pool_with(config, config.pool_size, "")
 }
 
-/// Connections of a worker process's job transitions: one starting read batches, one
-/// recording group commits, two for attempts ending otherwise (each a short statement).
-pub const JOBS_POOL_SIZE: usize = 4;
-
 /// A pool for the job transitions of `db::jobs`, whose statements touch up to a few
 /// thousand photos by id: its connections' planner looks rows up by key. On a table of
 /// modest size it would otherwise prefer a sequential scan or a hash of the whole table,
@@ -118,10 +114,13 @@ pub const JOBS_POOL_SIZE: usize = 4;
 /// by `attempt_id` alone, never also by `state = 'processing'`: the schema makes the one
 /// imply the other, and the state condition would let the planner start from the
 /// unfinished photos' index and compare every one of them with every job.)
-pub fn jobs_pool(config: &DatabaseConfig) -> Result<DbPool, DbError> {
+/// Its size: one connection starting read batches, one recording group commits, one for
+/// each job in flight that may end otherwise at the same moment, at most
+/// `database.pool_size`.
+pub fn jobs_pool(config: &DatabaseConfig, jobs_in_flight: usize) -> Result<DbPool, DbError> {
     pool_with(
         config,
-        JOBS_POOL_SIZE,
+        (2 + jobs_in_flight).min(config.pool_size),
         "; SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off",
     )
 }

@@ -454,6 +454,8 @@ async fn end(
 ) -> Result<bool, JobError> {
     let mut conn = db::conn(&ctx.pool).await?;
     let changed = db::jobs::finish(&mut conn, photo_id, attempt, ending).await?;
+    // Back to the pool before Redis is asked anything.
+    drop(conn);
     if changed {
         ctx.queue.changes_written();
         if let Some(code) = ending.code() {
