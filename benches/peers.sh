@@ -17,3 +17,6 @@ ensure_seedstack() {
     cp "$SEED/package-lock.json" "$SEED/node_modules/.photoq-lock"
   fi
 }
+
+# The median of the numbers given.
+median() { python3 -c 'import statistics, sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }

@@ -58,8 +58,6 @@ run_bullmq() {
   sed -n 's/.*process [0-9.]* s = \([0-9]*\) jobs\/s.*/\1/p' <<<"$out"
 }
 
-median() { python3 -c 'import statistics, sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
-
 echo "$ROUNDS rounds; photoq: $JOBS jobs, $WORKERS workers x $CONC; BullMQ: $BULL_JOBS jobs, one worker x $BULL_CONC" >&2
 pq=() bull=() base=()
 for round in $(seq "$ROUNDS"); do

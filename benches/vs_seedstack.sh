@@ -92,8 +92,6 @@ run_render() {
   rm -rf "$out"
 }
 
-median() { python3 -c 'import statistics, sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
-
 echo "$(( $(find "$CORPUS" -maxdepth 1 -iname '*.jp*g' | wc -l) * REPEAT )) images from $CORPUS per run," \
   "$ROUNDS rounds; photoq: \`photoq $PQ_ARGS\`; seedstack: concurrency $SEED_CONC" >&2
 pq=() seed=() render=()
