@@ -5,11 +5,12 @@
 //!   cargo bench --bench pipeline                 every group
 //!   cargo bench --bench pipeline -- decode/      one group (criterion filter)
 //!
-//! Groups: `decode` (libjpeg-turbo at scale 1, 1/2, 1/4, 1/8, and zune-jpeg at full size
-//! for comparison), `resize` (Lanczos3 to the preview from the scale photoq decodes at, and
-//! to the thumbnail from the preview), `encode` (the 1280 px preview: libjpeg-turbo as
-//! photoq does it, with and without Huffman optimisation, and jpeg-encoder), `exif`, and
-//! `process` (everything, default variants).
+//! Groups: `decode` (libjpeg-turbo at scale 1, 1/2, 1/4, 1/8 to RGB and to YCbCr planes,
+//! and zune-jpeg at full size for comparison), `resize` (Lanczos3 to the preview from the
+//! scale photoq decodes at, and to the thumbnail from the preview; RGB and planes),
+//! `encode` (the 1280 px preview: libjpeg-turbo from RGB with and without Huffman
+//! optimisation, from planes, and jpeg-encoder), `exif`, and `process` (everything, default
+//! variants, through planes as photoq does it and through RGB).
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -18,9 +19,10 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use photoq::config::Config;
 use photoq::pipeline::decode::{self, Decoded};
-use photoq::pipeline::resize::{self, Layout, Pixels};
-use photoq::pipeline::variant::Rect;
-use photoq::pipeline::{encode, exif, process, SourceFormat, Spec};
+use photoq::pipeline::frame::Frame;
+use photoq::pipeline::resize::{Layout, Pixels};
+use photoq::pipeline::variant::{OutputFormat, Rect};
+use photoq::pipeline::{encode, exif, process, JpegOutput, SourceFormat, Spec};
 
 /// Corpus photos: 640x480, 3264x2448 (8 MP), 4032x3024 (12 MP).
 const CORPUS: &[&str] = &[
@@ -66,10 +68,20 @@ fn spec() -> Spec {
     }
 }
 
-fn decode_at(data: &[u8], spec: &Spec, reduction: f64) -> Decoded {
-    match decode::decode(data, SourceFormat::Jpeg, &spec.limits, |_, _, _| reduction) {
+fn decode_at(data: &[u8], spec: &Spec, reduction: f64, output: JpegOutput) -> Decoded {
+    match decode::decode(data, SourceFormat::Jpeg, &spec.limits, output, |_, _, _| {
+        reduction
+    }) {
         Ok(d) => d,
         Err(e) => panic!("decode: {e}"),
+    }
+}
+
+/// RGB pixels of `data` decoded at `reduction`.
+fn rgb_at(data: &[u8], spec: &Spec, reduction: f64) -> Pixels {
+    match decode_at(data, spec, reduction, JpegOutput::Packed).pixels {
+        Frame::Packed(p) => p,
+        Frame::Planar(_) => panic!("asked for RGB"),
     }
 }
 
@@ -81,10 +93,12 @@ fn bench_decode(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for (name, data) in photos() {
         for denominator in [1u32, 2, 4, 8] {
-            let id = BenchmarkId::new(&name, format!("turbo-1/{denominator}"));
-            group.bench_function(id, |b| {
-                b.iter(|| decode_at(black_box(&data), &spec, f64::from(denominator)))
-            });
+            for (label, output) in [("rgb", JpegOutput::Packed), ("planes", JpegOutput::Planes)] {
+                let id = BenchmarkId::new(&name, format!("turbo-{label}-1/{denominator}"));
+                group.bench_function(id, |b| {
+                    b.iter(|| decode_at(black_box(&data), &spec, f64::from(denominator), output))
+                });
+            }
         }
         group.bench_function(BenchmarkId::new(&name, "zune-1/1"), |b| {
             b.iter(|| {
@@ -105,18 +119,20 @@ fn bench_resize(c: &mut Criterion) {
     quick(&mut group);
     for (name, data) in photos() {
         // The source photoq resizes the preview from: decoded at the scale it would choose.
-        let full = decode_at(&data, &spec, 1.0).pixels;
+        let full = rgb_at(&data, &spec, 1.0);
         let reduction = f64::from(full.width.max(full.height)) / 1280.0;
-        let source = decode_at(&data, &spec, reduction).pixels;
         let (pw, ph) = fit(full.width, full.height, 1280);
-        let preview = resize_to(&source, pw, ph);
         let (tw, th) = fit(full.width, full.height, 256);
-        group.bench_function(BenchmarkId::new(&name, "to-preview"), |b| {
-            b.iter(|| resize_to(black_box(&source), pw, ph))
-        });
-        group.bench_function(BenchmarkId::new(&name, "preview-to-thumbnail"), |b| {
-            b.iter(|| resize_to(black_box(&preview), tw, th))
-        });
+        for (label, output) in [("rgb", JpegOutput::Packed), ("planes", JpegOutput::Planes)] {
+            let source = decode_at(&data, &spec, reduction, output).pixels;
+            let preview = resize_to(&source, pw, ph);
+            group.bench_function(
+                BenchmarkId::new(&name, format!("{label}-to-preview")),
+                |b| b.iter(|| resize_to(black_box(&source), pw, ph)),
+            );
+            let id = BenchmarkId::new(&name, format!("{label}-preview-to-thumbnail"));
+            group.bench_function(id, |b| b.iter(|| resize_to(black_box(&preview), tw, th)));
+        }
     }
     group.finish();
 }
@@ -129,10 +145,21 @@ fn bench_encode(c: &mut Criterion) {
     let Some((name, data)) = photos().into_iter().nth(2) else {
         return;
     };
-    let full = decode_at(&data, &spec, 1.0).pixels;
+    let full = rgb_at(&data, &spec, 1.0);
     let (pw, ph) = fit(full.width, full.height, 1280);
-    let preview = resize_to(&full, pw, ph);
+    let preview = match resize_to(&Frame::Packed(full), pw, ph) {
+        Frame::Packed(p) => p,
+        Frame::Planar(_) => panic!("resized RGB is RGB"),
+    };
+    let planes = resize_to(
+        &decode_at(&data, &spec, 1.0, JpegOutput::Planes).pixels,
+        pw,
+        ph,
+    );
     let label = format!("{name}-preview-{pw}x{ph}");
+    group.bench_function(BenchmarkId::new(&label, "turbo-planes"), |b| {
+        b.iter(|| black_box(&planes).encode(OutputFormat::Jpeg, 80))
+    });
     group.bench_function(BenchmarkId::new(&label, "turbo-optimised"), |b| {
         b.iter(|| encode::jpeg(black_box(&preview), 80))
     });
@@ -168,10 +195,16 @@ fn bench_exif_and_process(c: &mut Criterion) {
     group.sample_size(10);
     quick(&mut group);
     group.throughput(Throughput::Elements(1));
+    let rgb = Spec {
+        jpeg_output: JpegOutput::Packed,
+        ..spec.clone()
+    };
     for (name, data) in photos() {
-        group.bench_function(&name, |b| {
-            b.iter(|| process(black_box(&data), &spec).map(|p| p.variants.len()))
-        });
+        for (label, spec) in [("planes", &spec), ("rgb", &rgb)] {
+            group.bench_function(BenchmarkId::new(&name, label), |b| {
+                b.iter(|| process(black_box(&data), spec).map(|p| p.variants.len()))
+            });
+        }
     }
     group.finish();
 }
@@ -184,9 +217,12 @@ fn fit(width: u32, height: u32, edge: u32) -> (u32, u32) {
     )
 }
 
-fn resize_to(src: &Pixels, width: u32, height: u32) -> Pixels {
-    assert_eq!(src.layout, Layout::Rgb);
-    match resize::resize(src, Rect::whole(src.width, src.height), width, height) {
+fn resize_to(src: &Frame, width: u32, height: u32) -> Frame {
+    if let Frame::Packed(p) = src {
+        assert_eq!(p.layout, Layout::Rgb);
+    }
+    let whole = Rect::whole(src.width(), src.height());
+    match src.resize(whole, width, height, OutputFormat::Jpeg) {
         Ok(p) => p,
         Err(e) => panic!("resize: {e}"),
     }

@@ -135,13 +135,31 @@ pub async fn run(gauges: QueueGauges, queue: Queue, pool: DbPool, shutdown: Canc
     }
 }
 
+/// Reads everything first and then sets the gauges together, so that a scrape never sees
+/// half of one pass and half of the one before.
 async fn sample(
     gauges: &QueueGauges,
     queue: &Queue,
     pool: &DbPool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut lanes = Vec::with_capacity(Lane::ALL.len());
     for lane in Lane::ALL {
-        let s = queue.lane_stats(lane).await?;
+        let stats = queue.lane_stats(lane).await?;
+        let active = queue
+            .consumers(lane)
+            .await?
+            .iter()
+            .filter(|c| c.active())
+            .count();
+        lanes.push((lane, stats, active));
+    }
+    let dead = queue.dead_letters().await?;
+    let mut conn = db::conn(pool).await?;
+    let waited = db::photos::oldest_waiting_secs(&mut conn).await?;
+    let unsequenced = db::events::unsequenced(&mut conn).await?;
+    drop(conn);
+
+    for (lane, s, active) in lanes {
         let label = [lane.as_str()];
         gauges
             .entries
@@ -159,23 +177,13 @@ async fn sample(
             .scheduled
             .with_label_values(&label)
             .set(s.scheduled as i64);
-        let active = queue
-            .consumers(lane)
-            .await?
-            .iter()
-            .filter(|c| c.active())
-            .count();
         gauges
             .consumers
             .with_label_values(&label)
             .set(active as i64);
     }
-    gauges.dead.set(queue.dead_letters().await? as i64);
-    let mut conn = db::conn(pool).await?;
-    let waited = db::photos::oldest_waiting_secs(&mut conn).await?;
+    gauges.dead.set(dead as i64);
     gauges.oldest.set(waited.unwrap_or(0.0));
-    gauges
-        .unsequenced
-        .set(db::events::unsequenced(&mut conn).await?);
+    gauges.unsequenced.set(unsequenced);
     Ok(())
 }

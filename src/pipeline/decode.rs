@@ -14,6 +14,8 @@ use image::{DynamicImage, ImageDecoder, ImageReader};
 use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
 
 use super::exif::{self, Exif};
+use super::frame::Frame;
+use super::planar::{self, Planar};
 use super::resize::{Layout, Pixels};
 use super::sniff::SourceFormat;
 use super::{Limits, PipelineError};
@@ -24,13 +26,22 @@ const MAX_BYTES_PER_PIXEL: u64 = 8;
 const DCT_DENOMINATORS: [u32; 3] = [8, 4, 2];
 
 pub struct Decoded {
-    /// Pixels as stored in the file (orientation not yet applied), possibly reduced.
-    pub pixels: Pixels,
+    /// The image as stored in the file (orientation not yet applied), possibly reduced.
+    pub pixels: Frame,
     /// The full stored size, before any reduction.
     pub width: u32,
     pub height: u32,
     pub orientation: Orientation,
     pub exif: Exif,
+}
+
+/// How a JPEG is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JpegOutput {
+    /// Its YCbCr planes where it has them (see `planar`), else RGB or grey.
+    Planes,
+    /// Always RGB (or grey).
+    Packed,
 }
 
 /// Decodes `data`. `allowed_reduction` is told the full stored size and orientation and
@@ -39,10 +50,11 @@ pub fn decode(
     data: &[u8],
     format: SourceFormat,
     limits: &Limits,
+    jpeg_output: JpegOutput,
     allowed_reduction: impl FnOnce(u32, u32, Orientation) -> f64,
 ) -> Result<Decoded, PipelineError> {
     match format {
-        SourceFormat::Jpeg => decode_jpeg(data, limits, allowed_reduction),
+        SourceFormat::Jpeg => decode_jpeg(data, limits, jpeg_output, allowed_reduction),
         SourceFormat::Png | SourceFormat::Webp => decode_other(data, format, limits),
     }
 }
@@ -58,6 +70,7 @@ pub fn dct_denominator(reduction: f64) -> u32 {
 fn decode_jpeg(
     data: &[u8],
     limits: &Limits,
+    jpeg_output: JpegOutput,
     allowed_reduction: impl FnOnce(u32, u32, Orientation) -> f64,
 ) -> Result<Decoded, PipelineError> {
     let mut decompressor = Decompressor::new().map_err(internal)?;
@@ -80,6 +93,32 @@ fn decode_jpeg(
     decompressor.set_scaling_factor(scale).map_err(internal)?;
     let scaled = header.scaled(scale);
 
+    if jpeg_output == JpegOutput::Planes
+        && header.colorspace == Colorspace::YCbCr
+        && planar::supported(header.subsamp)
+    {
+        let mut image = turbojpeg::YuvImage {
+            pixels: Vec::new(),
+            width: scaled.width,
+            align: 1,
+            height: scaled.height,
+            subsamp: header.subsamp,
+        };
+        let len = turbojpeg::yuv_pixels_len(image.width, 1, image.height, image.subsamp)
+            .map_err(internal)?;
+        image.pixels = vec![0u8; len];
+        decompressor
+            .decompress_to_yuv(data, image.as_deref_mut())
+            .map_err(corrupt)?;
+        return Ok(Decoded {
+            pixels: Frame::Planar(Planar::from_turbojpeg(image)?),
+            width,
+            height,
+            orientation,
+            exif,
+        });
+    }
+
     let (layout, format) = match header.colorspace {
         Colorspace::Gray => (Layout::Luma, PixelFormat::GRAY),
         Colorspace::CMYK | Colorspace::YCCK => (Layout::Rgb, PixelFormat::CMYK),
@@ -101,12 +140,12 @@ fn decode_jpeg(
         image.pixels
     };
     Ok(Decoded {
-        pixels: Pixels {
+        pixels: Frame::Packed(Pixels {
             width: scaled.width as u32,
             height: scaled.height as u32,
             layout,
             data,
-        },
+        }),
         width,
         height,
         orientation,
@@ -150,7 +189,7 @@ fn decode_other(
         .unwrap_or_default();
     let image = DynamicImage::from_decoder(decoder).map_err(PipelineError::from_image)?;
     Ok(Decoded {
-        pixels: Pixels::from_image(image),
+        pixels: Frame::Packed(Pixels::from_image(image)),
         width,
         height,
         orientation: orientation_of(&exif),

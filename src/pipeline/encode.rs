@@ -15,6 +15,9 @@ const BACKGROUND: u8 = 255;
 /// The largest side libwebp encodes.
 const WEBP_MAX_SIDE: u32 = 16383;
 
+pub const JPEG_TYPE: &str = "image/jpeg";
+pub const JPEG_EXTENSION: &str = "jpg";
+
 /// An encoded image and how to serve it.
 pub struct Encoded {
     pub data: Vec<u8>,
@@ -28,7 +31,7 @@ pub fn encode(
     quality: u8,
 ) -> Result<Encoded, PipelineError> {
     let (data, content_type, extension) = match format {
-        OutputFormat::Jpeg => (jpeg(pixels, quality)?, "image/jpeg", "jpg"),
+        OutputFormat::Jpeg => (jpeg(pixels, quality)?, JPEG_TYPE, JPEG_EXTENSION),
         OutputFormat::Webp => (webp(pixels, quality)?, "image/webp", "webp"),
         OutputFormat::Png => (png(pixels)?, "image/png", "png"),
     };

@@ -11,16 +11,19 @@ pub mod adjust;
 pub mod decode;
 pub mod encode;
 pub mod exif;
+pub mod frame;
 pub mod metadata;
 pub mod orient;
+pub mod planar;
 pub mod resize;
 pub mod sniff;
 pub mod variant;
 
 use image::metadata::Orientation;
 
+pub use decode::JpegOutput;
 pub use exif::Exif;
-use resize::Pixels;
+use frame::Frame;
 pub use sniff::{sniff, SourceFormat};
 pub use variant::VariantSpec;
 use variant::{Geometry, OutputFormat, Rect};
@@ -96,6 +99,9 @@ pub struct Spec {
     pub limits: Limits,
     /// Decode JPEGs at a reduced scale when every variant still gets enough pixels.
     pub shrink_on_load: bool,
+    /// JPEGs kept in their YCbCr planes from decoder to encoder (always, in the service;
+    /// the benches compare it with RGB).
+    pub jpeg_output: JpegOutput,
     pub variants: Vec<VariantSpec>,
 }
 
@@ -122,6 +128,7 @@ impl Spec {
                 max_dimension: config.pipeline.max_dimension,
             },
             shrink_on_load: config.pipeline.shrink_on_load,
+            jpeg_output: JpegOutput::Planes,
             variants,
         }
     }
@@ -204,46 +211,52 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
     let mut timings = Timings::default();
     let clock = std::time::Instant::now();
     let decoding = tracing::info_span!("decode", bytes = data.len()).entered();
-    let decoded = decode::decode(data, format, &spec.limits, |w, h, orientation| {
-        if !spec.shrink_on_load {
-            return 1.0;
-        }
-        plan(spec, w, h, orientation)
-            .iter()
-            .map(|p| p.stored.reduction())
-            .fold(f64::INFINITY, f64::min)
-    })?;
+    let decoded = decode::decode(
+        data,
+        format,
+        &spec.limits,
+        spec.jpeg_output,
+        |w, h, orientation| {
+            if !spec.shrink_on_load {
+                return 1.0;
+            }
+            plan(spec, w, h, orientation)
+                .iter()
+                .map(|p| p.stored.reduction())
+                .fold(f64::INFINITY, f64::min)
+        },
+    )?;
     timings.decode = clock.elapsed();
     drop(decoding);
     let orientation = decoded.orientation;
     let (full_w, full_h) = (decoded.width, decoded.height);
 
     // Whole-frame images the variants may be resized from, in stored orientation.
-    let mut sources: Vec<Pixels> = vec![decoded.pixels];
+    let mut sources: Vec<Frame> = vec![decoded.pixels];
     let mut variants = Vec::with_capacity(spec.variants.len());
     for planned in plan(spec, full_w, full_h, orientation) {
         let stored = planned.stored;
         let clock = std::time::Instant::now();
         let resizing = tracing::info_span!("resize", variant = %planned.spec.name).entered();
-        let source = smallest_adequate(&sources, stored, full_w, full_h);
+        let chroma = frame::chroma_for(planned.spec.format);
+        let source = smallest_adequate(&sources, stored, chroma, full_w, full_h);
         let crop = stored.crop.scaled(
-            f64::from(source.width) / f64::from(full_w),
-            f64::from(source.height) / f64::from(full_h),
+            f64::from(source.width()) / f64::from(full_w),
+            f64::from(source.height()) / f64::from(full_h),
         );
-        let mut pixels = resize::resize(source, crop, stored.width, stored.height)?;
+        let mut frame = source.resize(crop, stored.width, stored.height, planned.spec.format)?;
         if planned.spec.keeps_whole_frame() && stored.crop == Rect::whole(full_w, full_h) {
-            sources.push(pixels.clone());
+            sources.push(frame.clone());
         }
         if planned.spec.grayscale {
-            pixels = adjust::grayscale(pixels);
+            frame = frame.grayscale()?;
         }
-        pixels = adjust::sharpen(pixels, planned.spec.sharpen);
-        let oriented = orient::apply(pixels, orientation)?;
+        let oriented = frame.sharpen(planned.spec.sharpen).orient(orientation)?;
         timings.resize += clock.elapsed();
         drop(resizing);
         let clock = std::time::Instant::now();
         let _encoding = tracing::info_span!("encode", variant = %planned.spec.name).entered();
-        let mut encoded = encode::encode(&oriented, planned.spec.format, planned.spec.quality)?;
+        let mut encoded = oriented.encode(planned.spec.format, planned.spec.quality)?;
         if planned.spec.keep.any()
             && format == SourceFormat::Jpeg
             && planned.spec.format == OutputFormat::Jpeg
@@ -254,8 +267,8 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
         timings.encode += clock.elapsed();
         variants.push(EncodedVariant {
             name: planned.spec.name.clone(),
-            width: oriented.width,
-            height: oriented.height,
+            width: oriented.width(),
+            height: oriented.height(),
             content_type: encoded.content_type,
             extension: encoded.extension,
             data: encoded.data,
@@ -301,12 +314,26 @@ fn plan(spec: &Spec, width: u32, height: u32, orientation: Orientation) -> Vec<P
 }
 
 /// The smallest whole-frame source that still has at least as many pixels as the output
-/// on both axes of the crop (the full decode always qualifies, or is the best there is).
-fn smallest_adequate(sources: &[Pixels], g: Geometry, full_w: u32, full_h: u32) -> &Pixels {
-    let adequate = |s: &&Pixels| {
-        let sx = f64::from(s.width) / f64::from(full_w);
-        let sy = f64::from(s.height) / f64::from(full_h);
-        g.crop.width * sx >= f64::from(g.width) && g.crop.height * sy >= f64::from(g.height)
+/// on both axes of the crop, in luma and in chroma (`chroma`: the output's subsampling);
+/// the full decode always qualifies, or is the best there is.
+fn smallest_adequate(
+    sources: &[Frame],
+    g: Geometry,
+    chroma: (u32, u32),
+    full_w: u32,
+    full_h: u32,
+) -> &Frame {
+    let adequate = |s: &&Frame| {
+        let sx = f64::from(s.width()) / f64::from(full_w);
+        let sy = f64::from(s.height()) / f64::from(full_h);
+        let (cx, cy) = s.subsampling();
+        let luma =
+            g.crop.width * sx >= f64::from(g.width) && g.crop.height * sy >= f64::from(g.height);
+        let chroma_x =
+            g.crop.width * sx / f64::from(cx) >= f64::from(g.width) / f64::from(chroma.0);
+        let chroma_y =
+            g.crop.height * sy / f64::from(cy) >= f64::from(g.height) / f64::from(chroma.1);
+        luma && chroma_x && chroma_y
     };
     sources
         .iter()
@@ -317,6 +344,7 @@ fn smallest_adequate(sources: &[Pixels], g: Geometry, full_w: u32, full_h: u32) 
 
 #[cfg(test)]
 mod tests {
+    use super::resize::Pixels;
     use super::variant::Fit;
     use super::*;
     use image::{DynamicImage, RgbImage, RgbaImage};
@@ -342,6 +370,7 @@ mod tests {
                 max_dimension: 4000,
             },
             shrink_on_load: true,
+            jpeg_output: JpegOutput::Planes,
             variants,
         }
     }
@@ -363,27 +392,55 @@ mod tests {
         out.into_inner()
     }
 
-    /// A smooth colour gradient with a few hard edges, as a q95 JPEG.
+    /// A smooth colour gradient with a few hard edges, as a q95 4:2:0 JPEG.
     fn jpeg(width: u32, height: u32) -> Vec<u8> {
-        let data = (0..height)
+        jpeg_sampled(width, height, turbojpeg::Subsamp::Sub2x2, 1)
+    }
+
+    /// The same gradient at a chosen chroma subsampling, with an EXIF orientation unless 1.
+    fn jpeg_sampled(
+        width: u32,
+        height: u32,
+        subsamp: turbojpeg::Subsamp,
+        orientation: u16,
+    ) -> Vec<u8> {
+        let data: Vec<u8> = (0..height)
             .flat_map(|y| {
                 (0..width).flat_map(move |x| {
                     let edge = if (x / 100 + y / 100) % 2 == 0 { 40 } else { 0 };
                     [
                         (x * 200 / width) as u8 + edge,
                         (y * 200 / height) as u8 + edge,
-                        128,
+                        128 + ((x / 4 + y / 6) % 64) as u8,
                     ]
                 })
             })
             .collect();
-        let pixels = Pixels {
-            width,
-            height,
-            layout: resize::Layout::Rgb,
-            data,
+        let mut compressor = turbojpeg::Compressor::new().expect("compressor");
+        compressor.set_quality(95).expect("quality");
+        compressor.set_subsamp(subsamp).expect("subsamp");
+        let image = turbojpeg::Image {
+            pixels: data.as_slice(),
+            width: width as usize,
+            pitch: width as usize * 3,
+            height: height as usize,
+            format: turbojpeg::PixelFormat::RGB,
         };
-        encode::jpeg(&pixels, 95).expect("encode jpeg")
+        let plain = compressor.compress_to_vec(image).expect("encode jpeg");
+        if orientation == 1 {
+            return plain;
+        }
+        let mut out = plain[..2].to_vec();
+        out.extend(metadata::tests::exif_segment(orientation));
+        out.extend_from_slice(&plain[2..]);
+        out
+    }
+
+    /// Mean and largest per-channel difference of two same-sized images.
+    fn difference(a: &[u8], b: &[u8]) -> (f64, u8) {
+        let diffs = a.iter().zip(b).map(|(&x, &y)| x.abs_diff(y));
+        let sum: u64 = diffs.clone().map(u64::from).sum();
+        (sum as f64 / a.len() as f64, diffs.max().unwrap_or(0))
     }
 
     fn decode_rgb(data: &[u8]) -> image::RgbImage {
@@ -450,12 +507,18 @@ mod tests {
         let data = jpeg(800, 600);
         let limits = spec().limits;
         let at = |reduction: f64| {
-            let d = decode::decode(&data, SourceFormat::Jpeg, &limits, |w, h, _| {
-                assert_eq!((w, h), (800, 600));
-                reduction
-            })
+            let d = decode::decode(
+                &data,
+                SourceFormat::Jpeg,
+                &limits,
+                JpegOutput::Planes,
+                |w, h, _| {
+                    assert_eq!((w, h), (800, 600));
+                    reduction
+                },
+            )
             .expect("decodes");
-            (d.pixels.width, d.pixels.height, d.width, d.height)
+            (d.pixels.width(), d.pixels.height(), d.width, d.height)
         };
         assert_eq!(at(1.0), (800, 600, 800, 600));
         assert_eq!(at(3.9), (400, 300, 800, 600));
@@ -538,6 +601,132 @@ mod tests {
             .max()
             .unwrap_or(0);
         assert!(worst < 24, "largest pixel difference {worst}");
+    }
+
+    #[test]
+    fn planes_and_rgb_make_the_same_variants() {
+        use turbojpeg::Subsamp;
+        let mut webp = variant("webp", 64);
+        webp.format = OutputFormat::Webp;
+        let mut grey = variant("grey", 50);
+        grey.fit = Fit::Cover;
+        grey.format = OutputFormat::Png;
+        grey.grayscale = true;
+        let mut sharp = variant("sharp", 333);
+        sharp.sharpen = 0.5;
+        let planes = spec_with(vec![
+            variant("preview", 501),
+            sharp,
+            variant("thumb", 101),
+            webp,
+            grey,
+        ]);
+        let rgb = Spec {
+            jpeg_output: JpegOutput::Packed,
+            ..planes.clone()
+        };
+        for subsamp in [
+            Subsamp::Sub2x2,
+            Subsamp::Sub2x1,
+            Subsamp::None,
+            Subsamp::Sub1x2,
+        ] {
+            for (w, h, orientation) in [
+                (1601, 1201, 1),
+                (801, 601, 6),
+                (1203, 905, 3),
+                (37, 23, 8),
+                (38, 24, 1),
+            ] {
+                let data = jpeg_sampled(w, h, subsamp, orientation);
+                let case = format!("{subsamp:?} {w}x{h} orientation {orientation}");
+                let decoded = decode::decode(
+                    &data,
+                    SourceFormat::Jpeg,
+                    &planes.limits,
+                    JpegOutput::Planes,
+                    |_, _, _| 2.0,
+                )
+                .expect("decodes");
+                assert!(matches!(decoded.pixels, Frame::Planar(_)), "{case}: planes");
+                let a = process(&data, &planes).expect("planes");
+                let b = process(&data, &rgb).expect("rgb");
+                assert_eq!((a.width, a.height), (b.width, b.height), "{case}");
+                // The reference: a full-size RGB decode, turned upright, resized in one step.
+                let mut full = image::load_from_memory(&data).expect("decodes");
+                full.apply_orientation(
+                    image::metadata::Orientation::from_exif(orientation as u8)
+                        .expect("orientation"),
+                );
+                let full = Pixels::from_image(full);
+                for (va, vb) in a.variants.iter().zip(&b.variants) {
+                    assert_eq!(
+                        (&va.name, va.width, va.height, va.content_type),
+                        (&vb.name, vb.width, vb.height, vb.content_type),
+                        "{case}"
+                    );
+                    let (ia, ib) = (decode_rgb(&va.data), decode_rgb(&vb.data));
+                    assert_eq!(ia.dimensions(), (va.width, va.height), "{case}");
+                    let (mean, _) = difference(ia.as_raw(), ib.as_raw());
+                    if va.name == "grey" || va.name == "sharp" || va.width * va.height == w * h {
+                        // Cropped, sharpened (lightness alone from planes) or not resized
+                        // (chroma filtered once, not up and down): alike, no more.
+                        assert!(mean < 2.5, "{case} {}: mean difference {mean}", va.name);
+                        continue;
+                    }
+                    let reference = resize::resize(
+                        &full,
+                        variant::Rect::whole(full.width, full.height),
+                        va.width,
+                        va.height,
+                    )
+                    .expect("reference");
+                    let (ea, _) = difference(ia.as_raw(), &reference.data);
+                    let (eb, _) = difference(ib.as_raw(), &reference.data);
+                    assert!(
+                        ea <= eb * 1.1,
+                        "{case} {}: planes {ea:.2} from the reference, RGB {eb:.2}",
+                        va.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn planes_keep_flat_colours() {
+        // A flat colour through decode, resize, rotate and encode stays that colour.
+        for colour in [[200u8, 40, 90], [20, 180, 240], [250, 250, 10]] {
+            let (w, h) = (640, 481);
+            let data: Vec<u8> = colour.repeat(w * h);
+            let mut compressor = turbojpeg::Compressor::new().expect("compressor");
+            compressor.set_quality(100).expect("quality");
+            let image = turbojpeg::Image {
+                pixels: data.as_slice(),
+                width: w,
+                pitch: w * 3,
+                height: h,
+                format: turbojpeg::PixelFormat::RGB,
+            };
+            let source = compressor.compress_to_vec(image).expect("encode");
+            let mut webp = variant("webp", 50);
+            webp.format = OutputFormat::Webp;
+            let out =
+                process(&source, &spec_with(vec![variant("small", 99), webp])).expect("process");
+            for v in &out.variants {
+                let pixels = decode_rgb(&v.data);
+                for p in pixels.pixels() {
+                    for c in 0..3 {
+                        assert!(
+                            p[c].abs_diff(colour[c]) <= 4,
+                            "{}: {:?} for {colour:?}",
+                            v.name,
+                            p.0
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
