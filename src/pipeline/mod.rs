@@ -694,6 +694,28 @@ mod tests {
     }
 
     #[test]
+    fn planes_take_large_steps_to_odd_sizes() {
+        // A corpus photo's size: the 1280 x 794 preview's last chroma row hangs over, and
+        // the 256 x 159 thumbnail's takes 2.5 of the preview's chroma rows past its edge.
+        let data = jpeg_sampled(3872, 2403, turbojpeg::Subsamp::Sub2x2, 1);
+        let planes = spec_with(vec![variant("preview", 1280), variant("thumbnail", 256)]);
+        let mut rgb = planes.clone();
+        rgb.jpeg_output = JpegOutput::Packed;
+        rgb.limits.max_pixels = 10_000_000;
+        let mut planes = planes;
+        planes.limits = rgb.limits.clone();
+        let a = process(&data, &planes).expect("planes");
+        let b = process(&data, &rgb).expect("rgb");
+        for (va, vb) in a.variants.iter().zip(&b.variants) {
+            assert_eq!((va.width, va.height), (vb.width, vb.height));
+            let (mean, _) =
+                difference(decode_rgb(&va.data).as_raw(), decode_rgb(&vb.data).as_raw());
+            assert!(mean < 2.5, "{}: mean difference {mean}", va.name);
+        }
+        assert_eq!((a.variants[1].width, a.variants[1].height), (256, 159));
+    }
+
+    #[test]
     fn planes_keep_flat_colours() {
         // A flat colour through decode, resize, rotate and encode stays that colour.
         for colour in [[200u8, 40, 90], [20, 180, 240], [250, 250, 10]] {

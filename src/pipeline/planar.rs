@@ -386,13 +386,14 @@ fn resize_plane_with(
     height: u32,
     filter: FilterType,
 ) -> Result<Plane, PipelineError> {
-    // A chroma crop can hang over an odd edge by up to a sample (the last output chroma
-    // sample spans pixels past the image): the plane is extended by repeating its edge, so
-    // that every output sample keeps its place. Less than that is a rounding error.
+    // A chroma crop can hang over an odd edge by half an output chroma sample, which is
+    // several source samples when the step is large (1280 to 256 px: 2.5): the plane is
+    // extended by repeating its edge, so that every output sample keeps its place. Less
+    // than a sample is a rounding error; more than the plane again is a bug.
     const ROUNDING: f64 = 1e-6;
     let need_w = ((crop.x + crop.width - ROUNDING).ceil().max(0.0) as u32).max(src.width);
     let need_h = ((crop.y + crop.height - ROUNDING).ceil().max(0.0) as u32).max(src.height);
-    if need_w > src.width + 2 || need_h > src.height + 2 {
+    if need_w > src.width * 2 + 2 || need_h > src.height * 2 + 2 {
         return Err(PipelineError::Internal(format!(
             "crop {crop:?} reaches past a {}x{} plane",
             src.width, src.height
