@@ -54,10 +54,7 @@ pub fn jpeg_with(
     quality: u8,
     optimize_huffman: bool,
 ) -> Result<Vec<u8>, PipelineError> {
-    let err = |e: turbojpeg::Error| PipelineError::Internal(format!("jpeg encode: {e}"));
-    let mut compressor = Compressor::new().map_err(err)?;
-    compressor.set_quality(i32::from(quality)).map_err(err)?;
-    compressor.set_optimize(optimize_huffman).map_err(err)?;
+    let mut compressor = jpeg_compressor(quality, optimize_huffman)?;
     let flattened;
     let (data, format, subsamp) = match pixels.layout {
         Layout::Luma => (&pixels.data, PixelFormat::GRAY, Subsamp::Gray),
@@ -67,7 +64,7 @@ pub fn jpeg_with(
             (&flattened, PixelFormat::RGB, Subsamp::Sub2x2)
         }
     };
-    compressor.set_subsamp(subsamp).map_err(err)?;
+    compressor.set_subsamp(subsamp).map_err(jpeg_error)?;
     let image = turbojpeg::Image {
         pixels: data.as_slice(),
         width: pixels.width as usize,
@@ -75,7 +72,23 @@ pub fn jpeg_with(
         height: pixels.height as usize,
         format,
     };
-    compressor.compress_to_vec(image).map_err(err)
+    compressor.compress_to_vec(image).map_err(jpeg_error)
+}
+
+/// A libjpeg-turbo compressor at `quality`, with or without optimised Huffman tables.
+pub fn jpeg_compressor(quality: u8, optimize_huffman: bool) -> Result<Compressor, PipelineError> {
+    let mut compressor = Compressor::new().map_err(jpeg_error)?;
+    compressor
+        .set_quality(i32::from(quality))
+        .map_err(jpeg_error)?;
+    compressor
+        .set_optimize(optimize_huffman)
+        .map_err(jpeg_error)?;
+    Ok(compressor)
+}
+
+pub fn jpeg_error(e: turbojpeg::Error) -> PipelineError {
+    PipelineError::Internal(format!("jpeg encode: {e}"))
 }
 
 fn webp(pixels: &Pixels, quality: u8) -> Result<Vec<u8>, PipelineError> {

@@ -12,7 +12,7 @@ use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::metadata::Orientation;
 use image::{DynamicImage, GrayImage};
-use turbojpeg::{Compressor, Subsamp, YuvImage, YuvPlanesImage};
+use turbojpeg::{Subsamp, YuvImage, YuvPlanesImage};
 
 use super::resize::{Layout, Pixels};
 use super::variant::Rect;
@@ -259,7 +259,6 @@ impl Planar {
     /// Encodes as JPEG straight from the planes (optimised Huffman tables, as from RGB), at
     /// their own subsampling.
     pub fn encode_jpeg(&self, quality: u8) -> Result<Vec<u8>, PipelineError> {
-        let err = |e: turbojpeg::Error| PipelineError::Internal(format!("jpeg encode: {e}"));
         let subsamp = match self.subsampling {
             (1, 1) => Subsamp::None,
             (2, 1) => Subsamp::Sub2x1,
@@ -278,9 +277,7 @@ impl Planar {
             self.width.div_ceil(sx) * sx,
             self.height.div_ceil(sy) * sy,
         );
-        let mut compressor = Compressor::new().map_err(err)?;
-        compressor.set_quality(i32::from(quality)).map_err(err)?;
-        compressor.set_optimize(true).map_err(err)?;
+        let mut compressor = super::encode::jpeg_compressor(quality, true)?;
         let image = YuvPlanesImage {
             y_plane: y.data.as_slice(),
             u_plane: self.cb.data.as_slice(),
@@ -292,7 +289,9 @@ impl Planar {
             v_stride: self.cr.stride as usize,
             subsamp,
         };
-        compressor.compress_yuv_planes_to_vec(&image).map_err(err)
+        compressor
+            .compress_yuv_planes_to_vec(&image)
+            .map_err(super::encode::jpeg_error)
     }
 }
 
