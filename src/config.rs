@@ -389,6 +389,18 @@ pub struct PipelineConfig {
     pub max_pixels: u64,
     pub max_dimension: u32,
     pub shrink_on_load: bool,
+    pub colour: Colour,
+}
+
+/// What the variants' colours are.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Colour {
+    /// Converted to sRGB from the source's ICC profile (a source without one is sRGB).
+    #[default]
+    Srgb,
+    /// The source's values, with its profile embedded in every variant.
+    Keep,
 }
 
 /// One output made for every photo. See `config/default.toml` for the meaning of each field.

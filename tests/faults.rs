@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::cluster::{Client, Cluster, Proc};
+use common::sse::Sse;
 use common::{corpus_dir, read, PrivatePostgres, PrivateRedis, SETTLE_TIMEOUT};
 use diesel_async::RunQueryDsl;
 use serde_json::Value;
@@ -294,6 +295,7 @@ async fn postgres_restart_mid_run() {
     cluster.pg_server = pg.server_url();
     fast(&mut cluster);
     cluster.set("PHOTOQ_DATABASE_CONNECT_TIMEOUT_SECS", 1);
+    cluster.set("PHOTOQ_EVENTS_KEEPALIVE_SECS", 1);
     let key = cluster.key();
     let (_api, base) = cluster.serve().await;
     let client = Client::new(&base, &key);
@@ -301,6 +303,14 @@ async fn postgres_restart_mid_run() {
 
     let batches = upload_all(&client, &photos(100)).await;
     let first = batches[0]["batch_id"].as_str().unwrap().to_owned();
+    // A client follows the first batch across the outage.
+    let mut sse = Sse::open(
+        &client.http,
+        &format!("{base}/v1/batches/{first}/events"),
+        Some(&key),
+        &[],
+    )
+    .await;
     wait_progress(&client, &first, 5).await;
 
     pg.stop(false);
@@ -325,9 +335,32 @@ async fn postgres_restart_mid_run() {
         503,
         "PostgreSQL is required whatever Redis's need"
     );
+    // The outage lasts a few of the stream's keep-alive periods, each of which has its
+    // follower ask PostgreSQL how the batch stands.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     pg.start();
 
     assert_all_completed(&cluster, &client, &batches).await;
+    // The stream waited for PostgreSQL and told the whole batch, once, then ended.
+    let mut story = Vec::new();
+    while let Some(e) = sse.next_event().await {
+        story.push(e);
+    }
+    assert!(story.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+    let completed: BTreeSet<_> = story
+        .iter()
+        .filter(|e| e.kind == "photo.completed")
+        .map(|e| e.photo_id)
+        .collect();
+    assert_eq!(
+        completed.len(),
+        50,
+        "every photo of the batch completes on the stream"
+    );
+    assert_eq!(
+        story.last().map(|e| e.kind.as_str()),
+        Some("batch.completed")
+    );
     cluster.cleanup().await;
     drop(pg);
 }
@@ -398,6 +431,7 @@ async fn duplicate_deliveries_and_a_race_record_each_photo_once() {
         width: 1,
         height: 1,
         exif: Value::Null,
+        thumbhash: None,
         variants: Vec::new(),
         original: None,
     };

@@ -393,6 +393,7 @@ async fn replay(conn: &mut AsyncPgConnection, photo_id: uuid::Uuid, trace: &[Eve
                             width: 1,
                             height: 1,
                             exif: serde_json::Value::Null,
+                            thumbhash: None,
                             variants: Vec::new(),
                             original: None,
                         };

@@ -23,6 +23,10 @@ use crate::events::{self, Event, Follower, Next, Start};
 
 /// Frames an SSE stream may run ahead of a slow client before it waits.
 const SSE_BUFFER: usize = 64;
+/// Database failures in a row an SSE stream waits out before it ends (see [`outlast`]).
+const STREAM_DB_RETRIES: u32 = 10;
+/// Wait after the first such failure; each next one waits once more as long.
+const STREAM_DB_BACKOFF: Duration = Duration::from_millis(500);
 /// `wait` when a long-poll request gives none.
 const DEFAULT_WAIT_SECS: u64 = 30;
 
@@ -252,8 +256,9 @@ fn stream(
     let (tx, rx) = mpsc::channel::<Bytes>(SSE_BUFFER);
     let keepalive = Duration::from_secs(state.config.events.keepalive_secs);
     tokio::spawn(async move {
-        if let Err(e) = follow(follower, batch, reset, keepalive, tx).await {
-            tracing::debug!(error = %e, "event stream ended");
+        match follow(follower, batch, reset, keepalive, tx).await {
+            Ok(()) | Err(StreamEnd::Gone) => {}
+            Err(e) => tracing::warn!(error = %e, "event stream ended early"),
         }
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -292,8 +297,17 @@ async fn follow(
     if let Some(id) = reset {
         send(reset_frame(id)).await?;
     }
+    let mut failures = 0u32;
     loop {
-        match follower.next_within(keepalive).await? {
+        let next = match follower.next_within(keepalive).await {
+            Ok(next) => next,
+            Err(e) => {
+                outlast(&mut follower, &tx, &mut failures, e).await?;
+                continue;
+            }
+        };
+        failures = 0;
+        match next {
             Next::Events(events) => {
                 let mut ended = false;
                 for p in &events {
@@ -305,7 +319,14 @@ async fn follow(
                 }
             }
             Next::Idle => {
-                if let Some(rest) = follower.batch_rest().await? {
+                let rest = match follower.batch_rest().await {
+                    Ok(rest) => rest,
+                    Err(e) => {
+                        outlast(&mut follower, &tx, &mut failures, e).await?;
+                        continue;
+                    }
+                };
+                if let Some(rest) = rest {
                     for p in &rest {
                         send_bytes(p.sse()).await?;
                     }
@@ -316,6 +337,29 @@ async fn follow(
             Next::Closed => return Ok(()),
         }
     }
+}
+
+/// A stream rides out a database that is briefly unreachable (a failover, a full pool):
+/// it waits and reads the log again from where it was, so the client loses nothing and
+/// need not reconnect. It ends on any other error, after [`STREAM_DB_RETRIES`] failures
+/// in a row, or when the client goes away meanwhile.
+async fn outlast(
+    follower: &mut Follower,
+    tx: &mpsc::Sender<Bytes>,
+    failures: &mut u32,
+    error: crate::db::DbError,
+) -> Result<(), StreamEnd> {
+    *failures += 1;
+    if !error.is_transient() || *failures > STREAM_DB_RETRIES {
+        return Err(error.into());
+    }
+    tracing::warn!(error = %error, attempt = *failures, "event stream waits for the database");
+    tokio::select! {
+        _ = tx.closed() => return Err(StreamEnd::Gone),
+        _ = tokio::time::sleep(STREAM_DB_BACKOFF * *failures) => {}
+    }
+    follower.resync();
+    Ok(())
 }
 
 fn reset_frame(id: i64) -> String {

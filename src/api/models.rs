@@ -57,6 +57,10 @@ pub struct PhotoView {
     pub original: OriginalView,
     /// EXIF, once the photo has been processed.
     pub exif: Option<Exif>,
+    /// A ThumbHash of the photo (base64, about 25 bytes), once processed: any ThumbHash
+    /// library decodes it into a blurred placeholder of the right colours and aspect
+    /// ratio, to show while the variants load.
+    pub thumbhash: Option<String>,
     pub variants: Vec<VariantView>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -145,6 +149,7 @@ impl PhotoView {
                 url: format!("{}/original", photo_url(photo.id)),
             },
             exif,
+            thumbhash: photo.thumbhash,
             variants: variants
                 .into_iter()
                 .map(|v| VariantView {

@@ -152,6 +152,8 @@ pub struct Completion {
     pub width: i32,
     pub height: i32,
     pub exif: serde_json::Value,
+    /// The photo's ThumbHash, base64.
+    pub thumbhash: Option<String>,
     pub variants: Vec<Variant>,
     /// For a photo downloaded from a URL: what was downloaded.
     pub original: Option<OriginalInfo>,
@@ -195,6 +197,10 @@ pub async fn complete_many(
     let widths: Vec<i32> = done.iter().map(|(_, c, _)| c.width).collect();
     let heights: Vec<i32> = done.iter().map(|(_, c, _)| c.height).collect();
     let exifs: Vec<&serde_json::Value> = done.iter().map(|(_, c, _)| &c.exif).collect();
+    let thumbhashes: Vec<Option<&str>> = done
+        .iter()
+        .map(|(_, c, _)| c.thumbhash.as_deref())
+        .collect();
     let originals = done.iter().map(|(_, c, _)| c.original.as_ref());
     let types: Vec<Option<&str>> = originals
         .clone()
@@ -211,12 +217,13 @@ pub async fn complete_many(
             "WITH p AS ( \
            UPDATE photos AS p \
            SET state = 'completed', width = v.width, height = v.height, exif = v.exif, \
-               error = NULL, error_code = NULL, attempt_id = NULL, completed_at = $1, \
+               thumbhash = v.thumbhash, error = NULL, error_code = NULL, attempt_id = NULL, completed_at = $1, \
                updated_at = $1, content_type = coalesce(v.content_type, p.content_type), \
                bytes = coalesce(v.bytes, p.bytes), sha256 = coalesce(v.sha256, p.sha256) \
            FROM unnest($2::uuid[], $3::int8[], $4::int4[], $5::int4[], $6::jsonb[], \
-                       $7::text[], $8::int8[], $9::text[], $10::int8[]) \
-                AS v(id, attempt_id, width, height, exif, content_type, bytes, sha256, ms) \
+                       $7::text[], $8::int8[], $9::text[], $10::int8[], $19::text[]) \
+                AS v(id, attempt_id, width, height, exif, content_type, bytes, sha256, ms, \
+                     thumbhash) \
            WHERE p.id = v.id AND p.attempt_id = v.attempt_id \
            RETURNING p.id, v.attempt_id, v.ms), \
          a AS ( \
@@ -254,6 +261,7 @@ pub async fn complete_many(
         .bind::<Array<Integer>, _>(&variants.heights)
         .bind::<Array<BigInt>, _>(&variants.bytes)
         .bind::<Array<Text>, _>(&variants.etags)
+        .bind::<Array<Nullable<Text>>, _>(&thumbhashes)
         .load(&mut *conn)
         .await
         .map_err(DbError::from)

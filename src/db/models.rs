@@ -61,6 +61,8 @@ pub struct Photo {
     pub error_code: Option<String>,
     /// The trace every attempt at the photo continues (`crate::telemetry`).
     pub trace_parent: Option<String>,
+    /// A ThumbHash of the processed photo, base64.
+    pub thumbhash: Option<String>,
 }
 
 impl Photo {

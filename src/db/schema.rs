@@ -55,6 +55,7 @@ diesel::table! {
         trace_parent -> Nullable<Text>,
         unfinished -> Bool,
         dead -> Bool,
+        thumbhash -> Nullable<Text>,
     }
 }
 

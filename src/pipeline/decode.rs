@@ -5,7 +5,8 @@
 //! DCT-domain scaling (1/2, 1/4, 1/8), which skips most of the work for a large photo that
 //! only feeds small variants. Any libjpeg warning (corrupt or truncated data) is an error,
 //! as with sharp's default, rather than a silently grey image. PNG and WebP go through the
-//! `image` crate with its allocation limits.
+//! `image` crate with its allocation limits. The source's ICC profile is read here, and
+//! CMYK converted to sRGB (see `colour`).
 
 use std::io::Cursor;
 
@@ -13,12 +14,15 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageReader};
 use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
 
+use super::colour::{self, ToSrgb};
 use super::exif::{self, Exif};
 use super::frame::Frame;
+use super::metadata;
 use super::planar::{self, Planar};
 use super::resize::{Layout, Pixels};
 use super::sniff::SourceFormat;
 use super::{Limits, PipelineError};
+use crate::config::Colour;
 
 /// Bytes per pixel the `image` decoders may allocate, at most (RGBA, 16 bits a channel).
 const MAX_BYTES_PER_PIXEL: u64 = 8;
@@ -26,6 +30,11 @@ const MAX_BYTES_PER_PIXEL: u64 = 8;
 pub struct Decoded {
     /// The image as stored in the file (orientation not yet applied), possibly reduced.
     pub pixels: Frame,
+    /// Converts `pixels` (and what is resized from them) to sRGB, when they are not.
+    pub to_srgb: Option<ToSrgb>,
+    /// The source's ICC profile, when `pixels` are still in its space (for the variants
+    /// that keep it); None once converted.
+    pub icc: Option<Vec<u8>>,
     /// The full stored size, before any reduction.
     pub width: u32,
     pub height: u32,
@@ -43,17 +52,29 @@ pub enum JpegOutput {
 }
 
 /// Decodes `data`. `allowed_reduction` is told the full stored size and orientation and
-/// answers by how much the image may be shrunk while decoding (1.0: not at all).
+/// answers by how much the image may be shrunk while decoding (1.0: not at all). With
+/// `Colour::Srgb`, the answer says how to bring the pixels to sRGB (CMYK is converted here
+/// whatever `colour` says, since no variant can keep it).
 pub fn decode(
     data: &[u8],
     format: SourceFormat,
     limits: &Limits,
     jpeg_output: JpegOutput,
+    colour: Colour,
     allowed_reduction: impl FnOnce(u32, u32, Orientation) -> f64,
 ) -> Result<Decoded, PipelineError> {
     match format {
-        SourceFormat::Jpeg => decode_jpeg(data, limits, jpeg_output, allowed_reduction),
-        SourceFormat::Png | SourceFormat::Webp => decode_other(data, format, limits),
+        SourceFormat::Jpeg => decode_jpeg(data, limits, jpeg_output, colour, allowed_reduction),
+        SourceFormat::Png | SourceFormat::Webp => decode_other(data, format, limits, colour),
+    }
+}
+
+/// The conversion to sRGB of pixels in `layout` from the profile `icc`, if `colour` asks
+/// for one and the profile is not sRGB already.
+fn conversion(colour: Colour, icc: Option<&[u8]>, layout: Layout) -> Option<ToSrgb> {
+    match (colour, icc) {
+        (Colour::Srgb, Some(icc)) => ToSrgb::new(icc, layout),
+        _ => None,
     }
 }
 
@@ -75,6 +96,7 @@ fn decode_jpeg(
     data: &[u8],
     limits: &Limits,
     jpeg_output: JpegOutput,
+    colour: Colour,
     allowed_reduction: impl FnOnce(u32, u32, Orientation) -> f64,
 ) -> Result<Decoded, PipelineError> {
     let mut decompressor = Decompressor::new().map_err(internal)?;
@@ -88,7 +110,20 @@ fn decode_jpeg(
     let exif = exif::extract(data);
     let orientation = orientation_of(&exif);
 
+    let icc = metadata::jpeg_icc(data);
+    let cmyk = matches!(header.colorspace, Colorspace::CMYK | Colorspace::YCCK);
+    let layout = match header.colorspace {
+        Colorspace::Gray => Layout::Luma,
+        _ => Layout::Rgb,
+    };
+    let to_srgb = if cmyk {
+        None
+    } else {
+        conversion(colour, icc.as_deref(), layout)
+    };
+    // Planes only for pixels that need no colour conversion (it works on RGB).
     let planes = jpeg_output == JpegOutput::Planes
+        && to_srgb.is_none()
         && header.colorspace == Colorspace::YCbCr
         && planar::supported(header.subsamp);
     let eighths = if header.is_lossless {
@@ -116,6 +151,8 @@ fn decode_jpeg(
             .map_err(corrupt)?;
         return Ok(Decoded {
             pixels: Frame::Planar(Planar::from_turbojpeg(image)?),
+            to_srgb: None,
+            icc,
             width,
             height,
             orientation,
@@ -123,10 +160,10 @@ fn decode_jpeg(
         });
     }
 
-    let (layout, format) = match header.colorspace {
-        Colorspace::Gray => (Layout::Luma, PixelFormat::GRAY),
-        Colorspace::CMYK | Colorspace::YCCK => (Layout::Rgb, PixelFormat::CMYK),
-        _ => (Layout::Rgb, PixelFormat::RGB),
+    let format = match (layout, cmyk) {
+        (Layout::Luma, _) => PixelFormat::GRAY,
+        (_, true) => PixelFormat::CMYK,
+        _ => PixelFormat::RGB,
     };
     let mut image = turbojpeg::Image {
         pixels: vec![0u8; scaled.width * scaled.height * format.size()],
@@ -138,10 +175,14 @@ fn decode_jpeg(
     decompressor
         .decompress(data, image.as_deref_mut())
         .map_err(corrupt)?;
-    let data = if format == PixelFormat::CMYK {
-        cmyk_to_rgb(&image.pixels)
+    let (data, icc) = if cmyk {
+        // The profile is a CMYK one: the RGB variants cannot keep it.
+        let rgb = colour::cmyk_to_srgb(&image.pixels, metadata::adobe_app14(data), icc.as_deref());
+        (rgb, None)
+    } else if to_srgb.is_some() {
+        (image.pixels, None)
     } else {
-        image.pixels
+        (image.pixels, icc)
     };
     Ok(Decoded {
         pixels: Frame::Packed(Pixels {
@@ -150,6 +191,8 @@ fn decode_jpeg(
             layout,
             data,
         }),
+        to_srgb,
+        icc,
         width,
         height,
         orientation,
@@ -157,22 +200,11 @@ fn decode_jpeg(
     })
 }
 
-/// Adobe-style (inverted) CMYK, as JPEG files carry it, to RGB; no colour management.
-fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
-    let mut rgb = Vec::with_capacity(cmyk.len() / 4 * 3);
-    for px in cmyk.chunks_exact(4) {
-        let k = u16::from(px[3]);
-        for &c in &px[..3] {
-            rgb.push(((u16::from(c) * k + 127) / 255) as u8);
-        }
-    }
-    rgb
-}
-
 fn decode_other(
     data: &[u8],
     format: SourceFormat,
     limits: &Limits,
+    colour: Colour,
 ) -> Result<Decoded, PipelineError> {
     let mut reader = ImageReader::with_format(Cursor::new(data), format.image_format());
     let mut image_limits = image::Limits::default();
@@ -191,9 +223,14 @@ fn decode_other(
         .flatten()
         .map(|block| exif::extract(&block))
         .unwrap_or_default();
+    let icc = decoder.icc_profile().ok().flatten();
     let image = DynamicImage::from_decoder(decoder).map_err(PipelineError::from_image)?;
+    let pixels = Pixels::from_image(image);
+    let to_srgb = conversion(colour, icc.as_deref(), pixels.layout);
     Ok(Decoded {
-        pixels: Frame::Packed(Pixels::from_image(image)),
+        pixels: Frame::Packed(pixels),
+        icc: if to_srgb.is_some() { None } else { icc },
+        to_srgb,
         width,
         height,
         orientation: orientation_of(&exif),
@@ -231,13 +268,5 @@ mod tests {
         assert_eq!(dct_eighths(8.0), 1);
         assert_eq!(dct_eighths(15.6), 1);
         assert_eq!(dct_eighths(f64::INFINITY), 8);
-    }
-
-    #[test]
-    fn cmyk_is_inverted_adobe_style() {
-        // Adobe stores 255 - ink: (255,255,255,255) is white, k = 0 is black.
-        assert_eq!(cmyk_to_rgb(&[255, 255, 255, 255]), vec![255, 255, 255]);
-        assert_eq!(cmyk_to_rgb(&[255, 0, 255, 255]), vec![255, 0, 255]);
-        assert_eq!(cmyk_to_rgb(&[200, 200, 200, 0]), vec![0, 0, 0]);
     }
 }

@@ -1,4 +1,5 @@
-//! Encoding. Nothing but pixels is written: no EXIF, no ICC, no XMP.
+//! Encoding. Nothing but pixels is written (no EXIF, no XMP), and the colour profile only
+//! when a variant keeps its source's colours (`pipeline.colour = "keep"`).
 //!
 //! JPEG through libjpeg-turbo: SIMD forward DCT and colour conversion, 4:2:0 chroma, and
 //! optimised Huffman tables (smaller files for a few percent more time, sharp's default
@@ -6,6 +7,7 @@
 
 use turbojpeg::{Compressor, PixelFormat, Subsamp};
 
+use super::metadata;
 use super::resize::{Layout, Pixels};
 use super::variant::OutputFormat;
 use super::PipelineError;
@@ -25,15 +27,21 @@ pub struct Encoded {
     pub extension: &'static str,
 }
 
+/// `pixels` in `format`, with the ICC profile `icc` embedded if given.
 pub fn encode(
     pixels: &Pixels,
     format: OutputFormat,
     quality: u8,
+    icc: Option<&[u8]>,
 ) -> Result<Encoded, PipelineError> {
     let (data, content_type, extension) = match format {
-        OutputFormat::Jpeg => (jpeg(pixels, quality)?, JPEG_TYPE, JPEG_EXTENSION),
-        OutputFormat::Webp => (webp(pixels, quality)?, "image/webp", "webp"),
-        OutputFormat::Png => (png(pixels)?, "image/png", "png"),
+        OutputFormat::Jpeg => (
+            tag_jpeg(jpeg(pixels, quality)?, icc),
+            JPEG_TYPE,
+            JPEG_EXTENSION,
+        ),
+        OutputFormat::Webp => (tag_webp(webp(pixels, quality)?, icc), "image/webp", "webp"),
+        OutputFormat::Png => (png(pixels, icc)?, "image/png", "png"),
     };
     Ok(Encoded {
         data,
@@ -117,21 +125,96 @@ fn webp(pixels: &Pixels, quality: u8) -> Result<Vec<u8>, PipelineError> {
     Ok(memory.to_vec())
 }
 
-fn png(pixels: &Pixels) -> Result<Vec<u8>, PipelineError> {
+/// A JPEG with the profile `icc` in APP2 segments after its header.
+pub fn tag_jpeg(jpeg: Vec<u8>, icc: Option<&[u8]>) -> Vec<u8> {
+    match icc {
+        Some(icc) => metadata::insert(jpeg, &metadata::icc_segments(icc)),
+        None => jpeg,
+    }
+}
+
+/// A WebP file with the profile `icc` in an ICCP chunk: a simple file (one VP8 or VP8L
+/// chunk) becomes an extended one, with a VP8X header whose ICC flag is set.
+fn tag_webp(webp: Vec<u8>, icc: Option<&[u8]>) -> Vec<u8> {
+    const ICC_FLAG: u8 = 0x20;
+    let Some(icc) = icc else {
+        return webp;
+    };
+    // "RIFF", size, "WEBP", then chunks (FourCC, size, payload padded to even).
+    let (Some(first), Some(size)) = (webp.get(12..16), webp.get(16..20)) else {
+        return webp;
+    };
+    let first_len = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize;
+    let chunk = |fourcc: &[u8], payload: &[u8]| {
+        let mut c = fourcc.to_vec();
+        c.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        c.extend_from_slice(payload);
+        if payload.len() % 2 == 1 {
+            c.push(0);
+        }
+        c
+    };
+    let mut body = b"WEBP".to_vec();
+    if first == b"VP8X" {
+        let Some(header) = webp.get(12..20 + first_len) else {
+            return webp;
+        };
+        let mut header = header.to_vec();
+        header[8] |= ICC_FLAG;
+        body.extend_from_slice(&header);
+        body.extend(chunk(b"ICCP", icc));
+        body.extend_from_slice(&webp[20 + first_len..]);
+    } else {
+        let Some((width, height)) = webp_size(&webp) else {
+            return webp;
+        };
+        let mut vp8x = vec![ICC_FLAG, 0, 0, 0];
+        vp8x.extend_from_slice(&(width - 1).to_le_bytes()[..3]);
+        vp8x.extend_from_slice(&(height - 1).to_le_bytes()[..3]);
+        body.extend(chunk(b"VP8X", &vp8x));
+        body.extend(chunk(b"ICCP", icc));
+        body.extend_from_slice(&webp[12..]);
+    }
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend(body);
+    out
+}
+
+/// The canvas size of a simple WebP file, from its bitstream's header.
+fn webp_size(webp: &[u8]) -> Option<(u32, u32)> {
+    let bits = webp.get(20..)?;
+    match webp.get(12..16)? {
+        // Lossy: a 3-byte frame tag, the start code, then 14-bit width and height.
+        b"VP8 " => {
+            let w = u16::from_le_bytes([*bits.get(6)?, *bits.get(7)?]) & 0x3FFF;
+            let h = u16::from_le_bytes([*bits.get(8)?, *bits.get(9)?]) & 0x3FFF;
+            Some((u32::from(w), u32::from(h)))
+        }
+        // Lossless: a signature byte, then 14 bits each of width - 1 and height - 1.
+        b"VP8L" => {
+            let v =
+                u32::from_le_bytes([*bits.get(1)?, *bits.get(2)?, *bits.get(3)?, *bits.get(4)?]);
+            Some(((v & 0x3FFF) + 1, ((v >> 14) & 0x3FFF) + 1))
+        }
+        _ => None,
+    }
+}
+
+fn png(pixels: &Pixels, icc: Option<&[u8]>) -> Result<Vec<u8>, PipelineError> {
     let color = match pixels.layout {
         Layout::Luma => image::ExtendedColorType::L8,
         Layout::Rgb => image::ExtendedColorType::Rgb8,
         Layout::Rgba => image::ExtendedColorType::Rgba8,
     };
     let mut out = Vec::new();
-    image::ImageEncoder::write_image(
-        image::codecs::png::PngEncoder::new(&mut out),
-        &pixels.data,
-        pixels.width,
-        pixels.height,
-        color,
-    )
-    .map_err(|e| PipelineError::Internal(format!("png encode: {e}")))?;
+    let mut encoder = image::codecs::png::PngEncoder::new(&mut out);
+    if let Some(icc) = icc {
+        image::ImageEncoder::set_icc_profile(&mut encoder, icc.to_vec())
+            .map_err(|e| PipelineError::Internal(format!("png profile: {e}")))?;
+    }
+    image::ImageEncoder::write_image(encoder, &pixels.data, pixels.width, pixels.height, color)
+        .map_err(|e| PipelineError::Internal(format!("png encode: {e}")))?;
     Ok(out)
 }
 
@@ -170,9 +253,41 @@ mod tests {
             data: (0..33 * 17 * 4).map(|i| (i % 251) as u8).collect(),
         };
         for format in [OutputFormat::Jpeg, OutputFormat::Webp, OutputFormat::Png] {
-            let out = encode(&pixels, format, 80).expect("encodes");
+            let out = encode(&pixels, format, 80, None).expect("encodes");
             let back = image::load_from_memory(&out.data).expect("decodes");
             assert_eq!((back.width(), back.height()), (33, 17), "{format:?}");
+        }
+    }
+
+    #[test]
+    fn every_format_carries_a_profile_it_is_given() {
+        let icc = moxcms::ColorProfile::new_display_p3()
+            .encode()
+            .expect("profile");
+        for layout in [Layout::Rgb, Layout::Rgba] {
+            let pixels = Pixels {
+                width: 33,
+                height: 17,
+                layout,
+                data: (0..33 * 17 * layout.channels())
+                    .map(|i| (i % 251) as u8)
+                    .collect(),
+            };
+            for format in [OutputFormat::Jpeg, OutputFormat::Webp, OutputFormat::Png] {
+                let out = encode(&pixels, format, 80, Some(&icc)).expect("encodes");
+                let reader = image::ImageReader::new(std::io::Cursor::new(&out.data))
+                    .with_guessed_format()
+                    .expect("format");
+                let mut decoder = reader.into_decoder().expect("decoder");
+                assert_eq!(
+                    image::ImageDecoder::icc_profile(&mut decoder).expect("read"),
+                    Some(icc.clone()),
+                    "{format:?} {layout:?}"
+                );
+                assert_eq!(image::ImageDecoder::dimensions(&decoder), (33, 17));
+                // Still decodes whole.
+                assert!(image::load_from_memory(&out.data).is_ok(), "{format:?}");
+            }
         }
     }
 }

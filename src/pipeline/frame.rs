@@ -3,6 +3,7 @@
 
 use image::metadata::Orientation;
 
+use super::colour::ToSrgb;
 use super::encode::{self, Encoded};
 use super::planar::Planar;
 use super::resize::{self, Pixels};
@@ -91,16 +92,27 @@ impl Frame {
         }
     }
 
-    pub fn encode(&self, format: OutputFormat, quality: u8) -> Result<Encoded, PipelineError> {
+    /// Encoded in `format`, with the profile `icc` if given.
+    pub fn encode(
+        &self,
+        format: OutputFormat,
+        quality: u8,
+        icc: Option<&[u8]>,
+    ) -> Result<Encoded, PipelineError> {
         match (self, format) {
             (Frame::Planar(p), OutputFormat::Jpeg) => Ok(Encoded {
-                data: p.encode_jpeg(quality)?,
+                data: encode::tag_jpeg(p.encode_jpeg(quality)?, icc),
                 content_type: encode::JPEG_TYPE,
                 extension: encode::JPEG_EXTENSION,
             }),
-            (Frame::Packed(p), _) => encode::encode(p, format, quality),
-            (Frame::Planar(p), _) => encode::encode(&p.to_rgb()?, format, quality),
+            (Frame::Packed(p), _) => encode::encode(p, format, quality, icc),
+            (Frame::Planar(p), _) => encode::encode(&p.to_rgb()?, format, quality, icc),
         }
+    }
+
+    /// In sRGB, by `to_srgb` (planes are converted to RGB first).
+    pub fn to_srgb(self, to_srgb: &ToSrgb) -> Result<Frame, PipelineError> {
+        Ok(Frame::Packed(to_srgb.apply(self.into_packed()?)?))
     }
 }
 

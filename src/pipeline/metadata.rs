@@ -1,7 +1,8 @@
-//! Metadata carried over from a JPEG source into a JPEG variant, for the variants that ask
-//! for it (the imports' `compressed` rendition, `import.compressed_keep`): the EXIF block,
-//! with its orientation set to 1 since the pixels are turned upright, and the ICC profile.
-//! Every other variant is written with nothing but pixels.
+//! JPEG metadata: the ICC profile a source carries (read for colour conversion, and written
+//! into variants that keep it), Adobe's CMYK marker, and the EXIF block carried over from
+//! a JPEG source into the JPEG variants that ask for it (the imports' `compressed`
+//! rendition, `import.compressed_keep`), its orientation set to 1 since the pixels are
+//! turned upright. Every other variant is written with nothing but pixels.
 
 /// What a variant keeps of its source's metadata.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -10,20 +11,18 @@ pub struct Keep {
     pub icc: bool,
 }
 
-impl Keep {
-    pub fn any(self) -> bool {
-        self.exif || self.icc
-    }
-}
-
 const SOI: [u8; 2] = [0xFF, 0xD8];
 const APP0: u8 = 0xE0;
 const APP1: u8 = 0xE1;
 const APP2: u8 = 0xE2;
+const APP14: u8 = 0xEE;
 const SOS: u8 = 0xDA;
 const EOI: u8 = 0xD9;
 const EXIF_ID: &[u8] = b"Exif\0\0";
 const ICC_ID: &[u8] = b"ICC_PROFILE\0";
+const ADOBE_ID: &[u8] = b"Adobe";
+/// Profile bytes in one APP2 segment: 65535 less the length, the id and the chunk numbers.
+const ICC_CHUNK: usize = 65535 - 2 - 12 - 2;
 /// The EXIF tag of the orientation, a SHORT in IFD0.
 const ORIENTATION_TAG: u16 = 0x0112;
 const SHORT: u16 = 3;
@@ -59,23 +58,65 @@ fn segments(jpeg: &[u8]) -> Vec<(u8, &[u8])> {
     out
 }
 
-/// The segments of `source` to carry into a variant: its EXIF (orientation set to 1; left
-/// out if the orientation cannot be found to reset) and its ICC profile, as asked.
-pub fn carried(source: &[u8], keep: Keep) -> Vec<u8> {
+/// The EXIF segment of a JPEG `source` to carry into a JPEG variant, its orientation set
+/// to 1 (nothing when the orientation cannot be found to reset).
+pub fn carried_exif(source: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    if !keep.any() {
-        return out;
-    }
     for (marker, seg) in segments(source) {
-        let body = &seg[4..];
-        if marker == APP1 && keep.exif && body.starts_with(EXIF_ID) {
+        if marker == APP1 && seg[4..].starts_with(EXIF_ID) {
             let mut seg = seg.to_vec();
             if upright(&mut seg[4 + EXIF_ID.len()..]) {
                 out.extend_from_slice(&seg);
             }
-        } else if marker == APP2 && keep.icc && body.starts_with(ICC_ID) {
-            out.extend_from_slice(seg);
         }
+    }
+    out
+}
+
+/// The ICC profile a JPEG carries, put together from its APP2 chunks in their sequence
+/// order. None without one, or when the chunks do not add up (a missing or repeated one).
+pub fn jpeg_icc(jpeg: &[u8]) -> Option<Vec<u8>> {
+    let mut chunks: Vec<(u8, u8, &[u8])> = segments(jpeg)
+        .into_iter()
+        .filter(|(marker, seg)| *marker == APP2 && seg[4..].starts_with(ICC_ID))
+        .filter_map(|(_, seg)| {
+            let body = &seg[4 + ICC_ID.len()..];
+            Some((*body.first()?, *body.get(1)?, body.get(2..)?))
+        })
+        .collect();
+    if chunks.is_empty() {
+        return None;
+    }
+    chunks.sort_by_key(|c| c.0);
+    let count = chunks.len();
+    let whole = chunks
+        .iter()
+        .enumerate()
+        .all(|(i, c)| usize::from(c.0) == i + 1 && usize::from(c.1) == count);
+    whole.then(|| chunks.iter().flat_map(|c| c.2.iter().copied()).collect())
+}
+
+/// True when a JPEG has Adobe's APP14 segment, whose CMYK is stored inverted.
+pub fn adobe_app14(jpeg: &[u8]) -> bool {
+    segments(jpeg)
+        .iter()
+        .any(|(marker, seg)| *marker == APP14 && seg[4..].starts_with(ADOBE_ID))
+}
+
+/// An ICC profile as the APP2 segments that carry it in a JPEG (at most 255 of them).
+pub fn icc_segments(icc: &[u8]) -> Vec<u8> {
+    let chunks: Vec<&[u8]> = icc.chunks(ICC_CHUNK).collect();
+    let Ok(count) = u8::try_from(chunks.len()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(icc.len() + chunks.len() * (4 + ICC_ID.len() + 2));
+    for (i, chunk) in chunks.iter().enumerate() {
+        let len = 2 + ICC_ID.len() + 2 + chunk.len();
+        out.extend_from_slice(&[0xFF, APP2]);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+        out.extend_from_slice(ICC_ID);
+        out.extend_from_slice(&[i as u8 + 1, count]);
+        out.extend_from_slice(chunk);
     }
     out
 }
@@ -191,46 +232,55 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn exif_is_carried_upright_and_icc_as_it_is() {
+    fn exif_is_carried_upright() {
         let mut jpeg = SOI.to_vec();
         jpeg.extend(exif_segment(6));
         jpeg.extend(icc_segment());
         jpeg.extend([0xFF, SOS, 0, 2, 0xFF, EOI]);
-        let kept = carried(
-            &jpeg,
-            Keep {
-                exif: true,
-                icc: true,
-            },
-        );
-        assert_eq!(kept.len(), exif_segment(1).len() + icc_segment().len());
-        assert_eq!(&kept[..exif_segment(1).len()], exif_segment(1).as_slice());
-        assert!(kept.ends_with(&icc_segment()));
-        assert_eq!(
-            carried(
-                &jpeg,
-                Keep {
-                    exif: false,
-                    icc: true
-                }
-            ),
-            icc_segment()
-        );
-        assert!(carried(&jpeg, Keep::default()).is_empty());
+        assert_eq!(carried_exif(&jpeg), exif_segment(1));
         // A block that cannot be read is left out rather than carried with a wrong
         // orientation.
         let mut broken = SOI.to_vec();
         let mut seg = exif_segment(6);
         seg[4 + EXIF_ID.len()] = b'Z';
         broken.extend(seg);
-        assert!(carried(
-            &broken,
-            Keep {
-                exif: true,
-                icc: false
-            }
-        )
-        .is_empty());
+        assert!(carried_exif(&broken).is_empty());
+    }
+
+    #[test]
+    fn icc_profiles_round_trip_through_app2_chunks() {
+        // Larger than one segment holds: two chunks, found in either order.
+        let icc: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let segs = icc_segments(&icc);
+        let mut jpeg = SOI.to_vec();
+        jpeg.extend(&segs);
+        jpeg.extend([0xFF, SOS, 0, 2]);
+        assert_eq!(jpeg_icc(&jpeg).as_deref(), Some(icc.as_slice()));
+        let first = 4 + ICC_ID.len() + 2 + ICC_CHUNK;
+        let mut swapped = SOI.to_vec();
+        swapped.extend(&segs[first..]);
+        swapped.extend(&segs[..first]);
+        swapped.extend([0xFF, SOS, 0, 2]);
+        assert_eq!(jpeg_icc(&swapped).as_deref(), Some(icc.as_slice()));
+        // A chunk missing: no profile rather than half of one.
+        let mut half = SOI.to_vec();
+        half.extend(&segs[..first]);
+        half.extend([0xFF, SOS, 0, 2]);
+        assert_eq!(jpeg_icc(&half), None);
+        let mut one = SOI.to_vec();
+        one.extend(icc_segment());
+        assert_eq!(
+            jpeg_icc(&one).as_deref(),
+            Some(&b"not a real profile, but carried byte for byte"[..])
+        );
+    }
+
+    #[test]
+    fn adobe_marker_is_found() {
+        let mut jpeg = SOI.to_vec();
+        jpeg.extend(segment(APP14, b"Adobe\0\x64\0\0\0\0\x02"));
+        assert!(adobe_app14(&jpeg));
+        assert!(!adobe_app14(&SOI));
     }
 
     #[test]

@@ -4,16 +4,19 @@
 //! Steps: sniff → check dimensions → decode once, JPEGs shrunk on load as far as the
 //! largest variant allows → for each variant, largest first: resize from the smallest
 //! adequate image so far (the decoded one or a larger whole-frame variant), in the file's
-//! own orientation → grayscale / sharpen → apply the EXIF orientation (on the small image)
-//! → encode without metadata.
+//! own orientation → to sRGB from the source's profile → grayscale / sharpen → apply the
+//! EXIF orientation (on the small image) → encode without metadata (or with the profile,
+//! when colours are kept).
 
 pub mod adjust;
+pub mod colour;
 pub mod decode;
 pub mod encode;
 pub mod exif;
 pub mod frame;
 pub mod metadata;
 pub mod orient;
+pub mod placeholder;
 pub mod planar;
 pub mod resize;
 pub mod sniff;
@@ -21,6 +24,7 @@ pub mod variant;
 
 use image::metadata::Orientation;
 
+pub use crate::config::Colour;
 pub use decode::JpegOutput;
 pub use exif::Exif;
 use frame::Frame;
@@ -102,6 +106,8 @@ pub struct Spec {
     /// JPEGs kept in their YCbCr planes from decoder to encoder (always, in the service;
     /// the benches compare it with RGB).
     pub jpeg_output: JpegOutput,
+    /// Variants converted to sRGB, or in the source's colours with its profile.
+    pub colour: Colour,
     pub variants: Vec<VariantSpec>,
 }
 
@@ -129,6 +135,7 @@ impl Spec {
             },
             shrink_on_load: config.pipeline.shrink_on_load,
             jpeg_output: JpegOutput::Planes,
+            colour: config.pipeline.colour,
             variants,
         }
     }
@@ -186,6 +193,8 @@ pub struct Processed {
     pub exif: Exif,
     /// Largest first.
     pub variants: Vec<EncodedVariant>,
+    /// A ThumbHash of the photo (see `placeholder`).
+    pub thumbhash: Vec<u8>,
     /// Where the time went.
     pub timings: Timings,
 }
@@ -216,6 +225,7 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
         format,
         &spec.limits,
         spec.jpeg_output,
+        spec.colour,
         |w, h, orientation| {
             if !spec.shrink_on_load {
                 return 1.0;
@@ -230,6 +240,7 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
     drop(decoding);
     let orientation = decoded.orientation;
     let (full_w, full_h) = (decoded.width, decoded.height);
+    let (to_srgb, icc) = (decoded.to_srgb, decoded.icc);
 
     // Whole-frame images the variants may be resized from, in stored orientation.
     let mut sources: Vec<Frame> = vec![decoded.pixels];
@@ -245,6 +256,11 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
             f64::from(source.height()) / f64::from(full_h),
         );
         let mut frame = source.resize(crop, stored.width, stored.height, planned.spec.format)?;
+        // The decoded image is in its source's colours; every variant kept as a source
+        // is already in sRGB.
+        if let (Some(to_srgb), true) = (&to_srgb, std::ptr::eq(source, &sources[0])) {
+            frame = frame.to_srgb(to_srgb)?;
+        }
         if planned.spec.keeps_whole_frame() && stored.crop == Rect::whole(full_w, full_h) {
             sources.push(frame.clone());
         }
@@ -256,13 +272,17 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
         drop(resizing);
         let clock = std::time::Instant::now();
         let _encoding = tracing::info_span!("encode", variant = %planned.spec.name).entered();
-        let mut encoded = oriented.encode(planned.spec.format, planned.spec.quality)?;
-        if planned.spec.keep.any()
+        let keeps_icc = spec.colour == Colour::Keep || planned.spec.keep.icc;
+        let mut encoded = oriented.encode(
+            planned.spec.format,
+            planned.spec.quality,
+            icc.as_deref().filter(|_| keeps_icc),
+        )?;
+        if planned.spec.keep.exif
             && format == SourceFormat::Jpeg
             && planned.spec.format == OutputFormat::Jpeg
         {
-            encoded.data =
-                metadata::insert(encoded.data, &metadata::carried(data, planned.spec.keep));
+            encoded.data = metadata::insert(encoded.data, &metadata::carried_exif(data));
         }
         timings.encode += clock.elapsed();
         variants.push(EncodedVariant {
@@ -274,6 +294,19 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
             data: encoded.data,
         });
     }
+    // The placeholder, from the smallest whole image at hand.
+    let clock = std::time::Instant::now();
+    let smallest = sources
+        .iter()
+        .min_by_key(|s| s.bytes())
+        .unwrap_or(&sources[0]);
+    let unconverted = std::ptr::eq(smallest, &sources[0]);
+    let thumbhash = placeholder::thumbhash(
+        smallest,
+        to_srgb.as_ref().filter(|_| unconverted),
+        orientation,
+    )?;
+    timings.resize += clock.elapsed();
     let (width, height) = if orient::swaps_axes(orientation) {
         (full_h, full_w)
     } else {
@@ -285,6 +318,7 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
         height,
         exif: decoded.exif,
         variants,
+        thumbhash,
         timings,
     })
 }
@@ -371,6 +405,7 @@ mod tests {
             },
             shrink_on_load: true,
             jpeg_output: JpegOutput::Planes,
+            colour: Colour::Srgb,
             variants,
         }
     }
@@ -512,6 +547,7 @@ mod tests {
                 SourceFormat::Jpeg,
                 &limits,
                 JpegOutput::Planes,
+                Colour::Srgb,
                 |w, h, _| {
                     assert_eq!((w, h), (800, 600));
                     reduction
@@ -645,6 +681,7 @@ mod tests {
                     SourceFormat::Jpeg,
                     &planes.limits,
                     JpegOutput::Planes,
+                    Colour::Srgb,
                     |_, _, _| 2.0,
                 )
                 .expect("decodes");

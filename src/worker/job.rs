@@ -19,6 +19,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -506,6 +507,7 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
             width: 0,
             height: 0,
             exif: serde_json::Value::Null,
+            thumbhash: None,
             variants: Vec::new(),
             original: None,
         });
@@ -569,6 +571,7 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
         width: processed.width as i32,
         height: processed.height as i32,
         exif,
+        thumbhash: Some(base64::engine::general_purpose::STANDARD.encode(&processed.thumbhash)),
         variants,
         original,
     })

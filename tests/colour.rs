@@ -1,0 +1,244 @@
+//! Colour management measured against an independent reference: a chart of patches in
+//! Display P3 (and one in Adobe RGB), with its profile embedded, goes through photoq's
+//! pipeline and through lcms2 (Pillow's ImageCms, in the test tools' virtualenv); the
+//! patches' CIEDE2000 differences must average under 1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use image::{ImageEncoder, RgbImage};
+use moxcms::ColorProfile;
+use palette::color_difference::Ciede2000;
+use palette::{IntoColor, Lab, Srgb};
+use photoq::config::{Colour, Fit, OutputFormat};
+use photoq::pipeline::metadata::Keep;
+use photoq::pipeline::{self, JpegOutput, Limits, Spec, VariantSpec};
+
+/// Side of a patch, in pixels; its centre half is averaged.
+const PATCH: u32 = 16;
+/// Levels of each channel: the chart holds every combination (125 patches).
+const LEVELS: [u8; 5] = [0, 64, 128, 192, 255];
+
+fn chart() -> RgbImage {
+    let n = LEVELS.len() as u32;
+    RgbImage::from_fn(n * n * PATCH, n * PATCH, |x, y| {
+        let (i, j) = (x / PATCH, y / PATCH);
+        image::Rgb([
+            LEVELS[(i / n) as usize],
+            LEVELS[(i % n) as usize],
+            LEVELS[j as usize],
+        ])
+    })
+}
+
+fn png_with_profile(image: &RgbImage, icc: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = image::codecs::png::PngEncoder::new(&mut out);
+    encoder
+        .set_icc_profile(icc.to_vec())
+        .expect("png takes a profile");
+    encoder
+        .write_image(
+            image.as_raw(),
+            image.width(),
+            image.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .expect("png");
+    out
+}
+
+fn spec(width: u32, format: OutputFormat, colour: Colour) -> Spec {
+    Spec {
+        limits: Limits {
+            max_pixels: 10_000_000,
+            max_dimension: 10_000,
+        },
+        shrink_on_load: true,
+        jpeg_output: JpegOutput::Planes,
+        colour,
+        variants: vec![VariantSpec {
+            name: "full".into(),
+            width: Some(width),
+            height: None,
+            fit: Fit::Inside,
+            format,
+            quality: 100,
+            grayscale: false,
+            sharpen: 0.0,
+            keep: Keep::default(),
+        }],
+    }
+}
+
+/// The one variant photoq makes of `data`, decoded.
+fn photoq(data: &[u8], width: u32, format: OutputFormat, colour: Colour) -> (RgbImage, Vec<u8>) {
+    let processed = pipeline::process(data, &spec(width, format, colour)).expect("processed");
+    let bytes = processed.variants[0].data.clone();
+    let image = image::load_from_memory(&bytes).expect("variant").to_rgb8();
+    (image, bytes)
+}
+
+/// lcms2's conversion of `data` (an image with an embedded profile) to sRGB.
+fn reference(data: &[u8]) -> RgbImage {
+    let venv = std::env::var("PHOTOQ_TEST_VENV").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/photoq/venv",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let dir = std::env::temp_dir().join(format!("pqcolour_{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (input, output) = (dir.join("in.png"), dir.join("out.png"));
+    std::fs::write(&input, data).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools/icc_reference.py");
+    let status = Command::new(format!("{venv}/bin/python"))
+        .arg(script)
+        .arg(&input)
+        .arg(&output)
+        .status()
+        .expect("the test tools' Python (deploy/dev.sh test installs it; or set PHOTOQ_TEST_VENV)");
+    assert!(status.success(), "reference conversion failed");
+    let image = image::open(&output).expect("reference").to_rgb8();
+    std::fs::remove_dir_all(&dir).ok();
+    image
+}
+
+fn lab(rgb: [f32; 3]) -> Lab {
+    Srgb::new(rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0)
+        .into_linear::<f32>()
+        .into_color()
+}
+
+/// The mean of the centre half of every patch of the chart in `image`.
+fn patches(image: &RgbImage) -> Vec<[f32; 3]> {
+    let (cols, rows) = (image.width() / PATCH, image.height() / PATCH);
+    let mut out = Vec::new();
+    for j in 0..rows {
+        for i in 0..cols {
+            let mut sum = [0f32; 3];
+            let mut n = 0.0;
+            for y in j * PATCH + PATCH / 4..j * PATCH + 3 * PATCH / 4 {
+                for x in i * PATCH + PATCH / 4..i * PATCH + 3 * PATCH / 4 {
+                    let p = image.get_pixel(x, y);
+                    for c in 0..3 {
+                        sum[c] += f32::from(p[c]);
+                    }
+                    n += 1.0;
+                }
+            }
+            out.push(sum.map(|s| s / n));
+        }
+    }
+    out
+}
+
+/// (mean, max) CIEDE2000 between the patches of two charts.
+fn delta_e(a: &RgbImage, b: &RgbImage) -> (f32, f32) {
+    let (pa, pb) = (patches(a), patches(b));
+    assert_eq!(pa.len(), pb.len());
+    let d: Vec<f32> = pa
+        .iter()
+        .zip(&pb)
+        .map(|(x, y)| lab(*x).difference(lab(*y)))
+        .collect();
+    (
+        d.iter().sum::<f32>() / d.len() as f32,
+        d.iter().copied().fold(0.0, f32::max),
+    )
+}
+
+#[test]
+fn display_p3_and_adobe_rgb_charts_match_lcms2() {
+    let chart = chart();
+    for (name, profile) in [
+        ("Display P3", ColorProfile::new_display_p3()),
+        ("Adobe RGB", ColorProfile::new_adobe_rgb()),
+    ] {
+        let icc = profile.encode().expect("profile");
+        let png = png_with_profile(&chart, &icc);
+        let expected = reference(&png);
+        let (ours, _) = photoq(&png, chart.width(), OutputFormat::Png, Colour::Srgb);
+        assert_eq!(ours.dimensions(), chart.dimensions());
+        let (mean, max) = delta_e(&ours, &expected);
+        eprintln!("{name}: CIEDE2000 against lcms2 over 125 patches: mean {mean:.3}, max {max:.3}");
+        assert!(mean < 1.0, "{name}: mean ΔE2000 {mean}");
+        assert!(max < 3.0, "{name}: max ΔE2000 {max}");
+        // The chart's values read as sRGB (the profile dropped) fail the same bound: the
+        // measurement can tell.
+        let (ignored, ignored_max) = delta_e(&chart, &expected);
+        eprintln!("{name}, profile dropped: mean {ignored:.3}, max {ignored_max:.3}");
+        assert!(ignored > 1.0, "{name}: the profile matters ({ignored})");
+    }
+}
+
+/// The green of the report: sRGB (0, 200, 40) as Adobe RGB values in a JPEG with its
+/// profile comes out (0, 200, 40) again, not its Adobe numbers read as sRGB; with
+/// `colour = "keep"` the variant keeps the Adobe numbers and the profile.
+#[test]
+fn an_adobe_rgb_jpeg_keeps_its_green() {
+    let adobe = ColorProfile::new_adobe_rgb();
+    let icc = adobe.encode().expect("profile");
+    let to_adobe = ColorProfile::new_srgb()
+        .create_transform_8bit(
+            moxcms::Layout::Rgb,
+            &adobe,
+            moxcms::Layout::Rgb,
+            moxcms::TransformOptions::default(),
+        )
+        .expect("transform");
+    let mut green = [0u8; 3];
+    to_adobe
+        .transform(&[0, 200, 40], &mut green)
+        .expect("converted");
+    let (w, h) = (320u32, 240u32);
+    let pixels: Vec<u8> = (0..w * h).flat_map(|_| green).collect();
+    let mut compressor = turbojpeg::Compressor::new().expect("compressor");
+    compressor.set_quality(95).expect("quality");
+    compressor
+        .set_subsamp(turbojpeg::Subsamp::None)
+        .expect("subsamp");
+    let jpeg = compressor
+        .compress_to_vec(turbojpeg::Image {
+            pixels: pixels.as_slice(),
+            width: w as usize,
+            pitch: w as usize * 3,
+            height: h as usize,
+            format: turbojpeg::PixelFormat::RGB,
+        })
+        .expect("jpeg");
+    let jpeg = pipeline::metadata::insert(jpeg, &pipeline::metadata::icc_segments(&icc));
+
+    let centre = |image: &RgbImage| image.get_pixel(image.width() / 2, image.height() / 2).0;
+    let close = |a: [u8; 3], b: [u8; 3]| a.iter().zip(&b).all(|(x, y)| x.abs_diff(*y) <= 3);
+    for format in [OutputFormat::Jpeg, OutputFormat::Webp, OutputFormat::Png] {
+        let (converted, bytes) = photoq(&jpeg, 160, format, Colour::Srgb);
+        assert!(
+            close(centre(&converted), [0, 200, 40]),
+            "{format:?}: {:?}",
+            centre(&converted)
+        );
+        assert_eq!(
+            profile_of(&bytes),
+            None,
+            "{format:?}: sRGB needs no profile"
+        );
+
+        let (kept, bytes) = photoq(&jpeg, 160, format, Colour::Keep);
+        assert!(
+            close(centre(&kept), green),
+            "{format:?}: {:?} kept as {green:?}",
+            centre(&kept)
+        );
+        assert_eq!(profile_of(&bytes), Some(icc.clone()), "{format:?}");
+    }
+}
+
+fn profile_of(bytes: &[u8]) -> Option<Vec<u8>> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .expect("format");
+    let mut decoder = reader.into_decoder().expect("decoder");
+    image::ImageDecoder::icc_profile(&mut decoder).expect("profile")
+}
