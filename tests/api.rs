@@ -135,6 +135,21 @@ async fn png_and_webp_complete_and_documents_have_the_contract_fields() {
     assert!(exif["gps"]["latitude"].as_f64().unwrap() > 43.0);
     assert!(exif["exposure_time"].is_number());
     assert!(!exif["tags"].as_array().unwrap().is_empty());
+    // The placeholder: a ThumbHash, base64, of the photo's aspect ratio.
+    let hash = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        jpg["thumbhash"].as_str().expect("thumbhash"),
+    )
+    .unwrap();
+    let ratio = thumbhash::thumb_hash_to_approximate_aspect_ratio(&hash).unwrap();
+    let (w, h) = (
+        jpg["original"]["width"].as_f64().unwrap(),
+        jpg["original"]["height"].as_f64().unwrap(),
+    );
+    assert!(
+        (f64::from(ratio) - w / h).abs() < 0.3,
+        "{ratio} for {w}x{h}"
+    );
 
     // The original comes back byte for byte.
     assert_eq!(
