@@ -272,7 +272,9 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
         drop(resizing);
         let clock = std::time::Instant::now();
         let _encoding = tracing::info_span!("encode", variant = %planned.spec.name).entered();
-        let keeps_icc = spec.colour == Colour::Keep || planned.spec.keep.icc;
+        // A grey variant has no use for an RGB profile (viewers reject the mismatch).
+        let keeps_icc =
+            (spec.colour == Colour::Keep || planned.spec.keep.icc) && !planned.spec.grayscale;
         let mut encoded = oriented.encode(
             planned.spec.format,
             planned.spec.quality,
