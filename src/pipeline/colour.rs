@@ -73,14 +73,8 @@ impl ToSrgb {
                 return None;
             }
         };
-        let probe = ToSrgb {
-            transform: transform.clone(),
-            layout,
-        };
-        if probe.is_identity() {
-            return None;
-        }
-        Some(ToSrgb { transform, layout })
+        let conversion = ToSrgb { transform, layout };
+        (!conversion.is_identity()).then_some(conversion)
     }
 
     fn is_identity(&self) -> bool {

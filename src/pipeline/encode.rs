@@ -40,7 +40,11 @@ pub fn encode(
             JPEG_TYPE,
             JPEG_EXTENSION,
         ),
-        OutputFormat::Webp => (tag_webp(webp(pixels, quality)?, icc), "image/webp", "webp"),
+        OutputFormat::Webp => (
+            tag_webp(webp(pixels, quality)?, pixels.width, pixels.height, icc),
+            "image/webp",
+            "webp",
+        ),
         OutputFormat::Png => (png(pixels, icc)?, "image/png", "png"),
     };
     Ok(Encoded {
@@ -133,9 +137,10 @@ pub fn tag_jpeg(jpeg: Vec<u8>, icc: Option<&[u8]>) -> Vec<u8> {
     }
 }
 
-/// A WebP file with the profile `icc` in an ICCP chunk: a simple file (one VP8 or VP8L
-/// chunk) becomes an extended one, with a VP8X header whose ICC flag is set.
-fn tag_webp(webp: Vec<u8>, icc: Option<&[u8]>) -> Vec<u8> {
+/// A `width` × `height` WebP file with the profile `icc` in an ICCP chunk: a simple file
+/// (one VP8 or VP8L chunk) becomes an extended one, with a VP8X header whose ICC flag is
+/// set.
+fn tag_webp(webp: Vec<u8>, width: u32, height: u32, icc: Option<&[u8]>) -> Vec<u8> {
     const ICC_FLAG: u8 = 0x20;
     let Some(icc) = icc else {
         return webp;
@@ -165,9 +170,6 @@ fn tag_webp(webp: Vec<u8>, icc: Option<&[u8]>) -> Vec<u8> {
         body.extend(chunk(b"ICCP", icc));
         body.extend_from_slice(&webp[20 + first_len..]);
     } else {
-        let Some((width, height)) = webp_size(&webp) else {
-            return webp;
-        };
         let mut vp8x = vec![ICC_FLAG, 0, 0, 0];
         vp8x.extend_from_slice(&(width - 1).to_le_bytes()[..3]);
         vp8x.extend_from_slice(&(height - 1).to_le_bytes()[..3]);
@@ -179,26 +181,6 @@ fn tag_webp(webp: Vec<u8>, icc: Option<&[u8]>) -> Vec<u8> {
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend(body);
     out
-}
-
-/// The canvas size of a simple WebP file, from its bitstream's header.
-fn webp_size(webp: &[u8]) -> Option<(u32, u32)> {
-    let bits = webp.get(20..)?;
-    match webp.get(12..16)? {
-        // Lossy: a 3-byte frame tag, the start code, then 14-bit width and height.
-        b"VP8 " => {
-            let w = u16::from_le_bytes([*bits.get(6)?, *bits.get(7)?]) & 0x3FFF;
-            let h = u16::from_le_bytes([*bits.get(8)?, *bits.get(9)?]) & 0x3FFF;
-            Some((u32::from(w), u32::from(h)))
-        }
-        // Lossless: a signature byte, then 14 bits each of width - 1 and height - 1.
-        b"VP8L" => {
-            let v =
-                u32::from_le_bytes([*bits.get(1)?, *bits.get(2)?, *bits.get(3)?, *bits.get(4)?]);
-            Some(((v & 0x3FFF) + 1, ((v >> 14) & 0x3FFF) + 1))
-        }
-        _ => None,
-    }
 }
 
 fn png(pixels: &Pixels, icc: Option<&[u8]>) -> Result<Vec<u8>, PipelineError> {
