@@ -62,8 +62,8 @@ fn quick<M: criterion::measurement::Measurement>(group: &mut criterion::Benchmar
 }
 
 fn spec() -> Spec {
-    match Config::defaults() {
-        Ok(c) => Spec::from_config(&c),
+    match Config::defaults().and_then(|c| Spec::from_config(&c)) {
+        Ok(spec) => spec,
         Err(e) => panic!("default configuration: {e}"),
     }
 }

@@ -35,12 +35,15 @@ apt_install() {
 
 # Installs, in one apt-get run, the Debian packages whose commands are missing. Arguments
 # are command:package pairs.
-# A pair whose command is `python3-venv` stands for Python's venv module (with ensurepip).
+# A pair whose command is `python3-venv` stands for Python's venv module (with ensurepip);
+# one whose command is `-` names a package without a command (a library), looked up in dpkg.
 install_missing() {
   local missing=() pair
   for pair in "$@"; do
     case "${pair%%:*}" in
       python3-venv) python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=("${pair#*:}") ;;
+      -) dpkg-query -W -f='${Status}' "${pair#*:}" 2>/dev/null | grep -q 'ok installed' \
+           || missing+=("${pair#*:}") ;;
       *) command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}") ;;
     esac
   done
@@ -48,14 +51,16 @@ install_missing() {
 }
 
 # Everything the services and the build need (libjpeg-turbo is built from source into photoq
-# with cmake and NASM for its SIMD code; libwebp by its crate with the C compiler); with
+# with cmake and NASM for its SIMD code; libwebp by its crate with the C compiler; libheif
+# from its sources with cmake, against Debian's HEVC and AV1 codecs, found by pkg-config); with
 # `test`, also what the tests run against:
 # Prometheus and promtool (tests/prometheus.rs), Chromium and ChromeDriver (tests/browser.rs),
 # Python with venv and Node.js with npm for the test tools (ensure_test_tools), debootstrap
 # for the image's root filesystem (tests/deploy.rs).
 install_packages() {
   local wanted=(pg_ctlcluster:postgresql psql:postgresql-client redis-server:redis-server
-    redis-cli:redis-tools cmake:cmake nasm:nasm cc:build-essential)
+    redis-cli:redis-tools cmake:cmake nasm:nasm cc:build-essential pkg-config:pkg-config
+    -:libde265-dev -:libdav1d-dev -:libaom-dev)
   if [ "${1:-}" = test ]; then
     wanted+=(prometheus:prometheus promtool:prometheus chromium:chromium
       chromedriver:chromium-driver python3:python3 python3-venv:python3-venv

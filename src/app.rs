@@ -319,7 +319,7 @@ async fn run(
                 Some(n) => n as usize,
                 None => config.worker.size(None, None).cpu_slots,
             };
-            let spec = crate::pipeline::Spec::from_config(&config);
+            let spec = crate::pipeline::Spec::from_config(&config)?;
             let summary = tokio::task::spawn_blocking(move || {
                 crate::render::run(&spec, &args.files, &args.out, threads)
             })

@@ -69,7 +69,7 @@ pub struct RenderArgs {
     /// the cores this process may use).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: Option<u32>,
-    /// Image files (JPEG, PNG, WebP).
+    /// Image files (JPEG, PNG, WebP, HEIC, AVIF).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
 }

@@ -390,6 +390,41 @@ pub struct PipelineConfig {
     pub max_dimension: u32,
     pub shrink_on_load: bool,
     pub colour: Colour,
+    /// What transparent pixels are flattened onto in variants without alpha (JPEG).
+    pub background: HexColour,
+    /// A PNG (with alpha) composited on the variants that place it; empty: none.
+    pub watermark: PathBuf,
+}
+
+/// An opaque colour, written `"#rrggbb"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HexColour(pub [u8; 3]);
+
+impl TryFrom<String> for HexColour {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        let invalid = || format!("{s:?} is not a colour written \"#rrggbb\"");
+        let hex = s
+            .strip_prefix('#')
+            .filter(|h| h.len() == 6)
+            .ok_or_else(invalid)?;
+        let mut rgb = [0u8; 3];
+        for (i, c) in rgb.iter_mut().enumerate() {
+            *c = hex
+                .get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(invalid)?;
+        }
+        Ok(HexColour(rgb))
+    }
+}
+
+impl From<HexColour> for String {
+    fn from(c: HexColour) -> String {
+        format!("#{:02x}{:02x}{:02x}", c.0[0], c.0[1], c.0[2])
+    }
 }
 
 /// What the variants' colours are.
@@ -421,6 +456,71 @@ pub struct VariantConfig {
     /// Unsharp-mask amount applied after the resize; 0 is off.
     #[serde(default)]
     pub sharpen: f32,
+    /// Where a `cover` crop goes.
+    #[serde(default)]
+    pub focus: Focus,
+    /// The configured watermark (`pipeline.watermark`) on this variant, placed so.
+    #[serde(default)]
+    pub watermark: Option<WatermarkPlacement>,
+}
+
+/// Where the crop of a `cover` variant goes on a photo of another aspect ratio.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Focus {
+    /// The middle.
+    #[default]
+    Centre,
+    /// The most varied grey levels (Shannon entropy).
+    Entropy,
+    /// The most edges, skin tones and saturated colours.
+    Attention,
+}
+
+/// How the watermark sits on a variant.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkPlacement {
+    #[serde(default)]
+    pub position: Position,
+    /// Gap to the variant's edges, as a share of its shorter side.
+    #[serde(default = "default_watermark_margin")]
+    pub margin: f32,
+    /// 0 (invisible) to 1 (as drawn).
+    #[serde(default = "default_watermark_opacity")]
+    pub opacity: f32,
+    /// The watermark's width as a share of the variant's (it is made smaller if it would
+    /// not fit the height).
+    #[serde(default = "default_watermark_size")]
+    pub size: f32,
+}
+
+fn default_watermark_margin() -> f32 {
+    0.03
+}
+
+fn default_watermark_opacity() -> f32 {
+    0.5
+}
+
+fn default_watermark_size() -> f32 {
+    0.25
+}
+
+/// One of nine places on an image.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Position {
+    TopLeft,
+    Top,
+    TopRight,
+    Left,
+    Centre,
+    Right,
+    BottomLeft,
+    Bottom,
+    #[default]
+    BottomRight,
 }
 
 fn default_quality() -> u8 {
@@ -453,6 +553,14 @@ pub enum OutputFormat {
     Jpeg,
     Webp,
     Png,
+    Avif,
+}
+
+impl OutputFormat {
+    /// Whether the format keeps transparency.
+    pub fn has_alpha(self) -> bool {
+        !matches!(self, OutputFormat::Jpeg)
+    }
 }
 
 impl Config {
@@ -513,6 +621,27 @@ impl Config {
             }
             if !(1..=100).contains(&v.quality) {
                 return invalid(format!("variant {name}: quality must be 1..=100"));
+            }
+            if let Some(w) = &v.watermark {
+                if self.pipeline.watermark.as_os_str().is_empty() {
+                    return invalid(format!(
+                        "variant {name} places a watermark, but pipeline.watermark names no file"
+                    ));
+                }
+                let valid = (0.0..=0.5).contains(&w.margin)
+                    && (0.0..=1.0).contains(&w.opacity)
+                    && w.size > 0.0
+                    && w.size <= 1.0;
+                if !valid {
+                    return invalid(format!(
+                        "variant {name}: watermark margin must be 0 to 0.5, opacity 0 to 1, size above 0 up to 1"
+                    ));
+                }
+            }
+            if v.focus != Focus::Centre && v.fit != Fit::Cover {
+                return invalid(format!(
+                    "variant {name}: focus applies to fit \"cover\" only"
+                ));
             }
             if !(0.0..=MAX_SHARPEN).contains(&v.sharpen) {
                 return invalid(format!(
@@ -663,6 +792,9 @@ pub fn env_key_to_path(key: &str) -> String {
     if let Some(rest) = key.strip_prefix("variants_") {
         // Variant names hold no '_', so the first '_' ends the name.
         if let Some((name, field)) = rest.split_once('_') {
+            if let Some(placement) = field.strip_prefix("watermark_") {
+                return format!("variants.{name}.watermark.{placement}");
+            }
             return format!("variants.{name}.{field}");
         }
     }
@@ -691,6 +823,22 @@ mod tests {
             env_key_to_path("VARIANTS_THUMBNAIL_WIDTH"),
             "variants.thumbnail.width"
         );
+        assert_eq!(
+            env_key_to_path("VARIANTS_PREVIEW_WATERMARK_OPACITY"),
+            "variants.preview.watermark.opacity"
+        );
+    }
+
+    #[test]
+    fn background_colours_are_hex() {
+        assert_eq!(
+            HexColour::try_from("#0a80Ff".to_owned()),
+            Ok(HexColour([10, 128, 255]))
+        );
+        for bad in ["0a80ff", "#0a80f", "#0a80fg", "#0a80ff0", "#ééé"] {
+            assert!(HexColour::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
+        assert_eq!(String::from(HexColour([1, 2, 255])), "#0102ff");
     }
 
     #[test]

@@ -69,12 +69,27 @@ fn health_fails_when_nothing_answers_and_migrate_refuses_one_backend_twice() {
 fn render_makes_the_configured_variants_of_local_files() {
     let out = std::env::temp_dir().join(format!("pqrender_{}", uuid::Uuid::new_v4().simple()));
     let config = out.with_extension("toml");
-    std::fs::write(
-        &config,
-        "[variants.square]\nwidth = 100\nheight = 100\nfit = \"cover\"\nformat = \"webp\"\n",
-    )
-    .unwrap();
+    // A solid magenta watermark, 40 × 20.
+    let mark = out.with_extension("png");
+    image::RgbaImage::from_pixel(40, 20, image::Rgba([255, 0, 255, 255]))
+        .save(&mark)
+        .unwrap();
+    let write_config = |watermark: &std::path::Path| {
+        std::fs::write(
+            &config,
+            format!(
+                "[pipeline]\nwatermark = {watermark:?}\n\
+                 [variants.square]\nwidth = 100\nheight = 100\nfit = \"cover\"\n\
+                 focus = \"attention\"\nformat = \"webp\"\n\
+                 [variants.marked]\nwidth = 200\nformat = \"avif\"\n\
+                 watermark = {{ position = \"top-left\", size = 0.2, opacity = 1.0, margin = 0.0 }}\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_config(&mark);
     let good = corpus_dir().join("jpg/gps/DSCN0010.jpg");
+    let heic = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images/chart-p3.heic");
     let bad = corpus_dir().join("jpg/corrupted.jpg");
     let run = |files: &[&std::path::Path]| {
         Command::new(BIN)
@@ -87,7 +102,7 @@ fn render_makes_the_configured_variants_of_local_files() {
             .unwrap()
     };
 
-    let ok = run(&[&good]);
+    let ok = run(&[&good, &heic]);
     assert!(
         ok.status.success(),
         "{}",
@@ -102,6 +117,36 @@ fn render_makes_the_configured_variants_of_local_files() {
         let img = image::load_from_memory(&read(out.join(name))).unwrap();
         assert_eq!((img.width(), img.height()), size, "{name}");
     }
+    // The AVIF variant: 200 px wide, the watermark in its top-left corner.
+    let marked = read(out.join("DSCN0010_marked.avif"));
+    assert_eq!(&marked[4..12], b"ftypavif");
+    assert!(out.join("chart-p3_marked.avif").exists());
+    assert!(out.join("chart-p3_preview.jpg").exists());
+    let back = photoq::pipeline::process(
+        &marked,
+        &photoq::pipeline::Spec::from_config(&photoq::config::Config::defaults().unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((back.width, back.height), (200, 150));
+    let preview = image::load_from_memory(&back.variants[0].data)
+        .unwrap()
+        .to_rgb8();
+    let corner = preview.get_pixel(10, 5).0;
+    assert!(
+        corner[0] > 200 && corner[1] < 60 && corner[2] > 200,
+        "watermark corner: {corner:?}"
+    );
+
+    // A watermark that cannot be read stops the run before any file, saying which.
+    write_config(&out.with_extension("missing.png"));
+    let refused = run(&[&good]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("pipeline.watermark"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    write_config(&mark);
 
     // A broken file is reported and fails the run; the good one is still rendered.
     std::fs::remove_dir_all(&out).unwrap();
@@ -111,6 +156,7 @@ fn render_makes_the_configured_variants_of_local_files() {
     assert!(out.join("DSCN0010_square.webp").exists());
     std::fs::remove_dir_all(&out).unwrap();
     std::fs::remove_file(&config).unwrap();
+    std::fs::remove_file(&mark).unwrap();
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use image::{ImageEncoder, RgbImage};
 use moxcms::ColorProfile;
 use palette::color_difference::Ciede2000;
 use palette::{IntoColor, Lab, Srgb};
-use photoq::config::{Colour, Fit, OutputFormat};
+use photoq::config::{Colour, Fit, Focus, OutputFormat};
 use photoq::pipeline::metadata::Keep;
 use photoq::pipeline::{self, JpegOutput, Limits, Spec, VariantSpec};
 
@@ -58,6 +58,8 @@ fn spec(width: u32, format: OutputFormat, colour: Colour) -> Spec {
         shrink_on_load: true,
         jpeg_output: JpegOutput::Planes,
         colour,
+        background: [255; 3],
+        watermark: None,
         variants: vec![VariantSpec {
             name: "full".into(),
             width: Some(width),
@@ -67,6 +69,8 @@ fn spec(width: u32, format: OutputFormat, colour: Colour) -> Spec {
             quality: 100,
             grayscale: false,
             sharpen: 0.0,
+            focus: Focus::Centre,
+            watermark: None,
             keep: Keep::default(),
         }],
     }
@@ -82,12 +86,7 @@ fn photoq(data: &[u8], width: u32, format: OutputFormat, colour: Colour) -> (Rgb
 
 /// lcms2's conversion of `data` (an image with an embedded profile) to sRGB.
 fn reference(data: &[u8]) -> RgbImage {
-    let venv = std::env::var("PHOTOQ_TEST_VENV").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/photoq/venv",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
+    let venv = venv();
     let dir = std::env::temp_dir().join(format!("pqcolour_{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let (input, output) = (dir.join("in.png"), dir.join("out.png"));
@@ -103,6 +102,16 @@ fn reference(data: &[u8]) -> RgbImage {
     let image = image::open(&output).expect("reference").to_rgb8();
     std::fs::remove_dir_all(&dir).ok();
     image
+}
+
+/// The test tools' virtualenv (deploy/dev.sh test makes it).
+fn venv() -> String {
+    std::env::var("PHOTOQ_TEST_VENV").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/photoq/venv",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    })
 }
 
 fn lab(rgb: [f32; 3]) -> Lab {
@@ -241,4 +250,103 @@ fn profile_of(bytes: &[u8]) -> Option<Vec<u8>> {
         .expect("format");
     let mut decoder = reader.into_decoder().expect("decoder");
     image::ImageDecoder::icc_profile(&mut decoder).expect("profile")
+}
+
+fn committed(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/images")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The PNGs tests/images/make.sh encodes as HEIC and AVIF hold this file's chart.
+#[test]
+fn the_committed_charts_are_the_chart() {
+    let chart = chart();
+    let png = committed("chart-p3.png");
+    assert_eq!(image::load_from_memory(&png).unwrap().to_rgb8(), chart);
+    let icc = profile_of(&png).expect("chart-p3.png has a profile");
+    let profile = ColorProfile::new_from_slice(&icc).expect("readable profile");
+    let p3 = ColorProfile::new_display_p3();
+    for (ours, theirs) in [
+        (profile.red_colorant, p3.red_colorant),
+        (profile.green_colorant, p3.green_colorant),
+        (profile.blue_colorant, p3.blue_colorant),
+    ] {
+        assert!((ours.x - theirs.x).abs() < 1e-3 && (ours.y - theirs.y).abs() < 1e-3);
+    }
+    let deep = image::load_from_memory(&committed("chart-16bit.png")).unwrap();
+    assert_eq!(deep.color(), image::ColorType::Rgb16);
+    assert_eq!(deep.to_rgb8(), chart);
+}
+
+/// HEIC and AVIF photos of the P3 chart (encoded by libheif's and libavif's own tools, lossy,
+/// HEVC 4:2:0), with an ICC profile or with colour code points (nclx), come out as lcms2
+/// converts the lossless PNG they were made from; a 10-bit AVIF comes back to its 8-bit
+/// values. The codec's loss is part of the difference.
+#[test]
+fn heic_and_avif_photos_are_converted_like_their_source() {
+    let chart = chart();
+    let expected = reference(&committed("chart-p3.png"));
+    for name in ["chart-p3.heic", "chart-p3.avif", "chart-p3-nclx.avif"] {
+        let data = committed(name);
+        let (ours, _) = photoq(&data, chart.width(), OutputFormat::Png, Colour::Srgb);
+        assert_eq!(ours.dimensions(), chart.dimensions(), "{name}");
+        let (mean, max) = delta_e(&ours, &expected);
+        eprintln!("{name}: CIEDE2000 against lcms2 of the source: mean {mean:.3}, max {max:.3}");
+        assert!(mean < 1.0, "{name}: mean ΔE2000 {mean}");
+        assert!(max < 4.0, "{name}: max ΔE2000 {max}");
+        // Kept in P3 values, the same chart is measurably off: the conversion happened.
+        let (kept, _) = photoq(&data, chart.width(), OutputFormat::Png, Colour::Keep);
+        let (off, _) = delta_e(&kept, &expected);
+        assert!(off > 1.5, "{name}: unconverted differs by {off}");
+    }
+    let (deep, _) = photoq(
+        &committed("chart-10bit.avif"),
+        chart.width(),
+        OutputFormat::Png,
+        Colour::Srgb,
+    );
+    let (mean, max) = delta_e(&deep, &chart);
+    eprintln!("chart-10bit.avif: CIEDE2000 against the chart: mean {mean:.3}, max {max:.3}");
+    assert!(mean < 1.0 && max < 4.0, "10-bit AVIF: {mean} {max}");
+}
+
+/// An AVIF variant of the P3 chart, read back by an independent decoder (Pillow's libavif),
+/// has lcms2's colours, and with `colour = "keep"` carries the profile.
+#[test]
+fn avif_variants_decode_elsewhere_with_their_colours() {
+    let chart = chart();
+    let png = committed("chart-p3.png");
+    let expected = reference(&png);
+    let processed = pipeline::process(&png, &spec(chart.width(), OutputFormat::Avif, Colour::Srgb))
+        .expect("processed");
+    let variant = &processed.variants[0];
+    assert_eq!(variant.content_type, "image/avif");
+    assert_eq!(&variant.data[4..12], b"ftypavif");
+    let decoded = decoded_elsewhere(&variant.data);
+    assert_eq!(decoded.dimensions(), chart.dimensions());
+    let (mean, max) = delta_e(&decoded, &expected);
+    eprintln!(
+        "AVIF variant, read by Pillow: CIEDE2000 against lcms2: mean {mean:.3}, max {max:.3}"
+    );
+    assert!(mean < 1.0 && max < 4.0, "AVIF variant: {mean} {max}");
+}
+
+/// `data` decoded by Pillow (in the test tools' virtualenv) to 8-bit RGB.
+fn decoded_elsewhere(data: &[u8]) -> RgbImage {
+    let dir = std::env::temp_dir().join(format!("pqdecode_{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (input, output) = (dir.join("in"), dir.join("out.png"));
+    std::fs::write(&input, data).unwrap();
+    let status = Command::new(format!("{}/bin/python", venv()))
+        .args(["-c", "import sys; from PIL import Image; Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2])"])
+        .arg(&input)
+        .arg(&output)
+        .status()
+        .expect("the test tools' Python");
+    assert!(status.success(), "Pillow could not decode it");
+    let image = image::open(&output).expect("decoded").to_rgb8();
+    std::fs::remove_dir_all(&dir).ok();
+    image
 }

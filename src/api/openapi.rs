@@ -4,7 +4,8 @@
 //!
 //! What is amended:
 //! - a field that may be `null` (an `Option` in Rust, so not `required`) is `nullable`;
-//! - image routes answer `image/jpeg`, `image/png` or `image/webp`, not multipart;
+//! - image routes answer `image/jpeg`, `image/png`, `image/webp`, `image/avif` or (originals
+//!   only) `image/heic`, not multipart;
 //! - the upload's `file` field repeats;
 //! - an import's CSV body is text, not the JSON schema;
 //! - query parameters state their ranges, formats and values;
@@ -52,7 +53,13 @@ const IMAGE_ROUTES: &[&str] = &[
     "/v1/photos/{id}/variants/{name}",
     "/v1/photos/{id}/original",
 ];
-const IMAGE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/webp"];
+const IMAGE_TYPES: &[&str] = &[
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/avif",
+    "image/heic",
+];
 
 /// Amends paperclip's OpenAPI 3 document in place.
 pub fn amend(spec: &mut Value) {

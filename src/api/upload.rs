@@ -59,7 +59,7 @@ impl OperationModifier for PhotoUpload {
     fn update_parameter(op: &mut DefaultOperationRaw) {
         op.parameters.push(Either::Right(Parameter {
             description: Some(
-                "A photo (JPEG, PNG or WebP). Repeat the field to upload several photos \
+                "A photo (JPEG, PNG, WebP, HEIC or AVIF). Repeat the field to upload several photos \
                  as one batch."
                     .into(),
             ),
@@ -458,7 +458,7 @@ async fn stream_to_storage(
 
 fn unsupported(label: &str) -> ApiError {
     ApiError::UnsupportedMediaType(format!(
-        "{label} is not a JPEG, PNG or WebP image (judged from its bytes)"
+        "{label} is not a JPEG, PNG, WebP, HEIC or AVIF image (judged from its bytes)"
     ))
 }
 

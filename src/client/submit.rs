@@ -212,7 +212,10 @@ fn collect(
                 .map_err(|e| ClientError::File(file.clone(), e))?
         };
         let reason = if sniff(&head[..n]).is_none() {
-            Some(("not_an_image", "not a JPEG, PNG or WebP file".to_owned()))
+            Some((
+                "not_an_image",
+                "not a JPEG, PNG, WebP, HEIC or AVIF file".to_owned(),
+            ))
         } else if meta.len() > max_bytes {
             Some((
                 "too_large",
@@ -434,6 +437,7 @@ async fn download(
             let ext = match v["content_type"].as_str() {
                 Some("image/png") => "png",
                 Some("image/webp") => "webp",
+                Some("image/avif") => "avif",
                 _ => "jpg",
             };
             let bytes = client.get_bytes(url).await?;

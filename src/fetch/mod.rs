@@ -58,7 +58,7 @@ pub enum FetchError {
     },
     #[error("larger than the limit of {0} bytes")]
     TooLarge(u64),
-    #[error("not an image (JPEG, PNG or WebP); declared as {0:?}")]
+    #[error("not an image (JPEG, PNG, WebP, HEIC or AVIF); declared as {0:?}")]
     NotImage(String),
     #[error("the connection failed while reading the body: {0}")]
     Body(String),

@@ -1,10 +1,35 @@
-//! Adjustments applied to a variant after its resize: grayscale and sharpening. They run
-//! on the small output, so they cost little.
+//! Adjustments applied to a variant after its resize: grayscale, sharpening, flattening
+//! onto a background. They run on the small output, so they cost little.
 
 use super::resize::{Layout, Pixels};
 
 /// Rec. 709 luma weights, in 1/65536ths (they sum to 65536).
 const LUMA_WEIGHTS: [u32; 3] = [13933, 46871, 4732];
+
+/// RGBA pixels blended onto `background` (alpha dropped); other layouts are left alone.
+pub fn flatten(pixels: Pixels, background: [u8; 3]) -> Pixels {
+    if pixels.layout != Layout::Rgba {
+        return pixels;
+    }
+    Pixels {
+        data: flatten_rgba(&pixels.data, background),
+        layout: Layout::Rgb,
+        ..pixels
+    }
+}
+
+/// RGBA bytes blended onto `background`, as RGB bytes.
+pub fn flatten_rgba(rgba: &[u8], background: [u8; 3]) -> Vec<u8> {
+    let mut rgb = Vec::with_capacity(rgba.len() / 4 * 3);
+    for px in rgba.chunks_exact(4) {
+        let a = u32::from(px[3]);
+        for (&c, bg) in px[..3].iter().zip(background) {
+            let v = (u32::from(c) * a + u32::from(bg) * (255 - a) + 127) / 255;
+            rgb.push(v as u8);
+        }
+    }
+    rgb
+}
 
 /// Converts to grey: one channel, or grey RGB with its alpha kept.
 pub fn grayscale(pixels: Pixels) -> Pixels {

@@ -15,6 +15,21 @@ use moxcms::{ColorProfile, DataColorSpace, Transform8BitExecutor, TransformOptio
 use super::resize::{Layout, Pixels};
 use super::PipelineError;
 
+/// The D50 illuminant of an ICC header (bytes 68 to 79), as the ICC specification writes
+/// it in s15Fixed16.
+const ICC_D50: [u8; 12] = [0, 0, 0xf6, 0xd6, 0, 1, 0, 0, 0, 0, 0xd3, 0x2d];
+
+/// `profile` as ICC bytes that strict readers (libpng) accept: moxcms writes the D50
+/// illuminant rounded otherwise and leaves the size unpadded, which libpng refuses.
+pub fn icc_bytes(profile: &ColorProfile) -> Option<Vec<u8>> {
+    let mut icc = profile.encode().ok()?;
+    icc.resize(icc.len().next_multiple_of(4), 0);
+    let size = u32::try_from(icc.len()).ok()?.to_be_bytes();
+    icc.get_mut(0..4)?.copy_from_slice(&size);
+    icc.get_mut(68..80)?.copy_from_slice(&ICC_D50);
+    Some(icc)
+}
+
 /// A conversion of 8-bit RGB or RGBA pixels from a source's profile to sRGB.
 #[derive(Clone)]
 pub struct ToSrgb {

@@ -5,8 +5,8 @@
 //! DCT-domain scaling (1/2, 1/4, 1/8), which skips most of the work for a large photo that
 //! only feeds small variants. Any libjpeg warning (corrupt or truncated data) is an error,
 //! as with sharp's default, rather than a silently grey image. PNG and WebP go through the
-//! `image` crate with its allocation limits. The source's ICC profile is read here, and
-//! CMYK converted to sRGB (see `colour`).
+//! `image` crate with its allocation limits, HEIC and AVIF through libheif (see `heif`). The
+//! source's ICC profile is read here, and CMYK converted to sRGB (see `colour`).
 
 use std::io::Cursor;
 
@@ -17,6 +17,7 @@ use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
 use super::colour::{self, ToSrgb};
 use super::exif::{self, Exif};
 use super::frame::Frame;
+use super::heif;
 use super::metadata;
 use super::planar::{self, Planar};
 use super::resize::{Layout, Pixels};
@@ -65,13 +66,15 @@ pub fn decode(
 ) -> Result<Decoded, PipelineError> {
     match format {
         SourceFormat::Jpeg => decode_jpeg(data, limits, jpeg_output, colour, allowed_reduction),
-        SourceFormat::Png | SourceFormat::Webp => decode_other(data, format, limits, colour),
+        SourceFormat::Png => decode_other(data, image::ImageFormat::Png, limits, colour),
+        SourceFormat::Webp => decode_other(data, image::ImageFormat::WebP, limits, colour),
+        SourceFormat::Heic | SourceFormat::Avif => heif::decode(data, limits, colour),
     }
 }
 
 /// The conversion to sRGB of pixels in `layout` from the profile `icc`, if `colour` asks
 /// for one and the profile is not sRGB already.
-fn conversion(colour: Colour, icc: Option<&[u8]>, layout: Layout) -> Option<ToSrgb> {
+pub(super) fn conversion(colour: Colour, icc: Option<&[u8]>, layout: Layout) -> Option<ToSrgb> {
     match (colour, icc) {
         (Colour::Srgb, Some(icc)) => ToSrgb::new(icc, layout),
         _ => None,
@@ -202,11 +205,11 @@ fn decode_jpeg(
 
 fn decode_other(
     data: &[u8],
-    format: SourceFormat,
+    format: image::ImageFormat,
     limits: &Limits,
     colour: Colour,
 ) -> Result<Decoded, PipelineError> {
-    let mut reader = ImageReader::with_format(Cursor::new(data), format.image_format());
+    let mut reader = ImageReader::with_format(Cursor::new(data), format);
     let mut image_limits = image::Limits::default();
     image_limits.max_image_width = Some(limits.max_dimension);
     image_limits.max_image_height = Some(limits.max_dimension);

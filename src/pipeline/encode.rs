@@ -3,17 +3,21 @@
 //!
 //! JPEG through libjpeg-turbo: SIMD forward DCT and colour conversion, 4:2:0 chroma, and
 //! optimised Huffman tables (smaller files for a few percent more time, sharp's default
-//! too). WebP through libwebp (lossy). PNG through the `image` crate.
+//! too). WebP through libwebp (lossy). PNG through the `image` crate. AVIF through libheif
+//! and libaom (see `heif`).
 
 use turbojpeg::{Compressor, PixelFormat, Subsamp};
 
+use super::adjust;
+use super::heif;
 use super::metadata;
 use super::resize::{Layout, Pixels};
 use super::variant::OutputFormat;
 use super::PipelineError;
 
-/// Alpha is flattened onto this background for formats without transparency.
-const BACKGROUND: u8 = 255;
+/// Alpha is flattened onto this background when RGBA reaches the JPEG encoder (`process`
+/// flattens onto the configured background before).
+const BACKGROUND: [u8; 3] = [255; 3];
 /// The largest side libwebp encodes.
 const WEBP_MAX_SIDE: u32 = 16383;
 
@@ -46,6 +50,11 @@ pub fn encode(
             "webp",
         ),
         OutputFormat::Png => (png(pixels, icc)?, "image/png", "png"),
+        OutputFormat::Avif => (
+            heif::encode_avif(pixels, quality, icc)?,
+            "image/avif",
+            "avif",
+        ),
     };
     Ok(Encoded {
         data,
@@ -72,7 +81,7 @@ pub fn jpeg_with(
         Layout::Luma => (&pixels.data, PixelFormat::GRAY, Subsamp::Gray),
         Layout::Rgb => (&pixels.data, PixelFormat::RGB, Subsamp::Sub2x2),
         Layout::Rgba => {
-            flattened = flatten(&pixels.data);
+            flattened = adjust::flatten_rgba(&pixels.data, BACKGROUND);
             (&flattened, PixelFormat::RGB, Subsamp::Sub2x2)
         }
     };
@@ -201,29 +210,24 @@ fn png(pixels: &Pixels, icc: Option<&[u8]>) -> Result<Vec<u8>, PipelineError> {
 }
 
 /// RGBA (straight alpha) over an opaque background → RGB.
-fn flatten(rgba: &[u8]) -> Vec<u8> {
-    let mut rgb = Vec::with_capacity(rgba.len() / 4 * 3);
-    for px in rgba.chunks_exact(4) {
-        let a = u32::from(px[3]);
-        for &c in &px[..3] {
-            let v = (u32::from(c) * a + u32::from(BACKGROUND) * (255 - a) + 127) / 255;
-            rgb.push(v as u8);
-        }
-    }
-    rgb
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn flatten_blends_onto_white() {
+    fn flatten_blends_onto_the_background() {
         assert_eq!(
-            flatten(&[0, 0, 0, 255, 0, 0, 0, 0]),
+            adjust::flatten_rgba(&[0, 0, 0, 255, 0, 0, 0, 0], BACKGROUND),
             vec![0, 0, 0, 255, 255, 255]
         );
-        assert_eq!(flatten(&[0, 0, 0, 128]), vec![127, 127, 127]);
+        assert_eq!(
+            adjust::flatten_rgba(&[0, 0, 0, 128], BACKGROUND),
+            vec![127, 127, 127]
+        );
+        assert_eq!(
+            adjust::flatten_rgba(&[255, 255, 255, 0, 200, 0, 0, 255], [10, 20, 30]),
+            vec![10, 20, 30, 200, 0, 0]
+        );
     }
 
     #[test]

@@ -77,6 +77,14 @@ impl Frame {
         }
     }
 
+    /// Transparency blended onto `background` (planes and opaque pixels have none).
+    pub fn flatten(self, background: [u8; 3]) -> Frame {
+        match self {
+            Frame::Packed(p) => Frame::Packed(adjust::flatten(p, background)),
+            planar => planar,
+        }
+    }
+
     pub fn orient(self, orientation: Orientation) -> Result<Frame, PipelineError> {
         Ok(match self {
             Frame::Packed(p) => Frame::Packed(orient::apply(p, orientation)?),

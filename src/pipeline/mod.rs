@@ -13,7 +13,9 @@ pub mod colour;
 pub mod decode;
 pub mod encode;
 pub mod exif;
+pub mod focus;
 pub mod frame;
+pub mod heif;
 pub mod metadata;
 pub mod orient;
 pub mod placeholder;
@@ -21,6 +23,7 @@ pub mod planar;
 pub mod resize;
 pub mod sniff;
 pub mod variant;
+pub mod watermark;
 
 use image::metadata::Orientation;
 
@@ -36,7 +39,7 @@ use variant::{Geometry, OutputFormat, Rect};
 /// `Internal`, which is a bug.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("unsupported image format (JPEG, PNG and WebP are supported)")]
+    #[error("unsupported image format (JPEG, PNG, WebP, HEIC and AVIF are supported)")]
     Unsupported,
     #[error(
         "image is {width}x{height}; the limit is {max_pixels} pixels and {max_dimension} px a side"
@@ -108,11 +111,25 @@ pub struct Spec {
     pub jpeg_output: JpegOutput,
     /// Variants converted to sRGB, or in the source's colours with its profile.
     pub colour: Colour,
+    /// Transparency is flattened onto this in JPEG variants.
+    pub background: [u8; 3],
+    /// The watermark the variants may place.
+    pub watermark: Option<std::sync::Arc<watermark::Watermark>>,
     pub variants: Vec<VariantSpec>,
 }
 
 impl Spec {
-    pub fn from_config(config: &crate::config::Config) -> Self {
+    /// The spec the configuration describes; fails when its watermark cannot be read.
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, crate::config::ConfigError> {
+        let path = &config.pipeline.watermark;
+        let watermark = if path.as_os_str().is_empty() {
+            None
+        } else {
+            let mark = watermark::Watermark::load(path).map_err(|e| {
+                crate::config::ConfigError::Invalid(format!("pipeline.watermark: {e}"))
+            })?;
+            Some(std::sync::Arc::new(mark))
+        };
         let variants = config
             .variants
             .iter()
@@ -125,10 +142,12 @@ impl Spec {
                 quality: v.quality,
                 grayscale: v.grayscale,
                 sharpen: v.sharpen,
+                focus: v.focus,
+                watermark: v.watermark,
                 keep: metadata::Keep::default(),
             })
             .collect();
-        Spec {
+        Ok(Spec {
             limits: Limits {
                 max_pixels: config.pipeline.max_pixels,
                 max_dimension: config.pipeline.max_dimension,
@@ -136,16 +155,18 @@ impl Spec {
             shrink_on_load: config.pipeline.shrink_on_load,
             jpeg_output: JpegOutput::Planes,
             colour: config.pipeline.colour,
+            background: config.pipeline.background.0,
+            watermark,
             variants,
-        }
+        })
     }
 }
 
 impl Spec {
     /// The spec of imported images: the configured variants and, when enabled, the
     /// `compressed` rendition (the original size, orientation applied, no metadata).
-    pub fn for_imports(config: &crate::config::Config) -> Self {
-        let mut spec = Spec::from_config(config);
+    pub fn for_imports(config: &crate::config::Config) -> Result<Self, crate::config::ConfigError> {
+        let mut spec = Spec::from_config(config)?;
         let import = &config.import;
         if import.compressed {
             spec.variants.push(VariantSpec {
@@ -157,6 +178,8 @@ impl Spec {
                 quality: import.compressed_quality,
                 grayscale: false,
                 sharpen: 0.0,
+                focus: focus::Focus::Centre,
+                watermark: None,
                 keep: metadata::Keep {
                     exif: import
                         .compressed_keep
@@ -167,7 +190,7 @@ impl Spec {
                 },
             });
         }
-        spec
+        Ok(spec)
     }
 }
 
@@ -245,8 +268,18 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
     // Whole-frame images the variants may be resized from, in stored orientation.
     let mut sources: Vec<Frame> = vec![decoded.pixels];
     let mut variants = Vec::with_capacity(spec.variants.len());
+    // Made from the decoded image once, if a smart crop needs it.
+    let mut interest: Option<focus::InterestMap> = None;
     for planned in plan(spec, full_w, full_h, orientation) {
-        let stored = planned.stored;
+        let mut stored = planned.stored;
+        if planned.spec.focus != focus::Focus::Centre {
+            let map = match interest.take() {
+                Some(map) => map,
+                None => focus::InterestMap::of(&sources[0])?,
+            };
+            stored.crop = map.place(stored.crop, full_w, full_h, planned.spec.focus);
+            interest = Some(map);
+        }
         let clock = std::time::Instant::now();
         let resizing = tracing::info_span!("resize", variant = %planned.spec.name).entered();
         let chroma = frame::chroma_for(planned.spec.format);
@@ -267,7 +300,13 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
         if planned.spec.grayscale {
             frame = frame.grayscale()?;
         }
-        let oriented = frame.sharpen(planned.spec.sharpen).orient(orientation)?;
+        let mut oriented = frame.sharpen(planned.spec.sharpen).orient(orientation)?;
+        if !planned.spec.format.has_alpha() {
+            oriented = oriented.flatten(spec.background);
+        }
+        if let (Some(mark), Some(placement)) = (&spec.watermark, &planned.spec.watermark) {
+            oriented = mark.apply(oriented, placement)?;
+        }
         timings.resize += clock.elapsed();
         drop(resizing);
         let clock = std::time::Instant::now();
@@ -395,6 +434,8 @@ mod tests {
             quality: 80,
             grayscale: false,
             sharpen: 0.0,
+            focus: focus::Focus::Centre,
+            watermark: None,
             keep: metadata::Keep::default(),
         }
     }
@@ -408,6 +449,8 @@ mod tests {
             shrink_on_load: true,
             jpeg_output: JpegOutput::Planes,
             colour: Colour::Srgb,
+            background: [255; 3],
+            watermark: None,
             variants,
         }
     }

@@ -14,6 +14,10 @@ pub struct VariantSpec {
     pub quality: u8,
     pub grayscale: bool,
     pub sharpen: f32,
+    /// Where a `cover` crop goes (moved there once the photo is decoded).
+    pub focus: crate::config::Focus,
+    /// Where the watermark goes, if this variant has one.
+    pub watermark: Option<crate::config::WatermarkPlacement>,
     /// Metadata of a JPEG source carried into a JPEG variant (none by default).
     pub keep: super::metadata::Keep,
 }
@@ -154,6 +158,8 @@ mod tests {
             quality: 80,
             grayscale: false,
             sharpen: 0.0,
+            focus: crate::config::Focus::Centre,
+            watermark: None,
             keep: Default::default(),
         }
     }

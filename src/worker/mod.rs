@@ -77,6 +77,8 @@ impl WorkerContext {
     ) -> Result<Self, String> {
         // Downloads resolve names with the system's resolver; `fetcher` may be replaced.
         let fetcher = Fetcher::new(&config.fetch, Arc::new(SystemLookup))?;
+        let spec = Spec::from_config(&config).map_err(|e| e.to_string())?;
+        let import_spec = Spec::for_imports(&config).map_err(|e| e.to_string())?;
         let consumer = Arc::new(consumer);
         let committer = commit::Committer::spawn(
             pool.clone(),
@@ -91,8 +93,8 @@ impl WorkerContext {
             queue,
             consumer,
             storage,
-            spec: Arc::new(Spec::from_config(&config)),
-            import_spec: Arc::new(Spec::for_imports(&config)),
+            spec: Arc::new(spec),
+            import_spec: Arc::new(import_spec),
             fetcher,
             config,
             metrics,
