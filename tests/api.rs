@@ -212,7 +212,8 @@ async fn configured_variants_are_made_stored_and_served_in_their_format() {
              quality = 70\nsharpen = 0.5\n\
              [variants.strip]\nwidth = 300\nheight = 40\nfit = \"exact\"\nformat = \"png\"\n\
              grayscale = true\n\
-             [variants.wide]\nwidth = 500\n",
+             [variants.wide]\nwidth = 500\n\
+             [variants.modern]\nwidth = 240\nformat = \"avif\"\n",
         )
         .start()
         .await;
@@ -250,6 +251,7 @@ async fn configured_variants_are_made_stored_and_served_in_their_format() {
             (1200, 800),
             image::ImageFormat::Jpeg,
         ),
+        ("modern", "image/avif", (240, 160), image::ImageFormat::Avif),
     ] {
         let v = find(name);
         assert_eq!(v["content_type"], content_type, "{name}");
@@ -262,6 +264,12 @@ async fn configured_variants_are_made_stored_and_served_in_their_format() {
         assert_eq!(res.headers()["content-type"], content_type, "{name}");
         let bytes = res.bytes().await.unwrap();
         assert_eq!(image::guess_format(&bytes).unwrap(), format, "{name}");
+        if format == image::ImageFormat::Avif {
+            // Read back by photoq's own decoder (libheif and dav1d, not the encoder).
+            let back = photoq::pipeline::process(&bytes, &photoq_spec()).unwrap();
+            assert_eq!((u64::from(back.width), u64::from(back.height)), size);
+            continue;
+        }
         let img = image::load_from_memory(&bytes).unwrap();
         assert_eq!(
             (u64::from(img.width()), u64::from(img.height())),
@@ -273,7 +281,43 @@ async fn configured_variants_are_made_stored_and_served_in_their_format() {
             assert!(rgb.pixels().all(|p| p[0] == p[1] && p[1] == p[2]), "grey");
         }
     }
+
+    // An iPhone-style HEIC goes the same way; its original keeps its type.
+    let heic = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/images/chart-p3.heic"
+    ))
+    .unwrap();
+    let body = app.upload_ok(vec![("chart.heic".into(), heic)]).await;
+    app.wait_batch(body["batch_id"].as_str().unwrap()).await;
+    let photo = app
+        .get_json(body["photos"][0]["url"].as_str().unwrap())
+        .await;
+    assert_eq!(photo["state"], "completed", "{photo}");
+    assert_eq!(photo["original"]["content_type"], "image/heic", "{photo}");
+    assert_eq!(
+        (
+            photo["original"]["width"].as_u64(),
+            photo["original"]["height"].as_u64()
+        ),
+        (Some(400), Some(80))
+    );
+    let modern = photo["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "modern")
+        .unwrap();
+    assert_eq!(modern["content_type"], "image/avif");
+    assert_eq!(
+        (modern["width"].as_u64(), modern["height"].as_u64()),
+        (Some(240), Some(48))
+    );
     app.finish().await;
+}
+
+fn photoq_spec() -> photoq::pipeline::Spec {
+    photoq::pipeline::Spec::from_config(&photoq::config::Config::defaults().unwrap()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
