@@ -394,6 +394,9 @@ pub struct PipelineConfig {
     pub background: HexColour,
     /// A PNG (with alpha) composited on the variants that place it; empty: none.
     pub watermark: PathBuf,
+    /// A photo whose bytes its owner already had processed with the same variants reuses
+    /// those results (copies) instead of being processed again.
+    pub reuse_duplicates: bool,
 }
 
 /// An opaque colour, written `"#rrggbb"`.

@@ -802,3 +802,96 @@ async fn the_operator_overview_shows_aggregates_only() {
     );
     app.finish().await;
 }
+
+/// The same bytes uploaded again by the same owner reuse the first photo's results: a photo
+/// of its own (id, batch, one attempt, `completed`), `reused_from` the first, with variants
+/// that are copies (the same bytes under its own keys). Another owner's upload, a changed
+/// variant configuration, or `reuse_duplicates = false` process the photo anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_reuse_the_first_photos_results() {
+    let app = TestApp::start().await;
+    let jpeg = encode(image::ImageFormat::Jpeg, 900, 600);
+    let first = upload_and_wait(&app, &app.key, jpeg.clone()).await;
+    assert_eq!(first["reused_from"], Value::Null, "{first}");
+    let again = upload_and_wait(&app, &app.key, jpeg.clone()).await;
+    assert_ne!(again["id"], first["id"]);
+    assert_eq!(again["state"], "completed", "{again}");
+    assert_eq!(again["attempts"], 1);
+    assert_eq!(again["reused_from"], first["id"], "{again}");
+    for field in ["thumbhash", "exif"] {
+        assert_eq!(again[field], first[field], "{field}");
+    }
+    assert_eq!(again["original"]["width"], first["original"]["width"]);
+    let (ours, theirs) = (
+        again["variants"].as_array().unwrap(),
+        first["variants"].as_array().unwrap(),
+    );
+    assert_eq!(ours.len(), theirs.len());
+    for (v, w) in ours.iter().zip(theirs) {
+        assert_eq!(
+            (&v["name"], &v["width"], &v["height"]),
+            (&w["name"], &w["width"], &w["height"])
+        );
+        assert_ne!(v["url"], w["url"]);
+        let (a, b) = (
+            app.bytes(v["url"].as_str().unwrap()).await,
+            app.bytes(w["url"].as_str().unwrap()).await,
+        );
+        assert!(!a.is_empty() && a == b, "{} is a copy", v["name"]);
+    }
+    // The copies are objects of their own in storage.
+    let root = std::path::PathBuf::from(&app.config.storage.root);
+    let again_id = again["id"].as_str().unwrap();
+    let copies = common::stored_objects(&root.join("variants").join(again_id));
+    assert_eq!(copies.len(), ours.len(), "{copies:?}");
+
+    // Another owner's same bytes: processed for that owner.
+    let (_, other) = app.new_key("other").await;
+    let theirs = upload_and_wait(&app, &other, jpeg.clone()).await;
+    assert_eq!(theirs["reused_from"], Value::Null, "{theirs}");
+
+    // A different variant configuration: processed again, then reused under it.
+    let app = app
+        .restart("[variants.thumbnail]\nwidth = 128\nheight = 128\n")
+        .await;
+    let resized = upload_and_wait(&app, &app.key, jpeg.clone()).await;
+    assert_eq!(resized["reused_from"], Value::Null, "{resized}");
+    let thumb = |p: &Value| {
+        p["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "thumbnail")
+            .unwrap()["width"]
+            .clone()
+    };
+    assert_eq!(thumb(&resized), 128);
+    let twice = upload_and_wait(&app, &app.key, jpeg.clone()).await;
+    assert_eq!(twice["reused_from"], resized["id"]);
+
+    // Switched off: every upload is processed.
+    let app = app
+        .restart("[variants.thumbnail]\nwidth = 128\nheight = 128\n[pipeline]\nreuse_duplicates = false\n")
+        .await;
+    let off = upload_and_wait(&app, &app.key, jpeg).await;
+    assert_eq!(off["state"], "completed");
+    assert_eq!(off["reused_from"], Value::Null, "{off}");
+    app.finish().await;
+}
+
+/// Uploads one file as `key` and returns its photo once its batch is done.
+async fn upload_and_wait(app: &TestApp, key: &str, data: Vec<u8>) -> Value {
+    let res = app.upload_with(key, vec![("same.jpg".into(), data)]).await;
+    assert_eq!(res.status(), 202);
+    let body: Value = res.json().await.unwrap();
+    let url = body["photos"][0]["url"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let photo: Value = app.get_as(key, &url).await.json().await.unwrap();
+        if photo["state"] == "completed" || photo["state"] == "failed" {
+            return photo;
+        }
+        assert!(std::time::Instant::now() < deadline, "{photo}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

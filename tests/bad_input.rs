@@ -4,6 +4,7 @@
 mod common;
 
 use common::{corpus_dir, error_code, read, TestApp};
+use nix::sys::resource::{getrusage, UsageWho};
 
 fn sample() -> Vec<u8> {
     read(corpus_dir().join("jpg/Canon_40D.jpg"))
@@ -539,4 +540,115 @@ async fn guess_as(app: &TestApp, key: &str, forwarded: &str) -> reqwest::Respons
         .send()
         .await
         .unwrap()
+}
+
+/// Bits written least significant first, as DEFLATE packs them.
+#[derive(Default)]
+struct Bits {
+    out: Vec<u8>,
+    acc: u64,
+    n: u32,
+}
+
+impl Bits {
+    fn put(&mut self, value: u32, len: u32) {
+        self.acc |= u64::from(value) << self.n;
+        self.n += len;
+        while self.n >= 8 {
+            self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.n -= 8;
+        }
+    }
+
+    /// A Huffman code: its bits go most significant first.
+    fn code(&mut self, code: u32, len: u32) {
+        self.put(code.reverse_bits() >> (32 - len), len);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        if self.n > 0 {
+            self.out.push(self.acc as u8);
+        }
+        self.out
+    }
+}
+
+/// A valid grey PNG of `width` × `height` zero pixels: one fixed-Huffman DEFLATE block of
+/// back-references (13 bits for every 258 bytes), so a few MB inflate to hundreds.
+fn zero_png(width: u32, height: u32) -> Vec<u8> {
+    let raw = u64::from(height) * (u64::from(width) + 1);
+    let mut bits = Bits::default();
+    bits.put(0b011, 3); // the final block, fixed Huffman codes
+    bits.code(0b0011_0000, 8); // literal 0
+    let mut left = raw - 1;
+    while left >= 258 {
+        bits.code(0b1100_0101, 8); // length 258
+        bits.code(0, 5); // distance 1
+        left -= 258;
+    }
+    for _ in 0..left {
+        bits.code(0b0011_0000, 8);
+    }
+    bits.code(0, 7); // end of block
+    let mut zlib = vec![0x78, 0x01];
+    zlib.extend(bits.finish());
+    // Adler-32 of `raw` zero bytes.
+    zlib.extend(((((raw % 65_521) as u32) << 16) | 1).to_be_bytes());
+
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([8, 0, 0, 0, 0]);
+    for (kind, data) in [(&b"IHDR"[..], ihdr), (b"IDAT", zlib), (b"IEND", Vec::new())] {
+        let mut chunk = kind.to_vec();
+        chunk.extend(&data);
+        png.extend((data.len() as u32).to_be_bytes());
+        png.extend(&chunk);
+        png.extend(crc32(&chunk).to_be_bytes());
+    }
+    png
+}
+
+/// A 5 MB PNG that inflates to 784 MB of pixels (28 000 × 28 000, past the 100 MP limit) is
+/// refused from its header: `photoq render`, a process of its own, fails it with the
+/// reason and never holds more than 50 MiB (its peak RSS, from the kernel).
+#[test]
+fn a_png_bomb_is_refused_before_any_pixel_buffer() {
+    let png = zero_png(28_000, 28_000);
+    assert!(
+        (4_500_000..6_000_000).contains(&png.len()),
+        "{} bytes",
+        png.len()
+    );
+    let header = image::ImageReader::new(std::io::Cursor::new(&png))
+        .with_guessed_format()
+        .unwrap()
+        .into_dimensions()
+        .unwrap();
+    assert_eq!(header, (28_000, 28_000));
+
+    let dir = std::env::temp_dir().join(format!("pqbomb_{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bomb.png");
+    std::fs::write(&file, &png).unwrap();
+    // The only child this test binary starts: the kernel's peak over its waited-for
+    // children is this one's.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_photoq"))
+        .args(["render", "--concurrency", "1", "--out"])
+        .arg(dir.join("out"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("28000x28000"), "{said}");
+    let peak_mib = usage.max_rss() / 1024;
+    eprintln!(
+        "photoq render on a {} byte PNG bomb: peak RSS {peak_mib} MiB",
+        png.len()
+    );
+    assert!(peak_mib < 50, "peak RSS {peak_mib} MiB");
 }

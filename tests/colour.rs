@@ -60,6 +60,7 @@ fn spec(width: u32, format: OutputFormat, colour: Colour) -> Spec {
         colour,
         background: [255; 3],
         watermark: None,
+        fingerprint: String::new(),
         variants: vec![VariantSpec {
             name: "full".into(),
             width: Some(width),

@@ -432,6 +432,8 @@ async fn duplicate_deliveries_and_a_race_record_each_photo_once() {
         height: 1,
         exif: Value::Null,
         thumbhash: None,
+        fingerprint: None,
+        reused_from: None,
         variants: Vec::new(),
         original: None,
     };

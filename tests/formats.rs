@@ -46,6 +46,7 @@ fn spec(variants: Vec<VariantSpec>, background: [u8; 3]) -> Spec {
         colour: Colour::Srgb,
         background,
         watermark: None,
+        fingerprint: String::new(),
         variants,
     }
 }

@@ -187,7 +187,9 @@ async fn prometheus_reads_a_batch_and_every_dashboard_query() {
             read(corpus_dir().join("jpg/Canon_40D.jpg")),
         )
     };
-    let batch = app.upload_ok(vec![jpeg("a"), jpeg("b"), jpeg("c")]).await;
+    // Three different photos: the same bytes again would reuse the first's results and
+    // not be decoded.
+    let batch = app.upload_ok(common::three_photos()).await;
     let done = app
         .wait_batch(batch["batch_id"].as_str().expect("batch id"))
         .await;

@@ -394,6 +394,8 @@ async fn replay(conn: &mut AsyncPgConnection, photo_id: uuid::Uuid, trace: &[Eve
                             height: 1,
                             exif: serde_json::Value::Null,
                             thumbhash: None,
+                            fingerprint: None,
+                            reused_from: None,
                             variants: Vec::new(),
                             original: None,
                         };

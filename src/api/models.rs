@@ -61,6 +61,10 @@ pub struct PhotoView {
     /// library decodes it into a blurred placeholder of the right colours and aspect
     /// ratio, to show while the variants load.
     pub thumbhash: Option<String>,
+    /// When this photo's bytes had already been processed for the same owner with the
+    /// same variants: that photo. Its results were copied, not made again; the copies are
+    /// this photo's own.
+    pub reused_from: Option<Uuid>,
     pub variants: Vec<VariantView>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -150,6 +154,7 @@ impl PhotoView {
             },
             exif,
             thumbhash: photo.thumbhash,
+            reused_from: photo.reused_from,
             variants: variants
                 .into_iter()
                 .map(|v| VariantView {

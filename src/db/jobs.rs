@@ -154,6 +154,10 @@ pub struct Completion {
     pub exif: serde_json::Value,
     /// The photo's ThumbHash, base64.
     pub thumbhash: Option<String>,
+    /// The variant configuration the results were made with (`Spec::fingerprint`).
+    pub fingerprint: Option<String>,
+    /// The photo whose results were copied, if they were.
+    pub reused_from: Option<Uuid>,
     pub variants: Vec<Variant>,
     /// For a photo downloaded from a URL: what was downloaded.
     pub original: Option<OriginalInfo>,
@@ -201,6 +205,11 @@ pub async fn complete_many(
         .iter()
         .map(|(_, c, _)| c.thumbhash.as_deref())
         .collect();
+    let fingerprints: Vec<Option<&str>> = done
+        .iter()
+        .map(|(_, c, _)| c.fingerprint.as_deref())
+        .collect();
+    let reused: Vec<Option<Uuid>> = done.iter().map(|(_, c, _)| c.reused_from).collect();
     let originals = done.iter().map(|(_, c, _)| c.original.as_ref());
     let types: Vec<Option<&str>> = originals
         .clone()
@@ -217,13 +226,15 @@ pub async fn complete_many(
             "WITH p AS ( \
            UPDATE photos AS p \
            SET state = 'completed', width = v.width, height = v.height, exif = v.exif, \
-               thumbhash = v.thumbhash, error = NULL, error_code = NULL, attempt_id = NULL, completed_at = $1, \
+               thumbhash = v.thumbhash, variant_fingerprint = v.fingerprint, \
+               reused_from = v.reused_from, error = NULL, error_code = NULL, attempt_id = NULL, completed_at = $1, \
                updated_at = $1, content_type = coalesce(v.content_type, p.content_type), \
                bytes = coalesce(v.bytes, p.bytes), sha256 = coalesce(v.sha256, p.sha256) \
            FROM unnest($2::uuid[], $3::int8[], $4::int4[], $5::int4[], $6::jsonb[], \
-                       $7::text[], $8::int8[], $9::text[], $10::int8[], $19::text[]) \
+                       $7::text[], $8::int8[], $9::text[], $10::int8[], $19::text[], \
+                       $20::text[], $21::uuid[]) \
                 AS v(id, attempt_id, width, height, exif, content_type, bytes, sha256, ms, \
-                     thumbhash) \
+                     thumbhash, fingerprint, reused_from) \
            WHERE p.id = v.id AND p.attempt_id = v.attempt_id \
            RETURNING p.id, v.attempt_id, v.ms), \
          a AS ( \
@@ -262,6 +273,8 @@ pub async fn complete_many(
         .bind::<Array<BigInt>, _>(&variants.bytes)
         .bind::<Array<Text>, _>(&variants.etags)
         .bind::<Array<Nullable<Text>>, _>(&thumbhashes)
+        .bind::<Array<Nullable<Text>>, _>(&fingerprints)
+        .bind::<Array<Nullable<SqlUuid>>, _>(&reused)
         .load(&mut *conn)
         .await
         .map_err(DbError::from)

@@ -63,6 +63,10 @@ pub struct Photo {
     pub trace_parent: Option<String>,
     /// A ThumbHash of the processed photo, base64.
     pub thumbhash: Option<String>,
+    /// The variant configuration a completed photo's variants were made with.
+    pub variant_fingerprint: Option<String>,
+    /// The photo whose results this one reused (same bytes, same configuration).
+    pub reused_from: Option<Uuid>,
 }
 
 impl Photo {

@@ -111,6 +111,35 @@ pub async fn list_dead(conn: &mut AsyncPgConnection, limit: i64) -> Result<Vec<P
 }
 
 /// Variants of the given photos, ordered by photo, then largest first.
+/// A completed photo of `owner` (other than `except`) made from the bytes `sha256` with
+/// the variant configuration `fingerprint`, with its variants: results to reuse. The
+/// oldest such photo, which is never itself a copy's copy unless it was the first.
+pub async fn reusable(
+    conn: &mut AsyncPgConnection,
+    owner: Uuid,
+    sha256: &str,
+    fingerprint: &str,
+    except: Uuid,
+) -> Result<Option<(Photo, Vec<Variant>)>, DbError> {
+    let found: Option<Photo> = photos::table
+        .filter(photos::owner_id.eq(owner))
+        .filter(photos::sha256.eq(sha256))
+        .filter(photos::variant_fingerprint.eq(fingerprint))
+        .filter(photos::variant_fingerprint.is_not_null())
+        .filter(photos::state.eq(PhotoState::Completed.as_str()))
+        .filter(photos::id.ne(except))
+        .order(photos::id)
+        .select(Photo::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    let Some(photo) = found else {
+        return Ok(None);
+    };
+    let variants = variants_of(conn, &[photo.id]).await?;
+    Ok(Some((photo, variants)))
+}
+
 pub async fn variants_of(
     conn: &mut AsyncPgConnection,
     photo_ids: &[Uuid],

@@ -56,6 +56,8 @@ diesel::table! {
         unfinished -> Bool,
         dead -> Bool,
         thumbhash -> Nullable<Text>,
+        variant_fingerprint -> Nullable<Text>,
+        reused_from -> Nullable<Uuid>,
     }
 }
 

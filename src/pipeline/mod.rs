@@ -115,6 +115,8 @@ pub struct Spec {
     pub background: [u8; 3],
     /// The watermark the variants may place.
     pub watermark: Option<std::sync::Arc<watermark::Watermark>>,
+    /// Names everything above that decides the variants' pixels (see [`Spec::fingerprint`]).
+    pub fingerprint: String,
     pub variants: Vec<VariantSpec>,
 }
 
@@ -156,9 +158,34 @@ impl Spec {
             jpeg_output: JpegOutput::Planes,
             colour: config.pipeline.colour,
             background: config.pipeline.background.0,
+            fingerprint: String::new(),
             watermark,
             variants,
-        })
+        }
+        .fingerprinted())
+    }
+
+    /// The spec with its fingerprint: a hash of what decides the variants' pixels (the
+    /// variants, the limits, colour, background, the watermark's pixels) and of this
+    /// version of photoq, so that results are reused only for the same configuration.
+    pub fn fingerprinted(mut self) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(env!("CARGO_PKG_VERSION"));
+        hash.update(format!(
+            "{:?}|{:?}|{}|{:?}|{:?}|{:?}",
+            self.limits,
+            self.colour,
+            self.shrink_on_load,
+            self.background,
+            self.jpeg_output,
+            self.variants
+        ));
+        if let Some(mark) = &self.watermark {
+            hash.update(mark.digest());
+        }
+        self.fingerprint = hex::encode(&hash.finalize()[..16]);
+        self
     }
 }
 
@@ -190,7 +217,7 @@ impl Spec {
                 },
             });
         }
-        Ok(spec)
+        Ok(spec.fingerprinted())
     }
 }
 
@@ -451,6 +478,7 @@ mod tests {
             colour: Colour::Srgb,
             background: [255; 3],
             watermark: None,
+            fingerprint: String::new(),
             variants,
         }
     }

@@ -53,6 +53,16 @@ impl Watermark {
         })
     }
 
+    /// A hash of the watermark's pixels.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(self.pixels.width.to_le_bytes());
+        hash.update(self.pixels.height.to_le_bytes());
+        hash.update(&self.pixels.data);
+        hash.finalize().into()
+    }
+
     /// `frame` with the watermark composited as `placement` says.
     pub fn apply(
         &self,

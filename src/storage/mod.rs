@@ -169,6 +169,12 @@ impl Storage {
         Ok(ObjectWriter { inner })
     }
 
+    /// Copies the object at `from` to `to` (on S3 inside the bucket, metadata included).
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        self.store.copy(&Path::from(from), &Path::from(to)).await?;
+        Ok(())
+    }
+
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         Ok(self.store.get(&Path::from(key)).await?.bytes().await?)
     }

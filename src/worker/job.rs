@@ -508,6 +508,8 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
             height: 0,
             exif: serde_json::Value::Null,
             thumbhash: None,
+            fingerprint: None,
+            reused_from: None,
             variants: Vec::new(),
             original: None,
         });
@@ -528,6 +530,20 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
         Some(_) => ctx.import_spec.clone(),
         None => ctx.spec.clone(),
     };
+    let original_info = described(photo, downloaded.as_ref(), &original);
+    if ctx.config.pipeline.reuse_duplicates {
+        let sha256 = match &photo.sha256 {
+            Some(hash) => hash.clone(),
+            None => hex::encode(Sha256::digest(&original)),
+        };
+        if let Some(done) = reuse(ctx, photo, &sha256, &spec.fingerprint).await? {
+            return Ok(Completion {
+                original: original_info,
+                ..done
+            });
+        }
+    }
+    let fingerprint = spec.fingerprint.clone();
     let processed = process_blocking(ctx, original.clone(), spec).await?;
     let t = processed.timings;
     ctx.metrics.stage("decode", t.decode);
@@ -559,22 +575,81 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
     ctx.metrics.stage("store", storing.elapsed());
     let exif = serde_json::to_value(&processed.exif)
         .map_err(|e| JobError::Crashed(format!("exif to json: {e}")))?;
-    // A downloaded original is described once it has been processed: its type as sniffed,
-    // its size and hash (also for an original stored by an earlier attempt).
-    let original = match (&photo.source_url, downloaded) {
-        (None, _) => None,
-        (Some(_), Some(f)) => Some(OriginalInfo::of(&f.bytes, f.format.mime())),
-        (Some(_), None) => crate::pipeline::sniff::sniff(&original)
-            .map(|format| OriginalInfo::of(&original, format.mime())),
-    };
     Ok(Completion {
         width: processed.width as i32,
         height: processed.height as i32,
         exif,
         thumbhash: Some(base64::engine::general_purpose::STANDARD.encode(&processed.thumbhash)),
+        fingerprint: Some(fingerprint),
+        reused_from: None,
         variants,
-        original,
+        original: original_info,
     })
+}
+
+/// A downloaded original, described once it has been processed: its type as sniffed, its
+/// size and hash (also for an original stored by an earlier attempt). None for uploads,
+/// described when they were received.
+fn described(
+    photo: &Photo,
+    downloaded: Option<&crate::fetch::Fetched>,
+    original: &[u8],
+) -> Option<OriginalInfo> {
+    match (&photo.source_url, downloaded) {
+        (None, _) => None,
+        (Some(_), Some(f)) => Some(OriginalInfo::of(&f.bytes, f.format.mime())),
+        (Some(_), None) => crate::pipeline::sniff::sniff(original)
+            .map(|format| OriginalInfo::of(original, format.mime())),
+    }
+}
+
+/// The results of an earlier photo of the same owner, bytes and variant configuration,
+/// copied for `photo` (its own objects under its own keys), if there is such a photo and
+/// its variants are all still in storage; else None, and the photo is processed.
+async fn reuse(
+    ctx: &WorkerContext,
+    photo: &Photo,
+    sha256: &str,
+    fingerprint: &str,
+) -> Result<Option<Completion>, JobError> {
+    let mut conn = db::conn(&ctx.pool).await?;
+    let found =
+        db::photos::reusable(&mut conn, photo.owner_id, sha256, fingerprint, photo.id).await?;
+    drop(conn);
+    let Some((first, their_variants)) = found else {
+        return Ok(None);
+    };
+    let copying = Instant::now();
+    let mut variants = Vec::with_capacity(their_variants.len());
+    for v in their_variants {
+        let extension = v.storage_key.rsplit_once('.').map_or("bin", |(_, e)| e);
+        let key = storage::variant_key(photo.id, &v.name, extension);
+        match ctx.storage.copy(&v.storage_key, &key).await {
+            Ok(()) => {}
+            Err(StorageError::NotFound(missing)) => {
+                tracing::info!(from = %first.id, %missing, "results to reuse are gone; processing");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        variants.push(Variant {
+            photo_id: photo.id,
+            storage_key: key,
+            ..v
+        });
+    }
+    ctx.metrics.stage("store", copying.elapsed());
+    tracing::info!(from = %first.id, "same bytes and variants as an earlier photo; its results reused");
+    Ok(Some(Completion {
+        width: first.width.unwrap_or(0),
+        height: first.height.unwrap_or(0),
+        exif: first.exif.unwrap_or(serde_json::Value::Null),
+        thumbhash: first.thumbhash,
+        fingerprint: Some(fingerprint.to_owned()),
+        reused_from: Some(first.id),
+        variants,
+        original: None,
+    }))
 }
 
 /// Downloads the image of a photo of an import and stores it as its original.

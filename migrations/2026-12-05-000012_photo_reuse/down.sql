@@ -1,0 +1,2 @@
+DROP INDEX photos_reusable;
+ALTER TABLE photos DROP COLUMN reused_from, DROP COLUMN variant_fingerprint;
