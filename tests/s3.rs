@@ -137,6 +137,45 @@ async fn photos_are_stored_in_the_bucket_and_served_by_presigned_redirects() {
             assert!(etag.is_none(), "a redirect carries no ETag");
         }
     }
+
+    // The first photo's bytes again: its variants copied inside the bucket (type kept).
+    let again = app.upload_ok(vec![files[0].clone()]).await;
+    app.wait_batch(again["batch_id"].as_str().unwrap()).await;
+    let copy = &app.batch_photos(again["batch_id"].as_str().unwrap()).await[0];
+    assert_eq!(copy["reused_from"], photos[0]["id"], "{copy}");
+    let id = copy["id"].as_str().unwrap();
+    let stored = s3.keys(&format!("tenant-a/variants/{id}/")).await;
+    for v in copy["variants"].as_array().unwrap() {
+        let name = v["name"].as_str().unwrap();
+        let key = format!("tenant-a/variants/{id}/{name}.jpg");
+        assert!(stored.contains(&key), "{key} in {stored:?}");
+        let res = plain
+            .get(app.url(v["url"].as_str().unwrap()))
+            .bearer_auth(&app.key)
+            .send()
+            .await
+            .unwrap();
+        let direct = plain
+            .get(res.headers()["location"].to_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(direct.headers()["content-type"], "image/jpeg", "{name}");
+        let first = photos[0]["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == name)
+            .unwrap();
+        assert_eq!(
+            direct.bytes().await.unwrap().to_vec(),
+            app.bytes(&format!(
+                "{}?redirect=false",
+                first["url"].as_str().unwrap()
+            ))
+            .await
+        );
+    }
     app.finish().await;
 }
 
