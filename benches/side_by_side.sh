@@ -18,8 +18,6 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 PEERS=${PEERS:-$ROOT/../shared/bench}
 RUNS=${RUNS:-5}
-TOOLS_DIR=${TOOLS_DIR:-$HOME/.cache/photoq/tools}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/photoq/target}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 SETS=("$@")
@@ -27,20 +25,10 @@ SETS=("$@")
 # Peer variants run, besides photoq. sharp-cascade is the strongest.
 PEER_VARIANTS=(${PEER_VARIANTS:-sharp-cascade sharp-two vips-cascade-p2 im-hint-p2})
 
-say() { printf '==> %s\n' "$*" >&2; }
-
-for tool in vipsthumbnail node /usr/bin/time /usr/bin/convert; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (see the header of this script)" >&2; exit 2; }
-done
-if ! command -v dssim >/dev/null && [ ! -x "$TOOLS_DIR/bin/dssim" ]; then
-  say "installing dssim into $TOOLS_DIR"
-  cargo install --quiet --locked --root "$TOOLS_DIR" dssim
-fi
-DSSIM=$(command -v dssim || echo "$TOOLS_DIR/bin/dssim")
-
-say "building photoq (release)"
-(cd "$ROOT" && cargo build --quiet --release)
-PHOTOQ=$CARGO_TARGET_DIR/release/photoq
+. "$HERE/tools.sh"
+require vipsthumbnail node /usr/bin/time /usr/bin/convert
+ensure_dssim
+build_photoq "$ROOT"
 
 # run NAME OUT_DIR CMD... -> prints "seconds max_rss_kib" of one run
 run_once() {
@@ -50,8 +38,6 @@ run_once() {
     cat "$WORK/stderr" >&2; return 1; }
   cat "$WORK/time"
 }
-
-median() { sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 
 # command for a tool over a set, writing NAME_256.jpg / NAME_1280.jpg (photoq: renamed after)
 tool_cmd() {

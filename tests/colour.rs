@@ -13,7 +13,7 @@ use palette::color_difference::Ciede2000;
 use palette::{IntoColor, Lab, Srgb};
 use photoq::config::{Colour, Fit, Focus, OutputFormat};
 use photoq::pipeline::metadata::Keep;
-use photoq::pipeline::{self, JpegOutput, Limits, Spec, VariantSpec};
+use photoq::pipeline::{self, Spec, VariantSpec};
 
 /// Side of a patch, in pixels; its centre half is averaged.
 const PATCH: u32 = 16;
@@ -51,17 +51,8 @@ fn png_with_profile(image: &RgbImage, icc: &[u8]) -> Vec<u8> {
 
 fn spec(width: u32, format: OutputFormat, colour: Colour) -> Spec {
     Spec {
-        limits: Limits {
-            max_pixels: 10_000_000,
-            max_dimension: 10_000,
-        },
-        shrink_on_load: true,
-        jpeg_output: JpegOutput::Planes,
         colour,
-        background: [255; 3],
-        watermark: None,
-        fingerprint: String::new(),
-        variants: vec![VariantSpec {
+        ..Spec::with_variants(vec![VariantSpec {
             name: "full".into(),
             width: Some(width),
             height: None,
@@ -73,7 +64,7 @@ fn spec(width: u32, format: OutputFormat, colour: Colour) -> Spec {
             focus: Focus::Centre,
             watermark: None,
             keep: Keep::default(),
-        }],
+        }])
     }
 }
 
@@ -87,20 +78,25 @@ fn photoq(data: &[u8], width: u32, format: OutputFormat, colour: Colour) -> (Rgb
 
 /// lcms2's conversion of `data` (an image with an embedded profile) to sRGB.
 fn reference(data: &[u8]) -> RgbImage {
-    let venv = venv();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools/icc_reference.py");
+    through_python(data, &[script.as_os_str()])
+}
+
+/// The image `python ARGS IN OUT` writes to OUT from `data` in IN, with the test tools'
+/// Python (Pillow), as 8-bit RGB.
+fn through_python(data: &[u8], args: &[&std::ffi::OsStr]) -> RgbImage {
     let dir = std::env::temp_dir().join(format!("pqcolour_{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (input, output) = (dir.join("in.png"), dir.join("out.png"));
+    let (input, output) = (dir.join("in"), dir.join("out.png"));
     std::fs::write(&input, data).unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools/icc_reference.py");
-    let status = Command::new(format!("{venv}/bin/python"))
-        .arg(script)
+    let status = Command::new(format!("{}/bin/python", venv()))
+        .args(args)
         .arg(&input)
         .arg(&output)
         .status()
         .expect("the test tools' Python (deploy/dev.sh test installs it; or set PHOTOQ_TEST_VENV)");
-    assert!(status.success(), "reference conversion failed");
-    let image = image::open(&output).expect("reference").to_rgb8();
+    assert!(status.success(), "python {args:?} failed");
+    let image = image::open(&output).expect("its output").to_rgb8();
     std::fs::remove_dir_all(&dir).ok();
     image
 }
@@ -336,18 +332,7 @@ fn avif_variants_decode_elsewhere_with_their_colours() {
 
 /// `data` decoded by Pillow (in the test tools' virtualenv) to 8-bit RGB.
 fn decoded_elsewhere(data: &[u8]) -> RgbImage {
-    let dir = std::env::temp_dir().join(format!("pqdecode_{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (input, output) = (dir.join("in"), dir.join("out.png"));
-    std::fs::write(&input, data).unwrap();
-    let status = Command::new(format!("{}/bin/python", venv()))
-        .args(["-c", "import sys; from PIL import Image; Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2])"])
-        .arg(&input)
-        .arg(&output)
-        .status()
-        .expect("the test tools' Python");
-    assert!(status.success(), "Pillow could not decode it");
-    let image = image::open(&output).expect("decoded").to_rgb8();
-    std::fs::remove_dir_all(&dir).ok();
-    image
+    let script = "import sys; from PIL import Image; \
+                  Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2])";
+    through_python(data, &["-c".as_ref(), script.as_ref()])
 }

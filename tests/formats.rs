@@ -8,9 +8,9 @@
 use std::path::PathBuf;
 
 use image::{DynamicImage, ImageEncoder, Rgba, RgbaImage};
-use photoq::config::{Colour, Fit, Focus, OutputFormat};
+use photoq::config::{Fit, Focus, OutputFormat};
 use photoq::pipeline::metadata::Keep;
-use photoq::pipeline::{self, JpegOutput, Limits, SourceFormat, Spec, VariantSpec};
+use photoq::pipeline::{self, Limits, SourceFormat, Spec, VariantSpec};
 
 fn committed(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -37,17 +37,8 @@ fn variant(name: &str, width: u32, format: OutputFormat) -> VariantSpec {
 
 fn spec(variants: Vec<VariantSpec>, background: [u8; 3]) -> Spec {
     Spec {
-        limits: Limits {
-            max_pixels: 10_000_000,
-            max_dimension: 10_000,
-        },
-        shrink_on_load: true,
-        jpeg_output: JpegOutput::Planes,
-        colour: Colour::Srgb,
         background,
-        watermark: None,
-        fingerprint: String::new(),
-        variants,
+        ..Spec::with_variants(variants)
     }
 }
 

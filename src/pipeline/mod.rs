@@ -115,7 +115,7 @@ pub struct Spec {
     pub background: [u8; 3],
     /// The watermark the variants may place.
     pub watermark: Option<std::sync::Arc<watermark::Watermark>>,
-    /// Names everything above that decides the variants' pixels (see [`Spec::fingerprint`]).
+    /// Names everything above that decides the variants' pixels (see [`Spec::fingerprinted`]).
     pub fingerprint: String,
     pub variants: Vec<VariantSpec>,
 }
@@ -163,6 +163,27 @@ impl Spec {
             variants,
         }
         .fingerprinted())
+    }
+
+    /// `variants` with everything else as the built-in configuration has it (100 MP, 30 000
+    /// px a side, shrink-on-load, sRGB, white background, no watermark): for tests,
+    /// benchmarks and tools, which change what they need (and call
+    /// [`Spec::fingerprinted`] again if the fingerprint matters to them).
+    pub fn with_variants(variants: Vec<VariantSpec>) -> Self {
+        Spec {
+            limits: Limits {
+                max_pixels: 100_000_000,
+                max_dimension: 30_000,
+            },
+            shrink_on_load: true,
+            jpeg_output: JpegOutput::Planes,
+            colour: Colour::Srgb,
+            background: [255; 3],
+            watermark: None,
+            fingerprint: String::new(),
+            variants,
+        }
+        .fingerprinted()
     }
 
     /// The spec with its fingerprint: a hash of what decides the variants' pixels (the
@@ -473,13 +494,7 @@ mod tests {
                 max_pixels: 4_000_000,
                 max_dimension: 4000,
             },
-            shrink_on_load: true,
-            jpeg_output: JpegOutput::Planes,
-            colour: Colour::Srgb,
-            background: [255; 3],
-            watermark: None,
-            fingerprint: String::new(),
-            variants,
+            ..Spec::with_variants(variants)
         }
     }
 

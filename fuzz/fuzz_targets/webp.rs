@@ -1,0 +1,5 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    photoq_fuzz::run(data, &[photoq::pipeline::SourceFormat::Webp]);
+});
