@@ -115,6 +115,21 @@ fn transparency_is_kept_or_flattened_onto_the_background() {
     }
 }
 
+/// CMYK JPEGs without a profile, plain (Adobe's inverted storage) and YCCK, come out as
+/// the sRGB green they were made from.
+#[test]
+fn cmyk_and_ycck_jpegs_come_out_in_their_colours() {
+    for name in ["cmyk.jpg", "ycck.jpg"] {
+        let processed =
+            pipeline::process(&committed(name), &spec(every_format(64), [255; 3])).unwrap();
+        for v in &processed.variants {
+            let image = decode(v);
+            let p = *image.get_pixel(32, 24);
+            assert!(close(p, [0, 200, 40, 255], 6), "{name} {}: {p:?}", v.name);
+        }
+    }
+}
+
 /// A 16-bit PNG comes out at 8 bits with its values rounded, a palette PNG with a
 /// transparent entry keeps its colours and its transparency.
 #[test]

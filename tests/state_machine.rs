@@ -412,7 +412,7 @@ async fn replay(conn: &mut AsyncPgConnection, photo_id: uuid::Uuid, trace: &[Eve
                             End::Retry => Ending::Retry {
                                 code: "flaky",
                                 error: "flaky",
-                                at: chrono::Utc::now(),
+                                after: std::time::Duration::ZERO,
                             },
                             End::Dead => Ending::Dead {
                                 code: "spent",

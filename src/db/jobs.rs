@@ -317,11 +317,12 @@ impl<'a> VariantColumns<'a> {
 pub enum Ending<'a> {
     /// The input is at fault: `failed`, with a stable `code` beside the reason.
     Failed { code: &'a str, reason: &'a str },
-    /// A transient error: back to `queued`, the next attempt due at `at`.
+    /// A transient error: back to `queued`, the next attempt due `after` the moment the
+    /// attempt is recorded as finished (so the gap in its history is never shorter).
     Retry {
         code: &'a str,
         error: &'a str,
-        at: DateTime<Utc>,
+        after: std::time::Duration,
     },
     /// Out of attempts: `dead`.
     Dead { code: &'a str, reason: &'a str },
@@ -376,13 +377,14 @@ pub async fn finish(
                     .await?;
                 (changed, outcome, Some(reason))
             }
-            Ending::Retry { code, error, at } => (
+            Ending::Retry { code, error, after } => (
                 diesel::update(guarded)
                     .set((
                         photos::state.eq(PhotoState::Queued.as_str()),
                         photos::error.eq(error),
                         photos::error_code.eq(code),
-                        photos::next_attempt_at.eq(at),
+                        photos::next_attempt_at
+                            .eq(now + chrono::Duration::from_std(after).unwrap_or_default()),
                         photos::updated_at.eq(now),
                         no_id,
                     ))

@@ -426,17 +426,18 @@ async fn run(
                 JobError::Fetch(f) => f.retry_after().map_or(delay, |wait| wait.max(delay)),
                 _ => delay,
             };
-            let due = chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
             tracing::warn!(error = %e, attempt = n, retry_in_ms = delay.as_millis() as u64, "attempt failed; retry scheduled");
             let error = e.to_string();
             let retry = Ending::Retry {
                 code: e.code(),
                 error: &error,
-                at: due,
+                after: delay,
             };
             if !end(ctx, photo_id, attempt, retry).await? {
                 return stale(ctx, entry).await;
             }
+            // Due no earlier than the time recorded: counted from after the record.
+            let due = chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
             ctx.queue
                 .schedule(entry, photo_id, due.timestamp_millis())
                 .await?;
