@@ -533,11 +533,16 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
     };
     let original_info = described(photo, downloaded.as_ref(), &original);
     if ctx.config.pipeline.reuse_duplicates {
-        let sha256 = match &photo.sha256 {
-            Some(hash) => hash.clone(),
-            None => hex::encode(Sha256::digest(&original)),
+        // An upload's hash was taken when it was received, a download's just now.
+        let sha256 = photo
+            .sha256
+            .as_deref()
+            .or(original_info.as_ref().map(|o| o.sha256.as_str()));
+        let reused = match sha256 {
+            Some(sha256) => reuse(ctx, photo, sha256, &spec.fingerprint).await?,
+            None => None,
         };
-        if let Some(done) = reuse(ctx, photo, &sha256, &spec.fingerprint).await? {
+        if let Some(done) = reused {
             return Ok(Completion {
                 original: original_info,
                 ..done
