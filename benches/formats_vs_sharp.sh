@@ -13,8 +13,9 @@
 #   p3 → JPEG q80     photoq render (default variants) | sharp
 #   heic → JPEG q80   photoq render | Debian's vipsthumbnail (libheif 1.15; sharp's
 #                     prebuilt binaries read no HEIC, which the run shows)
-#   p3 → AVIF         photoq render (variants in AVIF, quality $OUR_AVIF_QUALITY) | sharp
-#                     (avif quality $SHARP_AVIF_QUALITY, effort 4, its defaults)
+#   p3 → AVIF         photoq render (variants in AVIF, quality $OUR_AVIF_QUALITY, libaom
+#                     speed $OUR_AVIF_SPEED, chroma $OUR_AVIF_CHROMA) | sharp (avif quality
+#                     $SHARP_AVIF_QUALITY, effort 4, 4:4:4: its defaults)
 # DSSIM (lower is better): every output against a reference made from its source at full
 # resolution (libvips: to sRGB, upright) resized by ImageMagick's Lanczos to the same size.
 # (heif-enc keeps a JPEG's EXIF orientation as metadata only, which HEIF readers ignore:
@@ -32,6 +33,8 @@ RUNS=${RUNS:-3}
 SET=${1:-/tmp/corpus/big/12mp}
 CACHE=${PHOTOQ_CACHE_DIR:-$HOME/.cache/photoq}/bench-formats
 OUR_AVIF_QUALITY=${OUR_AVIF_QUALITY:-50}
+OUR_AVIF_SPEED=${OUR_AVIF_SPEED:-6}
+OUR_AVIF_CHROMA=${OUR_AVIF_CHROMA:-4:2:0}
 SHARP_AVIF_QUALITY=${SHARP_AVIF_QUALITY:-50}
 export NODE_PATH=${SHARP_NODE_MODULES:-/tmp/perf/node/node_modules}
 WORK=$(mktemp -d)
@@ -65,8 +68,11 @@ for f in "$SET"/*.jpg; do
 done
 n=$(ls "$P3"/*.jpg | wc -l)
 
-# Configurations of photoq: AVIF variants at the chosen quality.
+# Configurations of photoq: AVIF variants at the chosen quality, speed and chroma.
 cat >"$WORK/avif.toml" <<EOF
+[pipeline]
+avif_speed = $OUR_AVIF_SPEED
+avif_chroma = "$OUR_AVIF_CHROMA"
 [variants.thumbnail]
 format = "avif"
 quality = $OUR_AVIF_QUALITY
@@ -168,5 +174,5 @@ cat "$WORK/results"
 echo
 echo "$n photos of $(basename "$SET"); images/s: photos / median wall time of $RUNS runs after a"
 echo "warm-up (process start-up included); peak MiB: median maximum RSS; DSSIM: mean over both"
-echo "sizes; KiB/file: mean output size. photoq AVIF quality $OUR_AVIF_QUALITY, sharp AVIF quality"
-echo "$SHARP_AVIF_QUALITY. $(nproc) cores, $(uname -m)."
+echo "sizes; KiB/file: mean output size. photoq AVIF quality $OUR_AVIF_QUALITY, speed $OUR_AVIF_SPEED,"
+echo "$OUR_AVIF_CHROMA; sharp AVIF quality $SHARP_AVIF_QUALITY. $(nproc) cores, $(uname -m)."

@@ -163,7 +163,7 @@ fn bench_encode(c: &mut Criterion) {
     );
     let label = format!("{name}-preview-{pw}x{ph}");
     group.bench_function(BenchmarkId::new(&label, "turbo-planes"), |b| {
-        b.iter(|| black_box(&planes).encode(OutputFormat::Jpeg, 80, None))
+        b.iter(|| black_box(&planes).encode(OutputFormat::Jpeg, 80, None, Default::default()))
     });
     group.bench_function(BenchmarkId::new(&label, "turbo-optimised"), |b| {
         b.iter(|| encode::jpeg(black_box(&preview), 80))

@@ -397,6 +397,10 @@ pub struct PipelineConfig {
     /// A photo whose bytes its owner already had processed with the same variants reuses
     /// those results (copies) instead of being processed again.
     pub reuse_duplicates: bool,
+    /// libaom's speed for AVIF variants, 0 (slowest, smallest files) to 9 (fastest).
+    pub avif_speed: u8,
+    /// The chroma resolution of AVIF variants.
+    pub avif_chroma: crate::pipeline::heif::AvifChroma,
 }
 
 /// An opaque colour, written `"#rrggbb"`.
@@ -720,6 +724,9 @@ impl Config {
             return invalid(
                 "import.compressed_keep needs import.compressed_format = \"jpeg\"".into(),
             );
+        }
+        if self.pipeline.avif_speed > 9 {
+            return invalid("pipeline.avif_speed must be 0..=9".into());
         }
         if !(1..=100).contains(&self.import.compressed_quality) {
             return invalid("import.compressed_quality must be 1..=100".into());

@@ -37,6 +37,7 @@ pub fn encode(
     format: OutputFormat,
     quality: u8,
     icc: Option<&[u8]>,
+    avif: heif::AvifOptions,
 ) -> Result<Encoded, PipelineError> {
     let (data, content_type, extension) = match format {
         OutputFormat::Jpeg => (
@@ -51,7 +52,7 @@ pub fn encode(
         ),
         OutputFormat::Png => (png(pixels, icc)?, "image/png", "png"),
         OutputFormat::Avif => (
-            heif::encode_avif(pixels, quality, icc)?,
+            heif::encode_avif(pixels, quality, icc, avif)?,
             "image/avif",
             "avif",
         ),
@@ -239,7 +240,7 @@ mod tests {
             data: (0..33 * 17 * 4).map(|i| (i % 251) as u8).collect(),
         };
         for format in [OutputFormat::Jpeg, OutputFormat::Webp, OutputFormat::Png] {
-            let out = encode(&pixels, format, 80, None).expect("encodes");
+            let out = encode(&pixels, format, 80, None, Default::default()).expect("encodes");
             let back = image::load_from_memory(&out.data).expect("decodes");
             assert_eq!((back.width(), back.height()), (33, 17), "{format:?}");
         }
@@ -260,7 +261,8 @@ mod tests {
                     .collect(),
             };
             for format in [OutputFormat::Jpeg, OutputFormat::Webp, OutputFormat::Png] {
-                let out = encode(&pixels, format, 80, Some(&icc)).expect("encodes");
+                let out =
+                    encode(&pixels, format, 80, Some(&icc), Default::default()).expect("encodes");
                 let reader = image::ImageReader::new(std::io::Cursor::new(&out.data))
                     .with_guessed_format()
                     .expect("format");

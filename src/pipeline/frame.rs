@@ -5,6 +5,7 @@ use image::metadata::Orientation;
 
 use super::colour::ToSrgb;
 use super::encode::{self, Encoded};
+use super::heif::AvifOptions;
 use super::planar::Planar;
 use super::resize::{self, Pixels};
 use super::variant::{OutputFormat, Rect};
@@ -106,6 +107,7 @@ impl Frame {
         format: OutputFormat,
         quality: u8,
         icc: Option<&[u8]>,
+        avif: AvifOptions,
     ) -> Result<Encoded, PipelineError> {
         match (self, format) {
             (Frame::Planar(p), OutputFormat::Jpeg) => Ok(Encoded {
@@ -113,8 +115,8 @@ impl Frame {
                 content_type: encode::JPEG_TYPE,
                 extension: encode::JPEG_EXTENSION,
             }),
-            (Frame::Packed(p), _) => encode::encode(p, format, quality, icc),
-            (Frame::Planar(p), _) => encode::encode(&p.to_rgb()?, format, quality, icc),
+            (Frame::Packed(p), _) => encode::encode(p, format, quality, icc, avif),
+            (Frame::Planar(p), _) => encode::encode(&p.to_rgb()?, format, quality, icc, avif),
         }
     }
 

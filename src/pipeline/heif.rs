@@ -22,9 +22,34 @@ use super::resize::{Layout, Pixels};
 use super::{Limits, PipelineError};
 use crate::config::Colour;
 
-/// libaom's speed for AVIF variants (0 slowest to 9 fastest; sharp's default, effort 4, is 5).
-/// Encoding still dominates an AVIF job: see README "Performance".
-const AVIF_SPEED: i32 = 6;
+/// How AVIF variants are encoded (`pipeline.avif_speed`, `pipeline.avif_chroma`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AvifOptions {
+    /// libaom's speed, 0 (slowest, smallest) to 9 (fastest). Encoding dominates an AVIF
+    /// job: see README "Performance".
+    pub speed: u8,
+    pub chroma: AvifChroma,
+}
+
+impl Default for AvifOptions {
+    fn default() -> Self {
+        AvifOptions {
+            speed: 6,
+            chroma: AvifChroma::Yuv420,
+        }
+    }
+}
+
+/// The chroma resolution of AVIF variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub enum AvifChroma {
+    /// Half the resolution both ways: the smallest files, as JPEG variants are written.
+    #[serde(rename = "4:2:0")]
+    Yuv420,
+    /// Full resolution: sharper colour edges for more bytes (sharp's default).
+    #[serde(rename = "4:4:4")]
+    Yuv444,
+}
 
 /// Decodes the primary image of a HEIC or AVIF file.
 pub fn decode(data: &[u8], limits: &Limits, colour: Colour) -> Result<Decoded, PipelineError> {
@@ -145,6 +170,7 @@ pub fn encode_avif(
     pixels: &Pixels,
     quality: u8,
     icc: Option<&[u8]>,
+    options: AvifOptions,
 ) -> Result<Vec<u8>, PipelineError> {
     let lib = LibHeif::new();
     let mut context = HeifContext::new().map_err(internal)?;
@@ -189,7 +215,14 @@ pub fn encode_avif(
         .set_quality(EncoderQuality::Lossy(quality))
         .map_err(internal)?;
     encoder
-        .set_parameter_value("speed", EncoderParameterValue::Int(AVIF_SPEED))
+        .set_parameter_value("speed", EncoderParameterValue::Int(options.speed.into()))
+        .map_err(internal)?;
+    let chroma = match options.chroma {
+        AvifChroma::Yuv420 => "420",
+        AvifChroma::Yuv444 => "444",
+    };
+    encoder
+        .set_parameter_value("chroma", EncoderParameterValue::String(chroma.into()))
         .map_err(internal)?;
     context
         .encode_image(&image, &mut encoder, None)

@@ -115,6 +115,8 @@ pub struct Spec {
     pub background: [u8; 3],
     /// The watermark the variants may place.
     pub watermark: Option<std::sync::Arc<watermark::Watermark>>,
+    /// How AVIF variants are encoded.
+    pub avif: heif::AvifOptions,
     /// Names everything above that decides the variants' pixels (see [`Spec::fingerprinted`]).
     pub fingerprint: String,
     pub variants: Vec<VariantSpec>,
@@ -158,6 +160,10 @@ impl Spec {
             jpeg_output: JpegOutput::Planes,
             colour: config.pipeline.colour,
             background: config.pipeline.background.0,
+            avif: heif::AvifOptions {
+                speed: config.pipeline.avif_speed,
+                chroma: config.pipeline.avif_chroma,
+            },
             fingerprint: String::new(),
             watermark,
             variants,
@@ -180,6 +186,7 @@ impl Spec {
             colour: Colour::Srgb,
             background: [255; 3],
             watermark: None,
+            avif: heif::AvifOptions::default(),
             fingerprint: String::new(),
             variants,
         }
@@ -194,12 +201,13 @@ impl Spec {
         let mut hash = Sha256::new();
         hash.update(env!("CARGO_PKG_VERSION"));
         hash.update(format!(
-            "{:?}|{:?}|{}|{:?}|{:?}|{:?}",
+            "{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}",
             self.limits,
             self.colour,
             self.shrink_on_load,
             self.background,
             self.jpeg_output,
+            self.avif,
             self.variants
         ));
         if let Some(mark) = &self.watermark {
@@ -366,6 +374,7 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
             planned.spec.format,
             planned.spec.quality,
             icc.as_deref().filter(|_| keeps_icc),
+            spec.avif,
         )?;
         if planned.spec.keep.exif
             && format == SourceFormat::Jpeg
@@ -389,12 +398,16 @@ pub fn process(data: &[u8], spec: &Spec) -> Result<Processed, PipelineError> {
         .iter()
         .min_by_key(|s| s.bytes())
         .unwrap_or(&sources[0]);
-    let unconverted = std::ptr::eq(smallest, &sources[0]);
-    let thumbhash = placeholder::thumbhash(
-        smallest,
-        to_srgb.as_ref().filter(|_| unconverted),
-        orientation,
-    )?;
+    // Only the decoded image is still in its source's colours when variants are converted;
+    // with the profile kept (`icc`), every source is.
+    let colours = match (&to_srgb, icc.as_deref()) {
+        (Some(to_srgb), _) if std::ptr::eq(smallest, &sources[0]) => {
+            placeholder::Colours::Convert(to_srgb)
+        }
+        (None, Some(icc)) => placeholder::Colours::Profile(icc),
+        _ => placeholder::Colours::Srgb,
+    };
+    let thumbhash = placeholder::thumbhash(smallest, colours, orientation)?;
     timings.resize += clock.elapsed();
     let (width, height) = if orient::swaps_axes(orientation) {
         (full_h, full_w)
