@@ -34,8 +34,8 @@ pub struct AvifOptions {
 impl Default for AvifOptions {
     fn default() -> Self {
         AvifOptions {
-            speed: 6,
-            chroma: AvifChroma::Yuv420,
+            speed: 5,
+            chroma: AvifChroma::Yuv444,
         }
     }
 }
