@@ -348,42 +348,65 @@ async fn run(
 async fn keys(config: &Config, cmd: KeysCommand) -> Result<(), StartError> {
     let pool = db::connect(&config.database).await?;
     match cmd {
-        KeysCommand::Create { name, operator } => {
-            let role = if operator {
-                crate::auth::KeyRole::Operator
+        KeysCommand::Create {
+            name,
+            owner,
+            scopes,
+            operator,
+        } => {
+            use crate::auth::{Scope, Scopes};
+            let mut scopes = if scopes.is_empty() {
+                Scopes::CLIENT
             } else {
-                crate::auth::KeyRole::Client
+                Scopes::of(scopes)
             };
-            let (row, key) = crate::auth::create_key(&pool, &name, role).await?;
-            let kind = if row.operator { ", operator" } else { "" };
-            println!("created key {} ({}{kind})", row.id, row.name);
+            if operator {
+                scopes = Scopes::of(scopes.iter().chain([Scope::Operator]));
+            }
+            if let Some(owner) = owner {
+                let mut conn = db::conn(&pool).await?;
+                if !db::keys::owner_exists(&mut conn, owner).await? {
+                    return Err(StartError::Db(db::DbError::Setup(format!(
+                        "no owner with id {owner} (see photoq keys list)"
+                    ))));
+                }
+            }
+            let (row, key) = crate::auth::create_key_for(&pool, owner, &name, scopes).await?;
+            println!(
+                "created key {} ({}) for owner {}, scopes {}",
+                row.id,
+                row.name,
+                row.owner_id,
+                row.scopes.join(",")
+            );
             println!("{key}");
         }
         KeysCommand::List => {
             let mut conn = db::conn(&pool).await?;
             println!(
-                "{:<36}  {:<11}  {:<25}  {:<25}  {:<8}  name",
-                "id", "prefix", "created", "revoked", "operator"
+                "{:<36}  {:<36}  {:<11}  {:<25}  {:<25}  {:<26}  name",
+                "id", "owner", "prefix", "created", "revoked", "scopes"
             );
-            for k in db::keys::list(&mut conn).await? {
+            for k in db::keys::list(&mut conn, None).await? {
                 let revoked = k
                     .revoked_at
                     .map(|t| t.to_rfc3339())
                     .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<36}  {:<11}  {:<25}  {:<25}  {:<8}  {}",
+                    "{:<36}  {:<36}  {:<11}  {:<25}  {:<25}  {:<26}  {}",
                     k.id,
+                    k.owner_id,
                     k.key_prefix,
                     k.created_at.to_rfc3339(),
                     revoked,
-                    if k.operator { "yes" } else { "no" },
+                    k.scopes.join(","),
                     k.name
                 );
             }
         }
         KeysCommand::Revoke { id } => {
             let mut conn = db::conn(&pool).await?;
-            if db::keys::revoke(&mut conn, id).await? {
+            if db::keys::revoke(&mut conn, id, None).await? {
                 println!("revoked {id}");
             } else {
                 return Err(StartError::Db(db::DbError::Setup(format!(

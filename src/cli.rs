@@ -156,14 +156,23 @@ pub enum KeysCommand {
         /// A label for the key (who or what uses it).
         #[arg(long)]
         name: String,
+        /// The owner the key is for (a key rotation: it sees that owner's photos), as
+        /// `photoq keys list` shows it. Default: a new owner.
+        #[arg(long)]
+        owner: Option<Uuid>,
+        /// What the key may do: read, upload, admin, operator (repeat, or separate by
+        /// commas). Default: read, upload and admin.
+        #[arg(long = "scope", value_delimiter = ',')]
+        scopes: Vec<crate::auth::Scope>,
         /// Also let the key see queue-wide aggregates (workers, lag, counts, recent error
-        /// codes) in `GET /v1/operator/overview` and the dashboard's operator view.
+        /// codes) in `GET /v1/operator/overview` and the dashboard's operator view: the
+        /// `operator` scope.
         #[arg(long)]
         operator: bool,
     },
-    /// List keys (id, name, visible prefix, created, revoked, operator).
+    /// List keys (id, owner, name, visible prefix, created, revoked, scopes).
     List,
-    /// Revoke a key by id; requests with it get 401 from then on.
+    /// Revoke a key by id; requests with it get 401 from then on. Its owner's data stays.
     Revoke {
         /// The key's id, as shown by `photoq keys list`.
         id: Uuid,

@@ -31,6 +31,8 @@ const SECTIONS: &[&str] = &[
     "events",
     "webhooks",
     "telemetry",
+    "signed_urls",
+    "cors",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +61,31 @@ pub struct Config {
     pub events: EventsConfig,
     pub webhooks: WebhooksConfig,
     pub telemetry: TelemetryConfig,
+    pub signed_urls: SignedUrlsConfig,
+    pub cors: CorsConfig,
     pub variants: BTreeMap<String, VariantConfig>,
+    /// The URL signing keys, from `PHOTOQ_SIGNING_KEYS` only (secrets never come from a
+    /// file).
+    #[serde(skip)]
+    pub signer: crate::signing::UrlSigner,
+}
+
+/// Signed URLs (`crate::signing`); the keys come from `PHOTOQ_SIGNING_KEYS` only.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedUrlsConfig {
+    /// How long the signed URLs in a photo's JSON open its images.
+    pub ttl_secs: u64,
+}
+
+/// Browsers on other origins (`Access-Control-*`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins (`https://app.example.com`) whose pages may call the API; `"*"`: any.
+    pub allowed_origins: Vec<String>,
+    /// How long a browser may keep a preflight's answer.
+    pub max_age_secs: u64,
 }
 
 /// Traces (`crate::telemetry`).
@@ -591,8 +617,10 @@ impl Config {
     }
 
     pub fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
-        let config: Config = fig.extract().map_err(Box::new)?;
+        let mut config: Config = fig.extract().map_err(Box::new)?;
         config.validate()?;
+        let keys = std::env::var(crate::signing::KEYS_ENV).unwrap_or_default();
+        config.signer = crate::signing::UrlSigner::parse(&keys).map_err(ConfigError::Invalid)?;
         Ok(config)
     }
 
@@ -728,6 +756,20 @@ impl Config {
         if self.pipeline.avif_speed > 9 {
             return invalid("pipeline.avif_speed must be 0..=9".into());
         }
+        for origin in &self.cors.allowed_origins {
+            let ok = origin == "*"
+                || url::Url::parse(origin).is_ok_and(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host().is_some()
+                        && u.path() == "/"
+                        && !origin.ends_with('/')
+                });
+            if !ok {
+                return invalid(format!(
+                    "cors.allowed_origins: {origin:?} is not an origin (scheme://host[:port]) or \"*\""
+                ));
+            }
+        }
         if !(1..=100).contains(&self.import.compressed_quality) {
             return invalid("import.compressed_quality must be 1..=100".into());
         }
@@ -788,9 +830,9 @@ impl Config {
 /// `PHOTOQ_VARIANTS_THUMBNAIL_WIDTH` → `variants.thumbnail.width`.
 fn env_provider() -> Env {
     // Not configuration: the config file, logging, the client subcommands' key and server,
-    // and the test suite's own variables.
+    // the URL signing keys (secrets, read by `signing`), and the test suite's own variables.
     Env::prefixed(ENV_PREFIX)
-        .ignore(&["CONFIG", "LOG", "API_KEY", "SERVER"])
+        .ignore(&["CONFIG", "LOG", "API_KEY", "SERVER", "SIGNING_KEYS"])
         .filter(|key| !key.as_str().starts_with("TEST_") && !key.as_str().starts_with("test_"))
         .map(|key| env_key_to_path(key.as_str()).into())
 }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod queue;
 pub mod render;
+pub mod signing;
 pub mod state;
 pub mod storage;
 pub mod telemetry;

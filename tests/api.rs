@@ -731,7 +731,7 @@ async fn the_operator_overview_shows_aggregates_only() {
     assert_eq!(refused.status(), 403);
     assert_eq!(common::error_code(refused).await, "forbidden");
 
-    let (_, operator) = app.new_key_as("ops", photoq::auth::KeyRole::Operator).await;
+    let (_, operator) = app.new_key_as("ops", photoq::auth::Scopes::OPERATOR).await;
     let me: Value = app.get_as(&operator, "/v1/me").await.json().await.unwrap();
     assert_eq!(
         (me["name"].as_str(), me["operator"].as_bool()),

@@ -165,7 +165,7 @@ async fn a_person_uses_the_dashboard() {
         .await;
     let fx = Fixture::start().await;
     let pool = photoq::db::pool(&app.config.database).expect("pool");
-    let (_, operator_key) = photoq::auth::create_key(&pool, "ops", photoq::auth::KeyRole::Operator)
+    let (_, operator_key) = photoq::auth::create_key(&pool, "ops", photoq::auth::Scopes::OPERATOR)
         .await
         .expect("operator key");
     let driver = Driver::start().await;

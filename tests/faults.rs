@@ -583,7 +583,7 @@ async fn after_20k_jobs_the_stream_holds_no_more_than_in_flight_plus_100() {
     let mut cluster = Cluster::new("pqbound");
     fast(&mut cluster);
     let pool = pool_of(&cluster).await;
-    let (owner, _) = photoq::auth::create_key(&pool, "bound", photoq::auth::KeyRole::Client)
+    let (owner, _) = photoq::auth::create_key(&pool, "bound", photoq::auth::Scopes::CLIENT)
         .await
         .unwrap();
     let queue = queue_of(&cluster);

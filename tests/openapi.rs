@@ -462,7 +462,7 @@ async fn every_route_answers_as_documented() {
     ];
     contract.check_gets(&app, &cases).await;
     let pool = photoq::db::pool(&app.config.database).unwrap();
-    let (_, operator) = photoq::auth::create_key(&pool, "ops", photoq::auth::KeyRole::Operator)
+    let (_, operator) = photoq::auth::create_key(&pool, "ops", photoq::auth::Scopes::OPERATOR)
         .await
         .unwrap();
     let res = app
@@ -487,6 +487,47 @@ async fn every_route_answers_as_documented() {
             contract.check("delete", "/v1/webhooks/{id}", res).await.0,
             status
         );
+    }
+
+    // Keys: a reader made by the app's key, refused what it may not do.
+    let keys = "/v1/keys";
+    let res = post(keys)
+        .json(&json!({"name": "gallery", "scopes": ["read"]}))
+        .send()
+        .await
+        .unwrap();
+    let (status, made) = contract.check("post", keys, res).await;
+    assert_eq!(status, 201);
+    let reader = made["key"].as_str().unwrap().to_owned();
+    let reader_id = made["details"]["id"].as_str().unwrap().to_owned();
+    for (body, status) in [
+        (json!({"name": "x", "scopes": ["root"]}), 422),
+        (json!({"label": "x"}), 400),
+    ] {
+        let res = post(keys).json(&body).send().await.unwrap();
+        assert_eq!(contract.check("post", keys, res).await.0, status);
+    }
+    let res = app
+        .client
+        .post(app.url(keys))
+        .bearer_auth(&reader)
+        .json(&json!({"name": "more"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(contract.check("post", keys, res).await.0, 403);
+    contract
+        .check_gets(&app, &[(keys.to_owned(), keys, 200)])
+        .await;
+    for status in [204, 404] {
+        let res = app
+            .client
+            .delete(app.url(&format!("/v1/keys/{reader_id}")))
+            .bearer_auth(&app.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(contract.check("delete", "/v1/keys/{id}", res).await.0, status);
     }
 
     contract.assert_all_seen();

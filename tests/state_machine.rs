@@ -475,7 +475,7 @@ async fn database_with_key(
     let mut config = photoq::config::Config::defaults().unwrap().database;
     config.url = format!("{}/{name}", common::pg_server());
     let pool = photoq::db::connect(&config).await.unwrap();
-    let (key, _) = photoq::auth::create_key(&pool, prefix, photoq::auth::KeyRole::Client)
+    let (key, _) = photoq::auth::create_key(&pool, prefix, photoq::auth::Scopes::CLIENT)
         .await
         .unwrap();
     (name, pool, key)

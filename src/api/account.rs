@@ -5,25 +5,22 @@ use paperclip::actix::{api_v2_operation, web::Json};
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::models::{KeyView, StateCounts, UnfinishedCounts};
+use super::keys::KeyView;
+use super::models::{StateCounts, UnfinishedCounts};
 use super::AppState;
 use crate::db;
 
 /// Who am I
 ///
-/// The key that made the request: its id (the owner of what it uploads), name, and whether
-/// it is an operator key.
+/// The key that made the request: its id, its owner (whose data it reaches), name and
+/// scopes. Any active key may ask.
 #[api_v2_operation(tags(Operations))]
 pub async fn me(state: web::Data<AppState>, caller: Caller) -> Result<Json<KeyView>, ApiError> {
     let mut conn = db::conn(&state.pool).await?;
-    let key = db::keys::get(&mut conn, caller.owner)
+    let key = db::keys::get(&mut conn, caller.key)
         .await?
         .ok_or(ApiError::Unauthorized)?;
-    Ok(Json(KeyView {
-        id: key.id,
-        name: key.name,
-        operator: key.operator,
-    }))
+    Ok(Json(key.into()))
 }
 
 /// Unfinished photos

@@ -24,6 +24,10 @@ pub struct ServeQuery {
     /// of a redirect to the bucket (for pages whose policy allows only their own origin).
     /// Ignored otherwise.
     pub redirect: Option<bool>,
+    /// A signed URL's expiry (Unix seconds), with `kid` and `sig`: as given in `signed_url`.
+    pub exp: Option<i64>,
+    /// The id of the key a signed URL was signed with.
+    pub kid: Option<String>,
 }
 
 /// A stored image as answered: its bytes, "not modified", or a redirect to a presigned GET.

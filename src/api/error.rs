@@ -44,7 +44,7 @@ pub struct Problem {
     code = 401,
     description = "Missing, unknown or revoked API key",
     code = 403,
-    description = "The key may not do this (operator routes need an operator key)",
+    description = "The key lacks the scope the route needs (its description names it), or would give another key a scope it lacks; a signed URL expired (`url_expired`) or altered (`bad_signature`)",
     code = 404,
     description = "No such resource, or it belongs to another key",
     code = 409,
@@ -72,6 +72,9 @@ pub enum ApiError {
     /// The key is valid but may not do this.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// A signed URL that does not open: expired, altered, or signing not enabled.
+    #[error("{0}")]
+    Signature(#[from] crate::signing::SignatureError),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -116,6 +119,8 @@ impl ApiError {
             ApiError::BadRequest { code, .. } | ApiError::PayloadTooLarge { code, .. } => code,
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::Signature(crate::signing::SignatureError::Expired) => "url_expired",
+            ApiError::Signature(_) => "bad_signature",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -133,7 +138,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::Signature(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

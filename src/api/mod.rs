@@ -11,6 +11,7 @@ pub mod events;
 pub mod health;
 pub mod import_body;
 pub mod imports;
+pub mod keys;
 pub mod models;
 pub mod openapi;
 pub mod operator;
@@ -91,6 +92,7 @@ fn spec() -> DefaultApiRaw {
             "Imports",
             "Events",
             "Webhooks",
+            "Keys",
             "DeadLetters",
             "Operations",
         ]
@@ -143,6 +145,7 @@ pub fn app(
         .wrap(actix_web::middleware::from_fn(guard_docs))
         .wrap(actix_web::middleware::from_fn(observe_http))
         .wrap(actix_web::middleware::from_fn(amend_spec))
+        .wrap(cors(&state.config.cors))
         .wrap(actix_web::middleware::Logger::new(ACCESS_LOG_FORMAT))
         // A WebSocket upgrade, outside paperclip (`openapi::amend` documents it); ahead of
         // the `/v1` scope, which would otherwise take the path.
@@ -184,6 +187,12 @@ pub fn app(
                         .route(web::get().to(photos::get_original)),
                 )
                 .service(web::resource("/me").route(web::get().to(account::me)))
+                .service(
+                    web::resource("/keys")
+                        .route(web::post().to(keys::create_key))
+                        .route(web::get().to(keys::list_keys)),
+                )
+                .service(web::resource("/keys/{id}").route(web::delete().to(keys::revoke_key)))
                 .service(web::resource("/stats").route(web::get().to(account::stats)))
                 .service(
                     web::resource("/operator/overview").route(web::get().to(operator::overview)),
@@ -229,6 +238,33 @@ pub fn app(
         .default_service(actix_web::web::to(|| async {
             ApiError::NotFound("route").into_response()
         }))
+}
+
+/// CORS for the configured origins (`cors.allowed_origins`): they may send the API's methods
+/// with the headers clients use, and read the headers clients need. Never credentials:
+/// keys travel in `Authorization`, which a page sets itself. A request from any other
+/// origin gets no CORS headers, and the browser keeps its page from reading the answer.
+fn cors(config: &crate::config::CorsConfig) -> actix_cors::Cors {
+    use actix_web::http::header;
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST", "DELETE"])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+            header::HeaderName::from_static("idempotency-key"),
+            header::HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([header::ETAG, header::RETRY_AFTER, header::LOCATION])
+        .max_age(usize::try_from(config.max_age_secs).ok());
+    for origin in &config.allowed_origins {
+        cors = if origin == "*" {
+            cors.allow_any_origin().send_wildcard()
+        } else {
+            cors.allowed_origin(origin)
+        };
+    }
+    cors
 }
 
 impl ApiError {

@@ -118,6 +118,9 @@ pub struct OriginalView {
     /// Sniffed from the bytes.
     pub content_type: Option<String>,
     pub url: String,
+    /// `url` signed to open without a key until it expires (`signed_urls.ttl_secs`), for a
+    /// browser's `<img src>`; absent unless the server has signing keys.
+    pub signed_url: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
@@ -128,10 +131,34 @@ pub struct VariantView {
     pub bytes: i64,
     pub content_type: String,
     pub url: String,
+    /// `url` signed to open without a key until it expires, as for the original.
+    pub signed_url: Option<String>,
+}
+
+/// How image URLs in views are signed: the server's signer, at one moment, for how long.
+#[derive(Clone, Copy)]
+pub struct Signing<'a> {
+    signer: &'a crate::signing::UrlSigner,
+    now: i64,
+    ttl_secs: u64,
+}
+
+impl<'a> Signing<'a> {
+    pub fn of(config: &'a crate::config::Config) -> Self {
+        Signing {
+            signer: &config.signer,
+            now: Utc::now().timestamp(),
+            ttl_secs: config.signed_urls.ttl_secs,
+        }
+    }
+
+    fn url(&self, path: &str) -> Option<String> {
+        self.signer.sign(path, self.now, self.ttl_secs)
+    }
 }
 
 impl PhotoView {
-    pub fn new(photo: Photo, variants: Vec<Variant>) -> Self {
+    pub fn new(photo: Photo, variants: Vec<Variant>, signing: Signing<'_>) -> Self {
         let exif = photo
             .exif
             .and_then(|v| serde_json::from_value::<Exif>(v).ok());
@@ -149,6 +176,10 @@ impl PhotoView {
                 height: photo.height,
                 bytes: photo.bytes,
                 sha256: photo.sha256,
+                signed_url: photo
+                    .content_type
+                    .as_ref()
+                    .and_then(|_| signing.url(&format!("{}/original", photo_url(photo.id)))),
                 content_type: photo.content_type,
                 url: format!("{}/original", photo_url(photo.id)),
             },
@@ -157,14 +188,17 @@ impl PhotoView {
             reused_from: photo.reused_from,
             variants: variants
                 .into_iter()
-                .map(|v| VariantView {
-                    url: format!("{}/variants/{}", photo_url(v.photo_id), v.name),
+                .map(|v| {
+                    let url = format!("{}/variants/{}", photo_url(v.photo_id), v.name);
+                    VariantView {
+                    signed_url: signing.url(&url),
+                    url,
                     name: v.name,
                     width: v.width,
                     height: v.height,
                     bytes: v.bytes,
                     content_type: v.content_type,
-                })
+                }})
                 .collect(),
             created_at: photo.created_at,
             updated_at: photo.updated_at,
@@ -484,16 +518,6 @@ mod tests {
         assert_eq!(c(0, 0, 2, 1, 0).overall(), "completed_with_errors");
         assert_eq!(c(0, 0, 0, 1, 1).overall(), "failed");
     }
-}
-
-/// `GET /v1/me`: the key that made the request.
-#[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
-pub struct KeyView {
-    /// The key's id, which is also the owner of everything it uploads.
-    pub id: Uuid,
-    pub name: String,
-    /// An operator key also sees queue-wide aggregates (`GET /v1/operator/overview`).
-    pub operator: bool,
 }
 
 /// `GET /v1/stats`: the caller's photos not yet final.

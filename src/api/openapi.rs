@@ -10,6 +10,7 @@
 //! - an import's CSV body is text, not the JSON schema;
 //! - query parameters state their ranges, formats and values;
 //! - each route lists the error statuses it can answer, and no others;
+//! - each authenticated route names the scope its key needs (`auth::required_scope`);
 //! - `/readyz` documents its 200 and 503 bodies;
 //! - the event routes answer `text/event-stream` too, and take a header key or a token;
 //! - the WebSocket route (outside paperclip) is described with its messages;
@@ -31,7 +32,14 @@ const ONLY_ON: &[(&str, &[(&str, &str)])] = &[
     ),
     ("413", &[("post", "/v1/photos"), ("post", "/v1/imports")]),
     ("415", &[("post", "/v1/photos")]),
-    ("422", &[("post", "/v1/imports"), ("post", "/v1/webhooks")]),
+    (
+        "422",
+        &[
+            ("post", "/v1/imports"),
+            ("post", "/v1/webhooks"),
+            ("post", "/v1/keys"),
+        ],
+    ),
 ];
 
 /// Routes that answer no 404 (they name nothing that could be missing).
@@ -43,6 +51,9 @@ const NEVER_404: &[(&str, &str)] = &[
     ("post", "/v1/webhooks"),
     ("get", "/v1/webhooks"),
     ("get", "/v1/limits"),
+    ("post", "/v1/keys"),
+    ("get", "/v1/keys"),
+    ("get", "/v1/me"),
 ];
 
 /// Routes that follow the event log: SSE or long-poll, by `Accept`.
@@ -94,6 +105,27 @@ pub fn amend(spec: &mut Value) {
                     describe_parameter(path, p);
                 }
             }
+            let needs = method
+                .to_uppercase()
+                .parse::<actix_web::http::Method>()
+                .ok()
+                .and_then(|m| super::auth::required_scope(&m, path));
+            match needs.filter(|_| op.get("security").is_some()) {
+                Some(scope) => {
+                    let line = format!("Needs a key with the `{}` scope.", scope.as_str());
+                    let text = match op.get("description").and_then(Value::as_str) {
+                        Some(d) if !d.is_empty() => format!("{d}\n\n{line}"),
+                        _ => line,
+                    };
+                    op["description"] = Value::String(text);
+                }
+                None => {
+                    if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut)
+                    {
+                        responses.remove("403");
+                    }
+                }
+            }
         }
     }
     if let Some(file) = spec.pointer_mut(
@@ -121,7 +153,7 @@ pub fn amend(spec: &mut Value) {
         );
     }
     readiness(spec);
-    event_security(spec);
+    either_security(spec);
     websocket(spec);
     event_types(spec);
 }
@@ -173,20 +205,19 @@ fn event_stream_content(responses: &mut Map<String, Value>) {
     );
 }
 
-/// The event routes take the key in the header or a stream token in the query: either.
-fn event_security(spec: &mut Value) {
-    let schemes: Vec<String> = spec
-        .pointer("/components/securitySchemes")
-        .and_then(Value::as_object)
-        .map(|s| s.keys().cloned().collect())
-        .unwrap_or_default();
+/// The event routes take the key in the header or a stream token in the query; the image
+/// routes the key or a signed URL: either.
+fn either_security(spec: &mut Value) {
     let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) else {
         return;
     };
-    for path in EVENT_ROUTES {
+    let routes = EVENT_ROUTES
+        .iter()
+        .map(|r| (r, "StreamCaller"))
+        .chain(IMAGE_ROUTES.iter().map(|r| (r, "ImageCaller")));
+    for (path, other) in routes {
         if let Some(op) = paths.get_mut(*path).and_then(|p| p.get_mut("get")) {
-            let either: Vec<Value> = schemes.iter().map(|s| json!({ s: [] })).collect();
-            op["security"] = Value::Array(either);
+            op["security"] = json!([{ "Caller": [] }, { other: [] }]);
         }
     }
 }

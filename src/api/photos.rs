@@ -4,10 +4,10 @@ use actix_web::{web, HttpRequest};
 use paperclip::actix::{api_v2_operation, web::Json, AcceptedJson};
 use uuid::Uuid;
 
-use super::auth::Caller;
+use super::auth::{Caller, ImageCaller};
 use super::binary::{ImageBytes, ServeQuery};
 use super::error::ApiError;
-use super::models::{ListQuery, PhotoPage, PhotoRef, PhotoView};
+use super::models::{ListQuery, PhotoPage, PhotoRef, PhotoView, Signing};
 use super::AppState;
 use crate::db::{self, jobs::RedriveFilter, models::PhotoState, photos::ListFilter};
 use crate::dispatch;
@@ -32,7 +32,7 @@ pub async fn get_photo(
         .ok_or(ApiError::NotFound("photo"))?;
     let variants = db::photos::variants_of(&mut conn, &[id]).await?;
     let history = db::attempts::of_photo(&mut conn, id).await?;
-    let mut view = PhotoView::new(photo, variants);
+    let mut view = PhotoView::new(photo, variants, Signing::of(&state.config));
     view.history = Some(history.into_iter().map(Into::into).collect());
     Ok(Json(view))
 }
@@ -94,6 +94,7 @@ pub(super) fn keyset(
 pub(super) async fn views(
     conn: &mut diesel_async::AsyncPgConnection,
     photos: Vec<crate::db::models::Photo>,
+    signing: Signing<'_>,
 ) -> Result<Vec<PhotoView>, ApiError> {
     let ids: Vec<Uuid> = photos.iter().map(|p| p.id).collect();
     let mut variants = db::photos::variants_of(conn, &ids).await?;
@@ -101,7 +102,7 @@ pub(super) async fn views(
         .into_iter()
         .map(|p| {
             let mine: Vec<_> = variants.extract_if(.., |v| v.photo_id == p.id).collect();
-            PhotoView::new(p, mine)
+            PhotoView::new(p, mine, signing)
         })
         .collect())
 }
@@ -130,7 +131,7 @@ pub(super) async fn page(
     let next_cursor = (photos.len() as i64 == limit)
         .then(|| photos.last().map(|p| p.id.to_string()))
         .flatten();
-    let photos = views(&mut conn, photos).await?;
+    let photos = views(&mut conn, photos, Signing::of(&state.config)).await?;
     Ok(PhotoPage {
         photos,
         next_cursor,
@@ -173,18 +174,19 @@ pub async fn retry_photo(
 /// Get a variant's bytes
 ///
 /// The image (e.g. `thumbnail`, `preview`), with its Content-Type, a strong ETag and
-/// Cache-Control. Answers 304 to a matching `If-None-Match`.
+/// Cache-Control. Answers 304 to a matching `If-None-Match`. Opens with a key, or without
+/// one by the variant's `signed_url` until it expires.
 #[api_v2_operation(tags(Photos))]
 pub async fn get_variant(
     req: HttpRequest,
     state: web::Data<AppState>,
-    caller: Caller,
+    caller: ImageCaller,
     path: web::Path<(Uuid, String)>,
     query: web::Query<ServeQuery>,
 ) -> Result<ImageBytes, ApiError> {
     let (id, name) = path.into_inner();
     let mut conn = db::conn(&state.pool).await?;
-    db::photos::get(&mut conn, caller.owner, id)
+    db::photos::get_for(&mut conn, caller.owner, id)
         .await?
         .ok_or(ApiError::NotFound("photo"))?;
     let variant = db::photos::variant(&mut conn, id, &name)
@@ -204,18 +206,19 @@ pub async fn get_variant(
 
 /// Get the original's bytes
 ///
-/// The file as uploaded, with its sniffed Content-Type.
+/// The file as uploaded, with its sniffed Content-Type. Opens with a key, or without one by
+/// the original's `signed_url` until it expires.
 #[api_v2_operation(tags(Photos))]
 pub async fn get_original(
     req: HttpRequest,
     state: web::Data<AppState>,
-    caller: Caller,
+    caller: ImageCaller,
     path: web::Path<Uuid>,
     query: web::Query<ServeQuery>,
 ) -> Result<ImageBytes, ApiError> {
     let id = path.into_inner();
     let mut conn = db::conn(&state.pool).await?;
-    let photo = db::photos::get(&mut conn, caller.owner, id)
+    let photo = db::photos::get_for(&mut conn, caller.owner, id)
         .await?
         .ok_or(ApiError::NotFound("photo"))?;
     drop(conn);

@@ -27,7 +27,7 @@ pub async fn get_product(
     let row = db::imports::product(&mut conn, caller.owner, id)
         .await?
         .ok_or(ApiError::NotFound("product"))?;
-    let mut products = with_images(&mut conn, vec![row]).await?;
+    let mut products = with_images(&mut conn, vec![row], super::models::Signing::of(&state.config)).await?;
     products
         .pop()
         .map(Json)
@@ -71,7 +71,7 @@ pub async fn list_products(
     let next_cursor = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|p| p.id.to_string()))
         .flatten();
-    let products = with_images(&mut conn, rows).await?;
+    let products = with_images(&mut conn, rows, super::models::Signing::of(&state.config)).await?;
     Ok(Json(ProductPage {
         products,
         next_cursor,
@@ -82,12 +82,13 @@ pub async fn list_products(
 async fn with_images(
     conn: &mut diesel_async::AsyncPgConnection,
     rows: Vec<ProductRow>,
+    signing: super::models::Signing<'_>,
 ) -> Result<Vec<ProductView>, ApiError> {
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let links = db::imports::images_of(conn, &ids).await?;
     let photo_ids: Vec<Uuid> = links.iter().map(|(_, photo)| *photo).collect();
     let photos = db::photos::by_ids(conn, &photo_ids).await?;
-    let mut by_id: std::collections::HashMap<Uuid, _> = views(conn, photos)
+    let mut by_id: std::collections::HashMap<Uuid, _> = views(conn, photos, signing)
         .await?
         .into_iter()
         .map(|v| (v.id, v))

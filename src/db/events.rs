@@ -247,17 +247,17 @@ pub async fn insert_token(
     Ok(())
 }
 
-/// The owner a stream token opens streams for: unexpired, and its key not revoked.
+/// The key (and its owner) a stream token was issued to: unexpired, and its key not revoked.
 pub async fn token_owner(
     conn: &mut AsyncPgConnection,
     token_hash: &str,
-) -> Result<Option<Uuid>, DbError> {
+) -> Result<Option<(Uuid, Uuid)>, DbError> {
     Ok(stream_tokens::table
         .inner_join(api_keys::table)
         .filter(stream_tokens::token_hash.eq(token_hash))
         .filter(stream_tokens::expires_at.gt(Utc::now()))
         .filter(api_keys::revoked_at.is_null())
-        .select(api_keys::id)
+        .select((api_keys::id, api_keys::owner_id))
         .first(conn)
         .await
         .optional()?)

@@ -1,12 +1,12 @@
-//! API keys: insert, look up by hash, list, revoke.
+//! API keys and their owners: insert, look up by hash, list, revoke.
 
 use chrono::Utc;
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::models::ApiKey;
-use super::schema::api_keys;
+use super::models::{ApiKey, Owner};
+use super::schema::{api_keys, owners};
 use super::DbError;
 
 pub async fn insert(conn: &mut AsyncPgConnection, key: &ApiKey) -> Result<(), DbError> {
@@ -15,6 +15,30 @@ pub async fn insert(conn: &mut AsyncPgConnection, key: &ApiKey) -> Result<(), Db
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// A new owner and its first key, together.
+pub async fn insert_with_owner(
+    conn: &mut AsyncPgConnection,
+    owner: &Owner,
+    key: &ApiKey,
+) -> Result<(), DbError> {
+    conn.transaction::<_, DbError, _>(async |conn| {
+        diesel::insert_into(owners::table)
+            .values(owner)
+            .execute(conn)
+            .await?;
+        insert(conn, key).await
+    })
+    .await
+}
+
+pub async fn owner_exists(conn: &mut AsyncPgConnection, owner: Uuid) -> Result<bool, DbError> {
+    Ok(diesel::select(diesel::dsl::exists(
+        owners::table.filter(owners::id.eq(owner)),
+    ))
+    .get_result(conn)
+    .await?)
 }
 
 /// The key with this hash, unless it was revoked.
@@ -31,19 +55,36 @@ pub async fn find_active(
         .optional()?)
 }
 
-pub async fn list(conn: &mut AsyncPgConnection) -> Result<Vec<ApiKey>, DbError> {
-    Ok(api_keys::table
-        .order(api_keys::created_at.asc())
+/// Every key, or `owner`'s only, oldest first (revoked ones too).
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    owner: Option<Uuid>,
+) -> Result<Vec<ApiKey>, DbError> {
+    let mut query = api_keys::table
+        .order((api_keys::created_at.asc(), api_keys::id.asc()))
         .select(ApiKey::as_select())
-        .load(conn)
-        .await?)
+        .into_boxed();
+    if let Some(owner) = owner {
+        query = query.filter(api_keys::owner_id.eq(owner));
+    }
+    Ok(query.load(conn).await?)
 }
 
-/// Revokes the key with this id; returns false when there is no such active key.
-pub async fn revoke(conn: &mut AsyncPgConnection, id: Uuid) -> Result<bool, DbError> {
-    let n = diesel::update(api_keys::table)
+/// Revokes the key with this id (of `owner`, when given); returns false when there is no
+/// such active key.
+pub async fn revoke(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    owner: Option<Uuid>,
+) -> Result<bool, DbError> {
+    let mut query = diesel::update(api_keys::table)
         .filter(api_keys::id.eq(id))
         .filter(api_keys::revoked_at.is_null())
+        .into_boxed();
+    if let Some(owner) = owner {
+        query = query.filter(api_keys::owner_id.eq(owner));
+    }
+    let n = query
         .set(api_keys::revoked_at.eq(Utc::now()))
         .execute(conn)
         .await?;

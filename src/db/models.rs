@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
-use super::schema::{api_keys, batches, photo_attempts, photos, variants};
+use super::schema::{api_keys, batches, owners, photo_attempts, photos, variants};
 
 pub use crate::state::{AttemptOutcome, PhotoState};
 
@@ -17,8 +17,21 @@ pub struct ApiKey {
     pub key_prefix: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
-    /// Also sees queue-wide aggregates (`GET /v1/operator/overview`).
-    pub operator: bool,
+    /// Whose data the key reaches.
+    pub owner_id: Uuid,
+    /// What the key may do (`auth::Scope`, stored by name).
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = owners, check_for_backend(diesel::pg::Pg))]
+pub struct Owner {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    /// Quotas of this owner; `None`: the configured default.
+    pub photos_per_day: Option<i64>,
+    pub bytes_stored: Option<i64>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

@@ -42,13 +42,23 @@ pub async fn get(
     owner: Uuid,
     id: Uuid,
 ) -> Result<Option<Photo>, DbError> {
-    Ok(photos::table
+    get_for(conn, Some(owner), id).await
+}
+
+/// The photo `id`, if `owner`'s (any owner's with `None`: a signed URL names the photo).
+pub async fn get_for(
+    conn: &mut AsyncPgConnection,
+    owner: Option<Uuid>,
+    id: Uuid,
+) -> Result<Option<Photo>, DbError> {
+    let mut query = photos::table
         .filter(photos::id.eq(id))
-        .filter(photos::owner_id.eq(owner))
         .select(Photo::as_select())
-        .first(conn)
-        .await
-        .optional()?)
+        .into_boxed();
+    if let Some(owner) = owner {
+        query = query.filter(photos::owner_id.eq(owner));
+    }
+    Ok(query.first(conn).await.optional()?)
 }
 
 /// The given photos, in any order.

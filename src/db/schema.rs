@@ -8,7 +8,18 @@ diesel::table! {
         key_prefix -> Text,
         created_at -> Timestamptz,
         revoked_at -> Nullable<Timestamptz>,
-        operator -> Bool,
+        owner_id -> Uuid,
+        scopes -> Array<Text>,
+    }
+}
+
+diesel::table! {
+    owners (id) {
+        id -> Uuid,
+        name -> Text,
+        created_at -> Timestamptz,
+        photos_per_day -> Nullable<Int8>,
+        bytes_stored -> Nullable<Int8>,
     }
 }
 
@@ -192,15 +203,16 @@ diesel::table! {
 
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
 diesel::joinable!(webhook_attempts -> webhook_deliveries (delivery_id));
-diesel::joinable!(batches -> api_keys (owner_id));
+diesel::joinable!(api_keys -> owners (owner_id));
+diesel::joinable!(batches -> owners (owner_id));
 diesel::joinable!(stream_tokens -> api_keys (key_id));
-diesel::joinable!(photos -> api_keys (owner_id));
+diesel::joinable!(photos -> owners (owner_id));
 diesel::joinable!(photos -> batches (batch_id));
 diesel::joinable!(variants -> photos (photo_id));
 diesel::joinable!(photo_attempts -> photos (photo_id));
 diesel::joinable!(idempotency_keys -> batches (batch_id));
 diesel::joinable!(imports -> batches (id));
-diesel::joinable!(products -> api_keys (owner_id));
+diesel::joinable!(products -> owners (owner_id));
 diesel::joinable!(import_products -> imports (import_id));
 diesel::joinable!(import_products -> products (product_id));
 diesel::joinable!(product_images -> products (product_id));
@@ -213,6 +225,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     idempotency_keys,
     import_products,
     imports,
+    owners,
     photo_attempts,
     photos,
     product_images,

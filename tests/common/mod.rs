@@ -75,6 +75,8 @@ pub struct Builder {
     /// Database, Redis prefix and storage of an earlier run, and its key.
     reuse: Option<(String, String)>,
     redis_url: Option<String>,
+    /// `PHOTOQ_SIGNING_KEYS` for this app.
+    signing_keys: Option<String>,
 }
 
 impl Builder {
@@ -92,6 +94,12 @@ impl Builder {
 
     pub fn workers(mut self, n: Option<usize>) -> Self {
         self.workers = n;
+        self
+    }
+
+    /// URL signing keys, as `PHOTOQ_SIGNING_KEYS` gives them.
+    pub fn signing_keys(mut self, keys: &str) -> Self {
+        self.signing_keys = Some(keys.to_owned());
         self
     }
 
@@ -125,7 +133,10 @@ impl Builder {
                 storage.display().to_string(),
             ))
             .merge(Serialized::default("bind", "127.0.0.1:0"));
-        let config = Config::from_figment(fig).expect("test config");
+        let mut config = Config::from_figment(fig).expect("test config");
+        if let Some(keys) = &self.signing_keys {
+            config.signer = photoq::signing::UrlSigner::parse(keys).expect("signing keys");
+        }
         let running = app::start(
             config.clone(),
             Roles {
@@ -144,7 +155,7 @@ impl Builder {
             Some(k) => k,
             None => {
                 let pool = photoq::db::pool(&config.database).expect("pool");
-                photoq::auth::create_key(&pool, "test", photoq::auth::KeyRole::Client)
+                photoq::auth::create_key(&pool, "test", photoq::auth::Scopes::CLIENT)
                     .await
                     .expect("key")
                     .1
@@ -175,6 +186,7 @@ impl TestApp {
             workers: Some(2),
             reuse: None,
             redis_url: None,
+            signing_keys: None,
         }
     }
 
@@ -202,12 +214,12 @@ impl TestApp {
     }
 
     pub async fn new_key(&self, name: &str) -> (Uuid, String) {
-        self.new_key_as(name, photoq::auth::KeyRole::Client).await
+        self.new_key_as(name, photoq::auth::Scopes::CLIENT).await
     }
 
-    pub async fn new_key_as(&self, name: &str, role: photoq::auth::KeyRole) -> (Uuid, String) {
+    pub async fn new_key_as(&self, name: &str, scopes: photoq::auth::Scopes) -> (Uuid, String) {
         let pool = photoq::db::pool(&self.config.database).expect("pool");
-        let (row, key) = photoq::auth::create_key(&pool, name, role)
+        let (row, key) = photoq::auth::create_key(&pool, name, scopes)
             .await
             .expect("key");
         (row.id, key)
@@ -216,7 +228,7 @@ impl TestApp {
     pub async fn revoke(&self, id: Uuid) {
         let pool = photoq::db::pool(&self.config.database).expect("pool");
         let mut conn = photoq::db::conn(&pool).await.expect("conn");
-        assert!(photoq::db::keys::revoke(&mut conn, id)
+        assert!(photoq::db::keys::revoke(&mut conn, id, None)
             .await
             .expect("revoke"));
     }
