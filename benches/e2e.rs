@@ -534,7 +534,7 @@ async fn no_op(a: Args) {
     let pool = photoq::db::pool(&config.database).expect("db");
     let queue = photoq::queue::Queue::new(&config.redis).expect("redis");
     queue.ensure_group().await.expect("group");
-    let (owner, _) = photoq::auth::create_key(&pool, "bench", photoq::auth::KeyRole::Client)
+    let (owner, _) = photoq::auth::create_key(&pool, "bench", photoq::auth::Scopes::CLIENT)
         .await
         .expect("key");
     if a.no_events {

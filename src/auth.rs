@@ -64,9 +64,8 @@ impl std::str::FromStr for Scope {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Scope::parse(s).ok_or_else(|| {
-            format!("unknown scope {s:?} (read, upload, admin, operator)")
-        })
+        Scope::parse(s)
+            .ok_or_else(|| format!("unknown scope {s:?} (read, upload, admin, operator)"))
     }
 }
 

@@ -173,9 +173,11 @@ mod tests {
     #[test]
     fn a_signed_url_opens_until_it_expires_and_not_when_altered() {
         let signer = UrlSigner::parse(A).expect("keys");
-        let url = signer.sign("/v1/photos/x/variants/thumbnail", 1000, 300).expect("signed");
+        let url = signer
+            .sign("/v1/photos/x/variants/thumbnail", 1000, 300)
+            .expect("signed");
         let (path, exp, kid, sig) = parts(&url);
-        assert!(exp >= 1300 && exp < 1300 + EXPIRY_STEP_SECS + 1, "{exp}");
+        assert!((1300..=1300 + EXPIRY_STEP_SECS).contains(&exp), "{exp}");
         assert_eq!(exp % EXPIRY_STEP_SECS, 0);
         let ok = Signature {
             expires: exp,
@@ -185,12 +187,18 @@ mod tests {
         assert_eq!(signer.verify(&path, &ok, 1000), Ok(()));
         assert_eq!(signer.verify(&path, &ok, exp), Err(SignatureError::Expired));
         let other_path = "/v1/photos/x/variants/preview";
-        assert_eq!(signer.verify(other_path, &ok, 1000), Err(SignatureError::Mismatch));
+        assert_eq!(
+            signer.verify(other_path, &ok, 1000),
+            Err(SignatureError::Mismatch)
+        );
         let later = Signature {
             expires: exp + 3600,
             ..ok.clone()
         };
-        assert_eq!(signer.verify(&path, &later, 1000), Err(SignatureError::Mismatch));
+        assert_eq!(
+            signer.verify(&path, &later, 1000),
+            Err(SignatureError::Mismatch)
+        );
         let mut flipped = sig.clone().into_bytes();
         flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
         let flipped = String::from_utf8(flipped).expect("ascii");
@@ -198,7 +206,10 @@ mod tests {
             sig: &flipped,
             ..ok.clone()
         };
-        assert_eq!(signer.verify(&path, &bad, 1000), Err(SignatureError::Mismatch));
+        assert_eq!(
+            signer.verify(&path, &bad, 1000),
+            Err(SignatureError::Mismatch)
+        );
         // The same minute gives the same URL.
         assert_eq!(signer.sign("/p", 1000, 300), signer.sign("/p", 1001, 300));
     }
@@ -218,10 +229,16 @@ mod tests {
         assert_eq!(both.verify(&path, &signature, 1), Ok(()));
         assert!(both.sign("/p", 0, 600).expect("signed").contains("kid=b"));
         let new = UrlSigner::parse(B).expect("keys");
-        assert_eq!(new.verify(&path, &signature, 1), Err(SignatureError::Mismatch));
+        assert_eq!(
+            new.verify(&path, &signature, 1),
+            Err(SignatureError::Mismatch)
+        );
         let none = UrlSigner::default();
         assert_eq!(none.sign("/p", 0, 600), None);
-        assert_eq!(none.verify(&path, &signature, 1), Err(SignatureError::Disabled));
+        assert_eq!(
+            none.verify(&path, &signature, 1),
+            Err(SignatureError::Disabled)
+        );
     }
 
     #[test]

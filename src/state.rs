@@ -18,7 +18,12 @@
 //!     │     Reclaim          │  reclaim past the attempt budget    │
 //!     │                      └─────────────────────────▶ dead ────┤
 //!     └───────────────────────────────────────────────────────────┘
+//!
+//!   queued ──Cancel──▶ cancelled          any state ──Delete──▶ deleted
 //! ```
+//!
+//! A cancel takes only photos that wait (a running attempt finishes); a delete takes a
+//! photo in any state, and the attempt running then finds its finish stale.
 
 use serde::{Deserialize, Serialize};
 
@@ -59,15 +64,21 @@ pub enum PhotoState {
     Completed,
     Failed,
     Dead,
+    /// Its batch was cancelled before it started.
+    Cancelled,
+    /// Deleted by its owner: a tombstone, its bytes gone; reads treat it as absent.
+    Deleted,
 }
 
 impl PhotoState {
-    pub const ALL: [PhotoState; 5] = [
+    pub const ALL: [PhotoState; 7] = [
         PhotoState::Queued,
         PhotoState::Processing,
         PhotoState::Completed,
         PhotoState::Failed,
         PhotoState::Dead,
+        PhotoState::Cancelled,
+        PhotoState::Deleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +88,8 @@ impl PhotoState {
             PhotoState::Completed => "completed",
             PhotoState::Failed => "failed",
             PhotoState::Dead => "dead",
+            PhotoState::Cancelled => "cancelled",
+            PhotoState::Deleted => "deleted",
         }
     }
 
@@ -84,12 +97,10 @@ impl PhotoState {
         Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
-    /// Completed, failed and dead photos are not worked on again (until redriven).
+    /// Completed, failed and dead photos are not worked on again (until redriven), nor are
+    /// cancelled or deleted ones (ever).
     pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            PhotoState::Completed | PhotoState::Failed | PhotoState::Dead
-        )
+        !matches!(self, PhotoState::Queued | PhotoState::Processing)
     }
 }
 
@@ -193,6 +204,10 @@ pub enum Event {
     Reclaim { attempt_id: i64 },
     /// An explicit retry or redrive of a `dead` (and, if asked, `failed`) photo.
     Redrive { include_failed: bool },
+    /// Its batch is cancelled: taken only while the photo waits.
+    Cancel,
+    /// Its owner deletes it, in whatever state (but deleted).
+    Delete,
 }
 
 /// What a transition did, when it did something.
@@ -213,6 +228,8 @@ pub enum Change {
     /// The reconciler found a lifeless attempt that was the last allowed.
     ReclaimedDead,
     Redriven,
+    Cancelled,
+    Deleted,
 }
 
 /// The row after `event`, or `None` when the event is stale or a duplicate and must change
@@ -307,6 +324,21 @@ pub fn apply(row: &JobRow, event: &Event, max_attempts: i32) -> Option<(JobRow, 
             next = JobRow::new();
             Change::Redriven
         }
+        Event::Cancel => {
+            if row.state != Queued {
+                return None;
+            }
+            next.state = Cancelled;
+            Change::Cancelled
+        }
+        Event::Delete => {
+            if row.state == Deleted {
+                return None;
+            }
+            next.state = Deleted;
+            next.attempt_id = None;
+            Change::Deleted
+        }
     };
     Some((next, change))
 }
@@ -384,6 +416,39 @@ mod tests {
                 5,
             );
             assert_eq!(redriven.is_some(), state != PhotoState::Completed);
+        }
+    }
+
+    #[test]
+    fn a_cancel_takes_waiting_photos_and_a_delete_ends_a_running_attempt() {
+        let (running, _) = apply(&JobRow::new(), &start("1-0", 10), 5).expect("starts");
+        assert!(apply(&running, &Event::Cancel, 5).is_none());
+        let (cancelled, change) = apply(&JobRow::new(), &Event::Cancel, 5).expect("cancels");
+        assert_eq!(
+            (cancelled.state, change),
+            (PhotoState::Cancelled, Change::Cancelled)
+        );
+        assert!(apply(&cancelled, &start("1-0", 11), 5).is_none());
+
+        let (deleted, change) = apply(&running, &Event::Delete, 5).expect("deletes");
+        assert_eq!(
+            (deleted.state, deleted.attempt_id, change),
+            (PhotoState::Deleted, None, Change::Deleted)
+        );
+        // The attempt that was running finds its finish stale, and nothing revives it.
+        let finish = Event::Finish {
+            attempt_id: 10,
+            end: End::Completed,
+        };
+        for event in [
+            finish,
+            Event::Delete,
+            Event::Reclaim { attempt_id: 10 },
+            Event::Redrive {
+                include_failed: true,
+            },
+        ] {
+            assert!(apply(&deleted, &event, 5).is_none(), "{event:?}");
         }
     }
 }

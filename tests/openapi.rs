@@ -527,7 +527,54 @@ async fn every_route_answers_as_documented() {
             .send()
             .await
             .unwrap();
-        assert_eq!(contract.check("delete", "/v1/keys/{id}", res).await.0, status);
+        assert_eq!(
+            contract.check("delete", "/v1/keys/{id}", res).await.0,
+            status
+        );
+    }
+
+    // Taking data out: cancel and delete the import, the batch, a photo; then nothing.
+    let send = |method: reqwest::Method, path: String| {
+        app.client
+            .request(method, app.url(&path))
+            .bearer_auth(&app.key)
+            .send()
+    };
+    for (id, status) in [(import_id.clone(), 200), (nobody.to_string(), 404)] {
+        let res = send(reqwest::Method::POST, format!("/v1/imports/{id}/cancel"))
+            .await
+            .unwrap();
+        let (got, body) = contract.check("post", "/v1/imports/{id}/cancel", res).await;
+        assert_eq!(got, status, "{body}");
+    }
+    for (id, status) in [(batch.clone(), 200), (nobody.to_string(), 404)] {
+        let res = send(reqwest::Method::POST, format!("/v1/batches/{id}/cancel"))
+            .await
+            .unwrap();
+        assert_eq!(
+            contract
+                .check("post", "/v1/batches/{id}/cancel", res)
+                .await
+                .0,
+            status
+        );
+    }
+    let deletions = [
+        ("/v1/photos/{id}", good.clone()),
+        ("/v1/batches/{id}", batch.clone()),
+        ("/v1/imports/{id}", import_id.clone()),
+    ];
+    for (template, id) in deletions {
+        for (id, status) in [(id, 204), (nobody.to_string(), 404)] {
+            let res = send(reqwest::Method::DELETE, template.replace("{id}", &id))
+                .await
+                .unwrap();
+            assert_eq!(
+                contract.check("delete", template, res).await.0,
+                status,
+                "{template}"
+            );
+        }
     }
 
     contract.assert_all_seen();

@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::HashMap;
 
+use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use photoq::state::{apply, Change, End, Event, JobRow, PhotoState};
 use proptest::prelude::*;
@@ -103,10 +104,10 @@ impl World {
         let result = apply(&self.row, &event, MAX);
         if let Some((next, change)) = &result {
             self.changes.insert(*change);
-            // Final states move only by redrive.
+            // Final states move only by redrive, or a delete.
             if before.state.is_final() {
                 assert!(
-                    matches!(event, Event::Redrive { .. }),
+                    matches!(event, Event::Redrive { .. } | Event::Delete),
                     "{before:?} left a final state by {event:?}"
                 );
             }
@@ -301,6 +302,13 @@ impl World {
             }
             7 => self.reconcile(),
             8 => self.lose_entry(arg),
+            // The owner cancels the batch or deletes the photo, now and then.
+            _ if arg % 16 == 15 => {
+                self.offer(Event::Cancel);
+            }
+            _ if arg % 16 == 14 => {
+                self.offer(Event::Delete);
+            }
             _ => self.redrive(arg.is_multiple_of(2)),
         }
     }
@@ -443,6 +451,25 @@ async fn replay(conn: &mut AsyncPgConnection, photo_id: uuid::Uuid, trace: &[Eve
                 };
                 jobs::redrive(conn, &filter).await.unwrap();
             }
+            Event::Cancel | Event::Delete => {
+                use photoq::db::schema::photos;
+                let (owner, batch): (uuid::Uuid, uuid::Uuid) = photos::table
+                    .find(photo_id)
+                    .select((photos::owner_id, photos::batch_id))
+                    .first(conn)
+                    .await
+                    .unwrap();
+                if matches!(event, Event::Cancel) {
+                    photoq::db::lifecycle::cancel(conn, owner, batch)
+                        .await
+                        .unwrap();
+                } else {
+                    let target = photoq::db::lifecycle::Target::Photo(photo_id);
+                    photoq::db::lifecycle::delete(conn, owner, target)
+                        .await
+                        .unwrap();
+                }
+            }
         }
         if let Some(row) = expected {
             model = row;
@@ -490,7 +517,7 @@ async fn scenarios_replayed_on_postgres_match_the_model() {
     let mut changes = std::collections::HashSet::new();
     // At least 40 scenarios, and on until every kind of transition has been replayed.
     for run_no in 0..400 {
-        if run_no >= 40 && changes.len() == 11 {
+        if run_no >= 40 && changes.len() == 13 {
             break;
         }
         let n = rng.random_range(5..60);
@@ -498,13 +525,13 @@ async fn scenarios_replayed_on_postgres_match_the_model() {
         let world = run(&actions);
         let batch = photoq::db::models::Batch {
             id: uuid::Uuid::now_v7(),
-            owner_id: key.id,
+            owner_id: key.owner_id,
             created_at: chrono::Utc::now(),
         };
         let photo = photoq::db::models::NewPhoto {
             id: uuid::Uuid::now_v7(),
             batch_id: batch.id,
-            owner_id: key.id,
+            owner_id: key.owner_id,
             filename: None,
             content_type: Some("image/jpeg".into()),
             bytes: Some(1),
@@ -526,7 +553,7 @@ async fn scenarios_replayed_on_postgres_match_the_model() {
     );
     assert_eq!(
         changes.len(),
-        11,
+        13,
         "every kind of transition replayed: {changes:?}"
     );
     drop(conn);
@@ -544,14 +571,14 @@ async fn starting_photos_updates_their_rows_in_place() {
     let (name, pool, key) = database_with_key("pqtest_hot").await;
     let batch = photoq::db::models::Batch {
         id: uuid::Uuid::now_v7(),
-        owner_id: key.id,
+        owner_id: key.owner_id,
         created_at: chrono::Utc::now(),
     };
     let photos: Vec<_> = (0..5)
         .map(|_| photoq::db::models::NewPhoto {
             id: uuid::Uuid::now_v7(),
             batch_id: batch.id,
-            owner_id: key.id,
+            owner_id: key.owner_id,
             filename: Some("IMG_0001.JPG".into()),
             content_type: Some("image/jpeg".into()),
             bytes: Some(1),

@@ -137,7 +137,12 @@ impl FromRequest for ImageCaller {
         let params = web::Query::<SignedParams>::from_query(req.query_string())
             .ok()
             .map(web::Query::into_inner);
-        let Some(SignedParams { exp, kid, sig: Some(sig) }) = params else {
+        let Some(SignedParams {
+            exp,
+            kid,
+            sig: Some(sig),
+        }) = params
+        else {
             let caller = identify(req, None);
             return Box::pin(async move {
                 Ok(ImageCaller {

@@ -151,8 +151,7 @@ pub async fn create_token(
     caller: Caller,
 ) -> Result<CreatedJson<StreamToken>, ApiError> {
     let ttl = Duration::from_secs(state.config.events.token_ttl_secs);
-    let (token, expires_at) =
-        crate::auth::issue_stream_token(&state.pool, caller.key, ttl).await?;
+    let (token, expires_at) = crate::auth::issue_stream_token(&state.pool, caller.key, ttl).await?;
     Ok(CreatedJson(StreamToken { token, expires_at }))
 }
 

@@ -12,6 +12,7 @@ pub mod health;
 pub mod import_body;
 pub mod imports;
 pub mod keys;
+pub mod lifecycle;
 pub mod models;
 pub mod openapi;
 pub mod operator;
@@ -166,7 +167,11 @@ pub fn app(
                         .route(web::post().to(upload::upload))
                         .route(web::get().to(photos::list_photos)),
                 )
-                .service(web::resource("/photos/{id}").route(web::get().to(photos::get_photo)))
+                .service(
+                    web::resource("/photos/{id}")
+                        .route(web::get().to(photos::get_photo))
+                        .route(web::delete().to(lifecycle::delete_photo)),
+                )
                 .service(
                     web::resource("/photos/{id}/retry").route(web::post().to(photos::retry_photo)),
                 )
@@ -198,7 +203,15 @@ pub fn app(
                     web::resource("/operator/overview").route(web::get().to(operator::overview)),
                 )
                 .service(web::resource("/batches").route(web::get().to(batches::list_batches)))
-                .service(web::resource("/batches/{id}").route(web::get().to(batches::get_batch)))
+                .service(
+                    web::resource("/batches/{id}")
+                        .route(web::get().to(batches::get_batch))
+                        .route(web::delete().to(lifecycle::delete_batch)),
+                )
+                .service(
+                    web::resource("/batches/{id}/cancel")
+                        .route(web::post().to(lifecycle::cancel_batch)),
+                )
                 .service(
                     web::resource("/batches/{id}/events")
                         .route(web::get().to(events::batch_events)),
@@ -222,7 +235,15 @@ pub fn app(
                     web::resource("/events/tokens").route(web::post().to(events::create_token)),
                 )
                 .service(web::resource("/imports").route(web::post().to(imports::create_import)))
-                .service(web::resource("/imports/{id}").route(web::get().to(imports::get_import)))
+                .service(
+                    web::resource("/imports/{id}")
+                        .route(web::get().to(imports::get_import))
+                        .route(web::delete().to(lifecycle::delete_import)),
+                )
+                .service(
+                    web::resource("/imports/{id}/cancel")
+                        .route(web::post().to(lifecycle::cancel_import)),
+                )
                 .service(web::resource("/products").route(web::get().to(products::list_products)))
                 .service(
                     web::resource("/products/{id}").route(web::get().to(products::get_product)),

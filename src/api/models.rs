@@ -23,7 +23,7 @@ pub struct UploadResponse {
 #[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
 pub struct PhotoRef {
     pub id: Uuid,
-    /// queued | processing | completed | failed | dead
+    /// queued | processing | completed | failed | dead | cancelled
     pub state: String,
     pub url: String,
 }
@@ -42,7 +42,7 @@ impl PhotoRef {
 pub struct PhotoView {
     pub id: Uuid,
     pub batch_id: Uuid,
-    /// queued | processing | completed | failed | dead
+    /// queued | processing | completed | failed | dead | cancelled
     pub state: String,
     /// Why the photo failed, or the last transient error while it is retried.
     pub error: Option<String>,
@@ -191,14 +191,15 @@ impl PhotoView {
                 .map(|v| {
                     let url = format!("{}/variants/{}", photo_url(v.photo_id), v.name);
                     VariantView {
-                    signed_url: signing.url(&url),
-                    url,
-                    name: v.name,
-                    width: v.width,
-                    height: v.height,
-                    bytes: v.bytes,
-                    content_type: v.content_type,
-                }})
+                        signed_url: signing.url(&url),
+                        url,
+                        name: v.name,
+                        width: v.width,
+                        height: v.height,
+                        bytes: v.bytes,
+                        content_type: v.content_type,
+                    }
+                })
                 .collect(),
             created_at: photo.created_at,
             updated_at: photo.updated_at,
@@ -233,6 +234,7 @@ pub struct StateCounts {
     pub completed: i64,
     pub failed: i64,
     pub dead: i64,
+    pub cancelled: i64,
 }
 
 impl StateCounts {
@@ -245,14 +247,16 @@ impl StateCounts {
                 Some(PhotoState::Completed) => c.completed += n,
                 Some(PhotoState::Failed) => c.failed += n,
                 Some(PhotoState::Dead) => c.dead += n,
-                None => {}
+                Some(PhotoState::Cancelled) => c.cancelled += n,
+                // Deleted photos are counted nowhere: they are gone.
+                Some(PhotoState::Deleted) | None => {}
             }
         }
         c
     }
 
     pub fn total(&self) -> i64 {
-        self.queued + self.processing + self.completed + self.failed + self.dead
+        self.queued + self.processing + self.completed + self.failed + self.dead + self.cancelled
     }
 
     pub fn overall(&self) -> &'static str {
@@ -262,6 +266,8 @@ impl StateCounts {
             "queued"
         } else if unfinished > 0 {
             "processing"
+        } else if self.cancelled > 0 {
+            "cancelled"
         } else if bad == 0 {
             "completed"
         } else if bad == self.total() {
@@ -389,6 +395,7 @@ pub struct ImageCounts {
     pub completed: i64,
     pub failed: i64,
     pub dead: i64,
+    pub cancelled: i64,
 }
 
 impl From<StateCounts> for ImageCounts {
@@ -400,6 +407,7 @@ impl From<StateCounts> for ImageCounts {
             completed: c.completed,
             failed: c.failed,
             dead: c.dead,
+            cancelled: c.cancelled,
         }
     }
 }
@@ -510,6 +518,7 @@ mod tests {
             completed: c,
             failed: f,
             dead: d,
+            cancelled: 0,
         };
         assert_eq!(c(3, 0, 0, 0, 0).overall(), "queued");
         assert_eq!(c(2, 1, 0, 0, 0).overall(), "processing");
@@ -517,6 +526,12 @@ mod tests {
         assert_eq!(c(0, 0, 3, 0, 0).overall(), "completed");
         assert_eq!(c(0, 0, 2, 1, 0).overall(), "completed_with_errors");
         assert_eq!(c(0, 0, 0, 1, 1).overall(), "failed");
+        let cancelled = StateCounts {
+            cancelled: 2,
+            ..c(0, 0, 1, 0, 0)
+        };
+        assert_eq!(cancelled.overall(), "cancelled");
+        assert_eq!(cancelled.total(), 3);
     }
 }
 
@@ -534,14 +549,17 @@ pub struct UnfinishedCounts {
 pub struct BatchSummary {
     pub id: Uuid,
     /// queued (nothing started) | processing | completed (all completed) |
-    /// completed_with_errors (all done, some failed or dead) | failed (all failed or dead)
+    /// completed_with_errors (all done, some failed or dead) | failed (all failed or dead) |
+    /// cancelled (cancelled before all had started)
     pub state: String,
+    /// Photos of the batch, deleted ones left out.
     pub total: i64,
     pub queued: i64,
     pub processing: i64,
     pub completed: i64,
     pub failed: i64,
     pub dead: i64,
+    pub cancelled: i64,
     pub created_at: DateTime<Utc>,
     pub url: String,
 }
@@ -557,6 +575,7 @@ impl BatchSummary {
             completed: counts.completed,
             failed: counts.failed,
             dead: counts.dead,
+            cancelled: counts.cancelled,
             created_at: batch.created_at,
             url: format!("/v1/batches/{}", batch.id),
         }

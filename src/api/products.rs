@@ -27,7 +27,12 @@ pub async fn get_product(
     let row = db::imports::product(&mut conn, caller.owner, id)
         .await?
         .ok_or(ApiError::NotFound("product"))?;
-    let mut products = with_images(&mut conn, vec![row], super::models::Signing::of(&state.config)).await?;
+    let mut products = with_images(
+        &mut conn,
+        vec![row],
+        super::models::Signing::of(&state.config),
+    )
+    .await?;
     products
         .pop()
         .map(Json)

@@ -9,6 +9,7 @@ use super::models::Batch;
 use super::schema::{batches, photos};
 use super::DbError;
 
+/// `owner`'s batch `id`, unless deleted.
 pub async fn get(
     conn: &mut AsyncPgConnection,
     owner: Uuid,
@@ -17,6 +18,7 @@ pub async fn get(
     Ok(batches::table
         .filter(batches::id.eq(id))
         .filter(batches::owner_id.eq(owner))
+        .filter(batches::deleted_at.is_null())
         .select(Batch::as_select())
         .first(conn)
         .await
@@ -36,13 +38,14 @@ pub async fn state_counts(
         .await?)
 }
 
-/// (id, state) of every photo in the batch, in upload order.
+/// (id, state) of every photo in the batch but the deleted, in upload order.
 pub async fn photo_states(
     conn: &mut AsyncPgConnection,
     id: Uuid,
 ) -> Result<Vec<(Uuid, String)>, DbError> {
     Ok(photos::table
         .filter(photos::batch_id.eq(id))
+        .filter(photos::state.ne(crate::state::PhotoState::Deleted.as_str()))
         .order(photos::id.asc())
         .select((photos::id, photos::state))
         .load(conn)
@@ -58,6 +61,7 @@ pub async fn list(
 ) -> Result<Vec<Batch>, DbError> {
     let mut query = batches::table
         .filter(batches::owner_id.eq(owner))
+        .filter(batches::deleted_at.is_null())
         .order(batches::id.desc())
         .limit(limit)
         .select(Batch::as_select())

@@ -249,8 +249,10 @@ pub async fn get(
     id: Uuid,
 ) -> Result<Option<DateTime<Utc>>, DbError> {
     Ok(imports::table
+        .inner_join(batches::table)
         .filter(imports::id.eq(id))
         .filter(imports::owner_id.eq(owner))
+        .filter(batches::deleted_at.is_null())
         .select(imports::created_at)
         .first(conn)
         .await

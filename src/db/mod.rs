@@ -8,6 +8,7 @@ pub mod idempotency;
 pub mod imports;
 pub mod jobs;
 pub mod keys;
+pub mod lifecycle;
 pub mod models;
 pub mod photos;
 pub mod schema;

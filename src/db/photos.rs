@@ -45,7 +45,8 @@ pub async fn get(
     get_for(conn, Some(owner), id).await
 }
 
-/// The photo `id`, if `owner`'s (any owner's with `None`: a signed URL names the photo).
+/// The photo `id`, if `owner`'s (any owner's with `None`: a signed URL names the photo),
+/// unless it was deleted.
 pub async fn get_for(
     conn: &mut AsyncPgConnection,
     owner: Option<Uuid>,
@@ -53,6 +54,7 @@ pub async fn get_for(
 ) -> Result<Option<Photo>, DbError> {
     let mut query = photos::table
         .filter(photos::id.eq(id))
+        .filter(photos::state.ne(PhotoState::Deleted.as_str()))
         .select(Photo::as_select())
         .into_boxed();
     if let Some(owner) = owner {
@@ -61,10 +63,11 @@ pub async fn get_for(
     Ok(query.first(conn).await.optional()?)
 }
 
-/// The given photos, in any order.
+/// The given photos, in any order, deleted ones left out.
 pub async fn by_ids(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> Result<Vec<Photo>, DbError> {
     Ok(photos::table
         .filter(photos::id.eq_any(ids))
+        .filter(photos::state.ne(PhotoState::Deleted.as_str()))
         .select(Photo::as_select())
         .load(conn)
         .await?)
@@ -87,6 +90,7 @@ pub async fn list(
 ) -> Result<Vec<Photo>, DbError> {
     let mut query = photos::table
         .filter(photos::owner_id.eq(owner))
+        .filter(photos::state.ne(PhotoState::Deleted.as_str()))
         .select(Photo::as_select())
         .order(photos::id.asc())
         .limit(filter.limit)

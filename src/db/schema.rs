@@ -34,6 +34,7 @@ diesel::table! {
         finished_at -> Nullable<Timestamptz>,
         first_event_id -> Nullable<Int8>,
         last_event_id -> Nullable<Int8>,
+        deleted_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -69,6 +70,7 @@ diesel::table! {
         thumbhash -> Nullable<Text>,
         variant_fingerprint -> Nullable<Text>,
         reused_from -> Nullable<Uuid>,
+        deleted_at -> Nullable<Timestamptz>,
     }
 }
 

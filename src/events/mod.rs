@@ -36,6 +36,11 @@ pub const EVENT_TYPES: &[(&str, &str)] = &[
         "a photo cannot be processed (its input is at fault)",
     ),
     ("photo.dead", "a photo ran out of attempts"),
+    (
+        "photo.cancelled",
+        "a photo's batch was cancelled before the photo started",
+    ),
+    ("photo.deleted", "a photo was deleted by its owner"),
     ("batch.started", "the first photo of a batch started"),
     ("batch.completed", "every photo of a batch completed"),
     (

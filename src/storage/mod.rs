@@ -207,6 +207,25 @@ impl Storage {
         }
     }
 
+    /// Removes everything stored for a photo: its original and whatever lies under its
+    /// variants' prefix (whichever configuration made them). Nothing there is not an error.
+    pub async fn remove_photo(&self, photo_id: Uuid) -> Result<(), StorageError> {
+        let mut keys = vec![Path::from(original_key(photo_id))];
+        let prefix = Path::from(format!("variants/{photo_id}"));
+        let mut listing = self.store.list(Some(&prefix));
+        while let Some(meta) = listing.next().await {
+            keys.push(meta?.location);
+        }
+        drop(listing);
+        for key in keys {
+            match self.store.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Whether variants and originals are served by redirects to presigned URLs.
     pub fn redirects(&self) -> bool {
         self.presigner.is_some()

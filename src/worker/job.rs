@@ -342,6 +342,25 @@ async fn stale(ctx: &WorkerContext, entry: &str) -> Result<Outcome, JobError> {
     Ok(Outcome::Stale)
 }
 
+/// After a stale commit: when the photo was deleted while this attempt ran, its owner's
+/// delete may have removed the photo's objects before this attempt stored its own, so they
+/// are removed again here. (A worker that dies between storing and this check leaves them
+/// to the orphan sweeper.)
+async fn remove_if_deleted(ctx: &WorkerContext, photo_id: Uuid) {
+    let deleted = match db::conn(&ctx.pool).await {
+        Ok(mut conn) => db::lifecycle::is_deleted(&mut conn, photo_id).await,
+        Err(e) => Err(e),
+    };
+    match deleted {
+        Ok(true) => match ctx.storage.remove_photo(photo_id).await {
+            Ok(()) => tracing::info!("photo deleted while processed; its objects removed"),
+            Err(e) => tracing::warn!(error = %e, "removing a deleted photo's objects failed"),
+        },
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "could not tell whether the photo was deleted"),
+    }
+}
+
 async fn run(
     ctx: &WorkerContext,
     entry: &str,
@@ -382,7 +401,10 @@ async fn run(
                     ctx.metrics.photo_seconds.observe(waited.as_secs_f64());
                     Ok(Outcome::Completed)
                 }
-                Committed::Stale => Ok(Outcome::Stale),
+                Committed::Stale => {
+                    remove_if_deleted(ctx, photo_id).await;
+                    Ok(Outcome::Stale)
+                }
             }
         }
         Err(e) if e.is_permanent() => {

@@ -339,6 +339,14 @@ impl TestApp {
         res.bytes().await.expect("bytes").to_vec()
     }
 
+    /// Stops photoq (gracefully: workers finish what they hold), keeping its database, Redis
+    /// keys and storage for a look, a `restart` or `finish`.
+    pub async fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+
     /// Stops photoq, then checks nothing is left in the stream's pending list, and removes the
     /// database, the Redis keys and the stored files.
     pub async fn finish(mut self) {
