@@ -10,6 +10,17 @@ use common::{error_code, three_photos, TestApp};
 use photoq::auth::{Scope, Scopes};
 use serde_json::{json, Value};
 
+/// `POST /v1/keys` with `key`.
+async fn make_key(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/keys"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A body the route would accept: a refusal must come from the scope, not from the body
 /// (extractors run side by side, and a malformed body could answer first).
 fn body_for(method: &str, template: &str) -> Value {
@@ -104,14 +115,7 @@ async fn a_rotated_key_keeps_its_owners_photos() {
     let me: Value = app.get_json("/v1/me").await;
 
     // The successor, made by the key it replaces.
-    let res = app
-        .client
-        .post(app.url("/v1/keys"))
-        .bearer_auth(&app.key)
-        .json(&json!({"name": "successor"}))
-        .send()
-        .await
-        .unwrap();
+    let res = make_key(&app, &app.key, json!({"name": "successor"})).await;
     assert_eq!(res.status(), 201);
     let made: Value = res.json().await.unwrap();
     let successor = made["key"].as_str().unwrap().to_owned();
@@ -157,34 +161,28 @@ async fn a_rotated_key_keeps_its_owners_photos() {
     assert_eq!(res.status(), 404);
 
     // A key with fewer scopes cannot make a key with more.
-    let res = app
-        .client
-        .post(app.url("/v1/keys"))
-        .bearer_auth(&successor)
-        .json(&json!({"name": "reader", "scopes": ["read"]}))
-        .send()
-        .await
-        .unwrap();
+    let res = make_key(
+        &app,
+        &successor,
+        json!({"name": "reader", "scopes": ["read"]}),
+    )
+    .await;
     let reader: Value = res.json().await.unwrap();
     let reader = reader["key"].as_str().unwrap().to_owned();
-    let res = app
-        .client
-        .post(app.url("/v1/keys"))
-        .bearer_auth(&reader)
-        .json(&json!({"name": "escalate", "scopes": ["read"]}))
-        .send()
-        .await
-        .unwrap();
+    let res = make_key(
+        &app,
+        &reader,
+        json!({"name": "escalate", "scopes": ["read"]}),
+    )
+    .await;
     // Making keys is managing: `admin`, which the reader lacks.
     assert_eq!(res.status(), 403);
-    let res = app
-        .client
-        .post(app.url("/v1/keys"))
-        .bearer_auth(&successor)
-        .json(&json!({"name": "escalate", "scopes": ["operator"]}))
-        .send()
-        .await
-        .unwrap();
+    let res = make_key(
+        &app,
+        &successor,
+        json!({"name": "escalate", "scopes": ["operator"]}),
+    )
+    .await;
     assert_eq!(res.status(), 403);
     assert_eq!(error_code(res).await, "forbidden");
     app.finish().await;

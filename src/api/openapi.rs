@@ -327,7 +327,9 @@ fn describe_parameter(path: &str, param: &mut Value) {
         "state" if path == "/v1/products" => {
             json!({"enum": ["processing", "processed", "process_error"]})
         }
-        "state" => json!({"enum": ["queued", "processing", "completed", "failed", "dead"]}),
+        "state" => {
+            json!({"enum": ["queued", "processing", "completed", "failed", "dead", "cancelled"]})
+        }
         "after" => json!({"minimum": 0}),
         "wait" => json!({"minimum": 0, "default": 30}),
         _ => return,

@@ -52,11 +52,15 @@ pub async fn list_photos(
         .state
         .as_deref()
         .map(|s| {
-            PhotoState::parse(s).ok_or_else(|| {
-                ApiError::bad_query(format!(
-                    "state must be one of queued, processing, completed, failed, dead; got {s:?}"
-                ))
-            })
+            // Deleted photos are gone: not a state to list by.
+            PhotoState::parse(s)
+                .filter(|st| *st != PhotoState::Deleted)
+                .ok_or_else(|| {
+                    ApiError::bad_query(format!(
+                        "state must be one of queued, processing, completed, failed, dead, \
+                         cancelled; got {s:?}"
+                    ))
+                })
         })
         .transpose()?;
     let page = page(
