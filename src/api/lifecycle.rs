@@ -3,6 +3,7 @@
 //! `cancelled`; running ones finish).
 
 use actix_web::web;
+use futures_util::{StreamExt, TryStreamExt};
 use paperclip::actix::{api_v2_operation, web::Json, NoContent};
 use uuid::Uuid;
 
@@ -11,6 +12,9 @@ use super::error::ApiError;
 use super::models::{BatchSummary, StateCounts};
 use super::AppState;
 use crate::db::{self, lifecycle::Target};
+
+/// Photos whose objects a delete removes at once (a batch's, on S3, are round trips).
+const REMOVALS_AT_ONCE: usize = 16;
 
 /// Deletes `target` and removes the stored objects of every photo it names. The rows
 /// commit first: a worker still processing one of the photos then finds its result stale
@@ -22,9 +26,11 @@ async fn delete(state: &AppState, owner: Uuid, target: Target) -> Result<bool, A
     };
     drop(conn);
     state.queue.changes_written();
-    for id in ids {
-        state.storage.remove_photo(id).await?;
-    }
+    futures_util::stream::iter(ids)
+        .map(|id| state.storage.remove_photo(id))
+        .buffer_unordered(REMOVALS_AT_ONCE)
+        .try_collect::<Vec<()>>()
+        .await?;
     Ok(true)
 }
 
