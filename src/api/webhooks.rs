@@ -1,4 +1,4 @@
-//! `/v1/webhooks`: endpoints that receive the key's events, and every delivery attempt.
+//! `/v1/webhooks`: endpoints that receive the owner's events, and every delivery attempt.
 
 use actix_web::web;
 use chrono::{DateTime, Utc};
@@ -11,7 +11,7 @@ use super::error::{ApiError, Problem};
 use super::AppState;
 use crate::db;
 
-/// Webhooks one key may have.
+/// Webhooks one owner may have (all its keys together).
 const MAX_WEBHOOKS: usize = 20;
 /// Longest webhook URL.
 const MAX_URL_CHARS: usize = 2048;
@@ -144,7 +144,7 @@ pub async fn create_webhook(
     let mut conn = db::conn(&state.pool).await?;
     if db::webhooks::list(&mut conn, caller.owner).await?.len() >= MAX_WEBHOOKS {
         return Err(ApiError::Conflict(format!(
-            "a key may have at most {MAX_WEBHOOKS} webhooks; delete one first"
+            "an owner may have at most {MAX_WEBHOOKS} webhooks; delete one first"
         )));
     }
     let secret = crate::webhooks::new_secret();
