@@ -98,10 +98,6 @@ impl Scopes {
         other.0 & !self.0 == 0
     }
 
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
     pub fn iter(self) -> impl Iterator<Item = Scope> {
         Scope::ALL.into_iter().filter(move |s| self.has(*s))
     }

@@ -72,15 +72,9 @@ pub async fn delete(
         if named.is_empty() && matches!(target, Target::Photo(_)) {
             return Ok(None);
         }
-        let mut query = diesel::update(photos::table)
-            .filter(photos::owner_id.eq(owner))
+        let ids: Vec<Uuid> = diesel::update(photos::table)
+            .filter(photos::id.eq_any(&named))
             .filter(photos::state.ne(PhotoState::Deleted.as_str()))
-            .into_boxed();
-        query = match target {
-            Target::Photo(id) => query.filter(photos::id.eq(id)),
-            Target::Batch(id) => query.filter(photos::batch_id.eq(id)),
-        };
-        let ids: Vec<Uuid> = query
             .set((
                 (
                     photos::state.eq(PhotoState::Deleted.as_str()),
