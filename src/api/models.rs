@@ -159,6 +159,7 @@ impl<'a> Signing<'a> {
 
 impl PhotoView {
     pub fn new(photo: Photo, variants: Vec<Variant>, signing: Signing<'_>) -> Self {
+        let original_url = format!("{}/original", photo_url(photo.id));
         let exif = photo
             .exif
             .and_then(|v| serde_json::from_value::<Exif>(v).ok());
@@ -176,12 +177,13 @@ impl PhotoView {
                 height: photo.height,
                 bytes: photo.bytes,
                 sha256: photo.sha256,
+                // An imported image not downloaded yet has no original to sign.
                 signed_url: photo
                     .content_type
                     .as_ref()
-                    .and_then(|_| signing.url(&format!("{}/original", photo_url(photo.id)))),
+                    .and_then(|_| signing.url(&original_url)),
                 content_type: photo.content_type,
-                url: format!("{}/original", photo_url(photo.id)),
+                url: original_url,
             },
             exif,
             thumbhash: photo.thumbhash,
