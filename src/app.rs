@@ -49,6 +49,12 @@ pub enum StartError {
     Telemetry(#[from] crate::telemetry::TelemetryError),
     #[error("not healthy: {0}")]
     Unhealthy(String),
+    #[error(transparent)]
+    Purge(#[from] crate::erasure::PurgeError),
+    #[error(transparent)]
+    Sweep(#[from] crate::retention::SweepError),
+    #[error("no key with id {0}")]
+    NoSuchKey(uuid::Uuid),
 }
 
 /// Which roles a process runs.
@@ -142,9 +148,11 @@ pub async fn start(config: Config, roles: Roles) -> Result<Running, StartError> 
         sequencer_stop.clone(),
     ));
 
-    tasks.push(tokio::spawn(crate::events::run_pruner(
+    tasks.push(tokio::spawn(crate::retention::run(
         pool.clone(),
+        storage.clone(),
         config.clone(),
+        metrics.clone(),
         shutdown.clone(),
     )));
 
@@ -314,6 +322,8 @@ async fn run(
         Command::Dlq(cmd) => return dlq(&config, cmd).await,
         Command::Storage(cmd) => return storage(&config, cmd).await,
         Command::Health { url } => return health(&config, url).await,
+        Command::Purge { key, json } => return purge(&config, key, json).await,
+        Command::Sweep { json } => return sweep(&config, json).await,
         Command::Render(args) => {
             let threads = match args.concurrency {
                 Some(n) => n as usize,
@@ -414,6 +424,65 @@ async fn keys(config: &Config, cmd: KeysCommand) -> Result<(), StartError> {
                 ))));
             }
         }
+    }
+    Ok(())
+}
+
+async fn purge(config: &Config, key: uuid::Uuid, json: bool) -> Result<(), StartError> {
+    let pool = db::connect(&config.database).await?;
+    let queue = Queue::new(&config.redis)?;
+    let storage = Storage::from_config(&config.storage)?;
+    let purged = crate::erasure::purge(&pool, &queue, &storage, key)
+        .await?
+        .ok_or(StartError::NoSuchKey(key))?;
+    if json {
+        println!("{}", serde_json::json!(purged));
+        return Ok(());
+    }
+    let r = &purged.rows;
+    println!(
+        "purged owner {}: {} keys, {} photos, {} batches ({} imports), {} products, \
+         {} webhooks ({} deliveries), {} events, {} idempotency records; {} stored objects; \
+         {} queue entries",
+        purged.owner,
+        r.keys,
+        r.photos,
+        r.batches,
+        r.imports,
+        r.products,
+        r.webhooks,
+        r.webhook_deliveries,
+        r.events,
+        r.idempotency_records,
+        purged.objects,
+        purged.queue_entries
+    );
+    Ok(())
+}
+
+async fn sweep(config: &Config, json: bool) -> Result<(), StartError> {
+    let pool = db::connect(&config.database).await?;
+    let storage = Storage::from_config(&config.storage)?;
+    let now = chrono::Utc::now();
+    let grace = std::time::Duration::from_secs(config.retention.orphan_grace_secs);
+    let mut removed = crate::retention::sweep_rows(&pool, &storage, config, now).await?;
+    let orphans = crate::retention::sweep_orphans(&pool, &storage, grace, now).await?;
+    removed.add(&orphans);
+    if json {
+        println!("{}", serde_json::json!(removed));
+    } else {
+        println!(
+            "removed {} originals, {} photos, {} idempotency records, {} events, \
+             {} webhook deliveries, {} stream tokens, {} orphaned objects ({} bytes)",
+            removed.originals,
+            removed.photos,
+            removed.idempotency_records,
+            removed.events,
+            removed.webhook_deliveries,
+            removed.stream_tokens,
+            removed.orphans,
+            removed.orphan_bytes
+        );
     }
     Ok(())
 }

@@ -41,6 +41,25 @@ pub enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Erase everything of a key's owner (the right to erasure): every key of the owner,
+    /// its photos, batches, imports, products, webhooks, events and idempotency records,
+    /// its stored originals and variants, its queue entries. Prints what it removed. A
+    /// purge that stops half-way finishes when run again.
+    Purge {
+        /// Any key of the owner (revoked ones too).
+        #[arg(long)]
+        key: Uuid,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove now what is past its lifetime (`[retention]`, as the background sweeper
+    /// does) and the stored objects no photo records; prints what it removed.
+    Sweep {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Storage maintenance.
     #[command(subcommand)]
     Storage(StorageCommand),

@@ -33,6 +33,7 @@ const SECTIONS: &[&str] = &[
     "telemetry",
     "signed_urls",
     "cors",
+    "retention",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub signed_urls: SignedUrlsConfig,
     pub cors: CorsConfig,
+    pub retention: RetentionConfig,
     pub variants: BTreeMap<String, VariantConfig>,
     /// The URL signing keys, from `PHOTOQ_SIGNING_KEYS` only (secrets never come from a
     /// file).
@@ -86,6 +88,24 @@ pub struct CorsConfig {
     pub allowed_origins: Vec<String>,
     /// How long a browser may keep a preflight's answer.
     pub max_age_secs: u64,
+}
+
+/// How long photoq keeps what it stores (`crate::retention`). 0 days: for ever.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Days after its photo completed that an original is removed (the variants stay).
+    pub originals_days: u32,
+    /// Days after they ended that failed, dead and cancelled photos are deleted.
+    pub unsuccessful_days: u32,
+    /// Hours an `Idempotency-Key`'s first answer is kept.
+    pub idempotency_hours: u32,
+    /// How often one process sweeps rows past their lifetime.
+    pub sweep_interval_secs: u64,
+    /// How often one process walks storage for objects no row records.
+    pub orphan_interval_secs: u64,
+    /// Age an unrecorded object must reach before the walk removes it.
+    pub orphan_grace_secs: u64,
 }
 
 /// Traces (`crate::telemetry`).
@@ -306,8 +326,6 @@ pub struct RetryConfig {
 pub struct EventsConfig {
     /// Days an event is kept in the log.
     pub retention_days: u32,
-    /// How often old events and expired stream tokens are removed.
-    pub prune_interval_secs: u64,
     /// Seconds between keep-alive comments on an idle SSE stream (and WebSocket pings).
     pub keepalive_secs: u64,
     /// While Redis pub/sub is down: how often the sequencer looks for committed changes,
@@ -722,6 +740,18 @@ impl Config {
             return invalid(
                 "events.retention_days, keepalive_secs, fallback_poll_ms and token_ttl_secs \
                  must be > 0"
+                    .into(),
+            );
+        }
+        let r = &self.retention;
+        if r.idempotency_hours == 0
+            || r.sweep_interval_secs == 0
+            || r.orphan_interval_secs == 0
+            || r.orphan_grace_secs < 60
+        {
+            return invalid(
+                "retention.idempotency_hours, sweep_interval_secs and orphan_interval_secs \
+                 must be > 0, orphan_grace_secs at least 60"
                     .into(),
             );
         }

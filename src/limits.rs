@@ -86,7 +86,7 @@ impl Limiter {
         if self.config.requests_per_sec == 0 {
             return None;
         }
-        let key = self.queue.keys().other(&format!("rate:{owner}"));
+        let key = self.queue.keys().rate(owner);
         let wait: Result<u64, QueueError> = async {
             let mut conn = self.queue.connection().await?;
             Ok(TAKE

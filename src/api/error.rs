@@ -49,6 +49,8 @@ pub struct Problem {
     description = "No such resource, or it belongs to another key",
     code = 409,
     description = "The resource is not in a state that allows this",
+    code = 410,
+    description = "The photo's original was removed by retention (`original_removed`); its variants remain",
     code = 413,
     description = "Too many files, or a file over the size limit",
     code = 415,
@@ -79,6 +81,9 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// Retention removed the photo's original (`retention.originals_days`).
+    #[error("the original was removed by retention; the variants remain")]
+    OriginalRemoved,
     #[error("{message}")]
     PayloadTooLarge { code: &'static str, message: String },
     #[error("{0}")]
@@ -123,6 +128,7 @@ impl ApiError {
             ApiError::Signature(_) => "bad_signature",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
+            ApiError::OriginalRemoved => "original_removed",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Invalid(_) => "invalid_items",
             ApiError::Unavailable(_) => "unavailable",
@@ -141,6 +147,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) | ApiError::Signature(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::OriginalRemoved => StatusCode::GONE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,

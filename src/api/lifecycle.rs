@@ -3,7 +3,6 @@
 //! `cancelled`; running ones finish).
 
 use actix_web::web;
-use futures_util::{StreamExt, TryStreamExt};
 use paperclip::actix::{api_v2_operation, web::Json, NoContent};
 use uuid::Uuid;
 
@@ -13,12 +12,10 @@ use super::models::{BatchSummary, StateCounts};
 use super::AppState;
 use crate::db::{self, lifecycle::Target};
 
-/// Photos whose objects a delete removes at once (a batch's, on S3, are round trips).
-const REMOVALS_AT_ONCE: usize = 16;
-
 /// Deletes `target` and removes the stored objects of every photo it names. The rows
 /// commit first: a worker still processing one of the photos then finds its result stale
-/// and removes what it stored itself.
+/// and removes what it stored itself; what a stop in between leaves, the orphan walk of
+/// `crate::retention` removes.
 async fn delete(state: &AppState, owner: Uuid, target: Target) -> Result<bool, ApiError> {
     let mut conn = db::conn(&state.pool).await?;
     let Some(ids) = db::lifecycle::delete(&mut conn, owner, target).await? else {
@@ -26,11 +23,7 @@ async fn delete(state: &AppState, owner: Uuid, target: Target) -> Result<bool, A
     };
     drop(conn);
     state.queue.changes_written();
-    futures_util::stream::iter(ids)
-        .map(|id| state.storage.remove_photo(id))
-        .buffer_unordered(REMOVALS_AT_ONCE)
-        .try_collect::<Vec<()>>()
-        .await?;
+    state.storage.remove_photos(&ids).await?;
     Ok(true)
 }
 

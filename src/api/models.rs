@@ -121,6 +121,9 @@ pub struct OriginalView {
     /// `url` signed to open without a key until it expires (`signed_urls.ttl_secs`), for a
     /// browser's `<img src>`; absent unless the server has signing keys.
     pub signed_url: Option<String>,
+    /// When retention removed the original's bytes (`retention.originals_days`); `url`
+    /// then answers 410. Size, hash and type stay.
+    pub removed_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, Apiv2Schema)]
@@ -177,11 +180,14 @@ impl PhotoView {
                 height: photo.height,
                 bytes: photo.bytes,
                 sha256: photo.sha256,
-                // An imported image not downloaded yet has no original to sign.
+                // An imported image not downloaded yet has no original to sign, nor one
+                // retention removed.
                 signed_url: photo
                     .content_type
                     .as_ref()
+                    .filter(|_| photo.original_removed_at.is_none())
                     .and_then(|_| signing.url(&original_url)),
+                removed_at: photo.original_removed_at,
                 content_type: photo.content_type,
                 url: original_url,
             },

@@ -30,6 +30,7 @@ const ONLY_ON: &[(&str, &[(&str, &str)])] = &[
             ("post", "/v1/webhooks"),
         ],
     ),
+    ("410", &[("get", "/v1/photos/{id}/original")]),
     ("413", &[("post", "/v1/photos"), ("post", "/v1/imports")]),
     ("415", &[("post", "/v1/photos")]),
     (

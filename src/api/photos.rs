@@ -211,7 +211,8 @@ pub async fn get_variant(
 /// Get the original's bytes
 ///
 /// The file as uploaded, with its sniffed Content-Type. Opens with a key, or without one by
-/// the original's `signed_url` until it expires.
+/// the original's `signed_url` until it expires. Once retention has removed it
+/// (`retention.originals_days`), 410 `original_removed`.
 #[api_v2_operation(tags(Photos))]
 pub async fn get_original(
     req: HttpRequest,
@@ -226,6 +227,9 @@ pub async fn get_original(
         .await?
         .ok_or(ApiError::NotFound("photo"))?;
     drop(conn);
+    if photo.original_removed_at.is_some() {
+        return Err(ApiError::OriginalRemoved);
+    }
     // An imported image not downloaded yet has no original.
     let (Some(content_type), Some(sha256)) = (photo.content_type, photo.sha256) else {
         return Err(ApiError::NotFound("original"));

@@ -72,53 +72,73 @@ pub async fn delete(
         if named.is_empty() && matches!(target, Target::Photo(_)) {
             return Ok(None);
         }
-        let ids: Vec<Uuid> = diesel::update(photos::table)
-            .filter(photos::id.eq_any(&named))
-            .filter(photos::state.ne(PhotoState::Deleted.as_str()))
-            .set((
-                (
-                    photos::state.eq(PhotoState::Deleted.as_str()),
-                    photos::deleted_at.eq(now),
-                    photos::updated_at.eq(now),
-                    photos::attempt_id.eq(None::<i64>),
-                    photos::next_attempt_at.eq(None::<DateTime<Utc>>),
-                    photos::filename.eq(None::<String>),
-                    photos::exif.eq(None::<serde_json::Value>),
-                    photos::sha256.eq(None::<String>),
-                    photos::content_type.eq(None::<String>),
-                    photos::bytes.eq(None::<i64>),
-                ),
-                (
-                    photos::width.eq(None::<i32>),
-                    photos::height.eq(None::<i32>),
-                    photos::thumbhash.eq(None::<String>),
-                    photos::source_url.eq(None::<String>),
-                    photos::error.eq(None::<String>),
-                    photos::error_code.eq(None::<String>),
-                    photos::variant_fingerprint.eq(None::<String>),
-                    photos::reused_from.eq(None::<Uuid>),
-                    photos::trace_parent.eq(None::<String>),
-                ),
-            ))
-            .returning(photos::id)
-            .get_results(conn)
-            .await?;
-        if ids.is_empty() {
-            return Ok(Some(named));
-        }
-        diesel::delete(variants::table.filter(variants::photo_id.eq_any(&ids)))
-            .execute(conn)
-            .await?;
-        diesel::delete(photo_attempts::table.filter(photo_attempts::photo_id.eq_any(&ids)))
-            .execute(conn)
-            .await?;
-        diesel::update(photos::table.filter(photos::reused_from.eq_any(&ids)))
-            .set(photos::reused_from.eq(None::<Uuid>))
-            .execute(conn)
-            .await?;
+        tombstone_in(conn, &named, now).await?;
         Ok(Some(named))
     })
     .await
+}
+
+/// Turns the photos `ids` not deleted yet into tombstones (see [`delete`]), in one
+/// transaction (a savepoint inside the caller's); returns those it turned.
+pub async fn tombstone(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, DbError> {
+    conn.transaction::<_, DbError, _>(async |conn| tombstone_in(conn, ids, now).await)
+        .await
+}
+
+async fn tombstone_in(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, DbError> {
+    let ids: Vec<Uuid> = diesel::update(photos::table)
+        .filter(photos::id.eq_any(ids))
+        .filter(photos::state.ne(PhotoState::Deleted.as_str()))
+        .set((
+            (
+                photos::state.eq(PhotoState::Deleted.as_str()),
+                photos::deleted_at.eq(now),
+                photos::updated_at.eq(now),
+                photos::attempt_id.eq(None::<i64>),
+                photos::next_attempt_at.eq(None::<DateTime<Utc>>),
+                photos::filename.eq(None::<String>),
+                photos::exif.eq(None::<serde_json::Value>),
+                photos::sha256.eq(None::<String>),
+                photos::content_type.eq(None::<String>),
+                photos::bytes.eq(None::<i64>),
+            ),
+            (
+                photos::width.eq(None::<i32>),
+                photos::height.eq(None::<i32>),
+                photos::thumbhash.eq(None::<String>),
+                photos::source_url.eq(None::<String>),
+                photos::error.eq(None::<String>),
+                photos::error_code.eq(None::<String>),
+                photos::variant_fingerprint.eq(None::<String>),
+                photos::reused_from.eq(None::<Uuid>),
+                photos::trace_parent.eq(None::<String>),
+            ),
+        ))
+        .returning(photos::id)
+        .get_results(conn)
+        .await?;
+    if ids.is_empty() {
+        return Ok(ids);
+    }
+    diesel::delete(variants::table.filter(variants::photo_id.eq_any(&ids)))
+        .execute(conn)
+        .await?;
+    diesel::delete(photo_attempts::table.filter(photo_attempts::photo_id.eq_any(&ids)))
+        .execute(conn)
+        .await?;
+    diesel::update(photos::table.filter(photos::reused_from.eq_any(&ids)))
+        .set(photos::reused_from.eq(None::<Uuid>))
+        .execute(conn)
+        .await?;
+    Ok(ids)
 }
 
 /// Cancels the photos of `owner`'s batch `batch` that wait (`queued`, a first attempt or a

@@ -3,6 +3,7 @@
 
 pub mod attempts;
 pub mod batches;
+pub mod erasure;
 pub mod events;
 pub mod idempotency;
 pub mod imports;
@@ -11,6 +12,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod models;
 pub mod photos;
+pub mod retention;
 pub mod schema;
 pub mod webhooks;
 

@@ -80,6 +80,8 @@ pub struct Photo {
     pub variant_fingerprint: Option<String>,
     /// The photo whose results this one reused (same bytes, same configuration).
     pub reused_from: Option<Uuid>,
+    /// When retention removed the original's bytes (the variants stay).
+    pub original_removed_at: Option<DateTime<Utc>>,
 }
 
 impl Photo {

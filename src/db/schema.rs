@@ -71,6 +71,7 @@ diesel::table! {
         variant_fingerprint -> Nullable<Text>,
         reused_from -> Nullable<Uuid>,
         deleted_at -> Nullable<Timestamptz>,
+        original_removed_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -157,6 +158,13 @@ diesel::table! {
 }
 
 diesel::table! {
+    retention_rounds (name) {
+        name -> Text,
+        claimed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     stream_tokens (token_hash) {
         token_hash -> Text,
         key_id -> Uuid,
@@ -232,6 +240,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     photos,
     product_images,
     products,
+    retention_rounds,
     stream_tokens,
     variants,
     webhook_attempts,

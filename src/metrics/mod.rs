@@ -28,6 +28,7 @@ pub const BUILD_INFO: &str = "photoq_build_info";
 pub const PHOTO_SECONDS: &str = "photoq_photo_completion_seconds";
 pub const REDIS_ERRORS: &str = "photoq_redis_errors_total";
 pub const READY: &str = "photoq_ready";
+pub const RETENTION_REMOVED: &str = "photoq_retention_removed_total";
 
 /// The stages of a job, as `photoq_job_stage_duration_seconds` labels them: the original
 /// downloaded (imports), decoded, resized (with adjustments and orientation), encoded, the
@@ -67,8 +68,12 @@ pub struct Metrics {
     /// Jobs the reconciler acted on: published (their entry was gone), buried (a lifeless
     /// last attempt).
     pub reconciled: IntCounterVec,
-    /// Failed rounds of background tasks: reconciler, promoter, pruner.
+    /// Failed rounds of background tasks: reconciler, promoter, pruner (idle consumers),
+    /// retention.
     pub background_failures: IntCounterVec,
+    /// What retention removed, by kind: originals, photos, idempotency_records, events,
+    /// webhook_deliveries, stream_tokens, orphans (`crate::retention::Removed`).
+    retention_removed: IntCounterVec,
     /// Upload bodies being read now (at most `upload.max_concurrent`).
     pub uploads_in_flight: IntGauge,
     /// Bytes of the photos accepted by `POST /v1/photos`.
@@ -145,6 +150,10 @@ impl Metrics {
             Opts::new(BACKGROUND_FAILURES, "Failed rounds of background tasks"),
             &["task"],
         )?;
+        let retention_removed = IntCounterVec::new(
+            Opts::new(RETENTION_REMOVED, "What retention removed, by kind"),
+            &["what"],
+        )?;
         let uploads_in_flight = IntGauge::new(UPLOADS_IN_FLIGHT, "Upload bodies being read now")?;
         let upload_bytes = IntCounter::new(UPLOAD_BYTES, "Bytes of the photos accepted")?;
         let job_errors = IntCounterVec::new(
@@ -211,6 +220,7 @@ impl Metrics {
         registry.register(Box::new(stale_deliveries.clone()))?;
         registry.register(Box::new(reconciled.clone()))?;
         registry.register(Box::new(background_failures.clone()))?;
+        registry.register(Box::new(retention_removed.clone()))?;
         Ok(Metrics {
             registry,
             photos_uploaded,
@@ -220,6 +230,7 @@ impl Metrics {
             stale_deliveries,
             reconciled,
             background_failures,
+            retention_removed,
             uploads_in_flight,
             upload_bytes,
             job_errors,
@@ -236,6 +247,14 @@ impl Metrics {
     pub fn watch_pool(&self, pool: crate::db::DbPool) -> Result<(), prometheus::Error> {
         self.registry
             .register(Box::new(pool::PoolGauges::new(pool)?))
+    }
+
+    /// Counts what a retention round removed, by kind (every kind, so each series exists
+    /// from the first round).
+    pub fn retention_removed(&self, counts: &[(&str, u64)]) {
+        for (what, n) in counts {
+            self.retention_removed.with_label_values(&[what]).inc_by(*n);
+        }
     }
 
     /// Records a readiness probe's answer.

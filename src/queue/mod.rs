@@ -120,9 +120,14 @@ impl Keys {
         }
     }
 
-    /// Another key under the same hash tag, e.g. `{photoq}:rate:…`.
+    /// Another key under the same hash tag, e.g. `{photoq}:authfail:…`.
     pub fn other(&self, name: &str) -> String {
         format!("{{{}}}:{name}", self.tag)
+    }
+
+    /// The request bucket of an owner's keys (`crate::limits`).
+    pub fn rate(&self, owner: Uuid) -> String {
+        self.other(&format!("rate:{owner}"))
     }
 }
 
@@ -656,6 +661,65 @@ impl Queue {
             total += self.lane_stats(lane).await?.scheduled;
         }
         Ok(total)
+    }
+
+    /// Removes every trace of the photos `ids` and of `owner` from Redis: the photos'
+    /// entries in both lanes' streams (acknowledged first) and in the dead letters of every
+    /// shard, their scheduled retries, and the owner's request bucket. Walks whole streams:
+    /// for erasure (`photoq purge`), not for a hot path. Returns the entries and retries
+    /// removed.
+    pub async fn forget(&self, ids: &[Uuid], owner: Uuid) -> Result<u64, QueueError> {
+        /// Entries read (and retries removed) per command.
+        const PAGE: usize = 500;
+        let names: std::collections::HashSet<String> = ids.iter().map(Uuid::to_string).collect();
+        let listed: Vec<&String> = names.iter().collect();
+        let mut conn = self.conn.get().await?;
+        let mut removed = 0;
+        for (_, keys) in self.each_shard() {
+            for lane in Lane::ALL {
+                for chunk in listed.chunks(PAGE) {
+                    removed += conn.zrem::<_, _, u64>(keys.retries(lane), chunk).await?;
+                }
+            }
+            let streams = [
+                (keys.stream(Lane::Interactive), true),
+                (keys.stream(Lane::Bulk), true),
+                (keys.dead.as_str(), false),
+            ];
+            for (stream, grouped) in streams {
+                let mut start = "-".to_owned();
+                loop {
+                    let page: redis::streams::StreamRangeReply =
+                        conn.xrange_count(stream, &start, "+", PAGE).await?;
+                    let Some(last) = page.ids.last() else { break };
+                    start = format!("({}", last.id);
+                    let theirs: Vec<&str> = page
+                        .ids
+                        .iter()
+                        .filter(|e| {
+                            e.get::<String>("photo_id")
+                                .is_some_and(|p| names.contains(&p))
+                        })
+                        .map(|e| e.id.as_str())
+                        .collect();
+                    if !theirs.is_empty() {
+                        if grouped {
+                            match conn.xack::<_, _, _, u64>(stream, GROUP, &theirs).await {
+                                Ok(_) => {}
+                                Err(e) if is_nogroup(&e) => {}
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                        removed += conn.xdel::<_, _, u64>(stream, &theirs).await?;
+                    }
+                    if page.ids.len() < PAGE {
+                        break;
+                    }
+                }
+            }
+        }
+        let _: u64 = conn.del(self.keys().rate(owner)).await?;
+        Ok(removed)
     }
 
     /// Entries in the dead-letter streams.

@@ -58,6 +58,8 @@ const S3_PART_BYTES: usize = 5 * 1024 * 1024;
 /// storage outage fails the attempt in seconds rather than holding it for minutes.
 const S3_RETRIES: usize = 2;
 const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Objects (or photos' objects) removed at once by the bulk removals.
+const REMOVALS_AT_ONCE: usize = 16;
 
 /// The backend's handle for presigned URLs, and where its keys start.
 struct Presigner {
@@ -86,6 +88,8 @@ impl std::fmt::Debug for Storage {
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
+    /// When it was last written.
+    pub modified: chrono::DateTime<chrono::Utc>,
 }
 
 impl Storage {
@@ -195,6 +199,7 @@ impl Storage {
             Ok(ObjectInfo {
                 key: meta.location.to_string(),
                 size: meta.size,
+                modified: meta.last_modified,
             })
         })
     }
@@ -222,6 +227,24 @@ impl Storage {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+        Ok(())
+    }
+
+    /// Removes the objects at `keys`, [`REMOVALS_AT_ONCE`] at a time.
+    pub async fn delete_many(&self, keys: &[String]) -> Result<(), StorageError> {
+        for chunk in keys.chunks(REMOVALS_AT_ONCE) {
+            futures_util::future::try_join_all(chunk.iter().map(|k| self.delete(k))).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything stored for the photos `ids` ([`Storage::remove_photo`]),
+    /// [`REMOVALS_AT_ONCE`] photos at a time.
+    pub async fn remove_photos(&self, ids: &[Uuid]) -> Result<(), StorageError> {
+        for chunk in ids.chunks(REMOVALS_AT_ONCE) {
+            futures_util::future::try_join_all(chunk.iter().map(|id| self.remove_photo(*id)))
+                .await?;
         }
         Ok(())
     }
@@ -328,6 +351,16 @@ impl ObjectWriter {
 /// The key of a photo's original upload.
 pub fn original_key(photo_id: Uuid) -> String {
     format!("originals/{photo_id}")
+}
+
+/// The photo an object belongs to, and whether it is its original, from the object's key
+/// (None for a key photoq does not write).
+pub fn photo_of_key(key: &str) -> Option<(Uuid, bool)> {
+    if let Some(id) = key.strip_prefix("originals/") {
+        return Uuid::parse_str(id).ok().map(|id| (id, true));
+    }
+    let (id, _) = key.strip_prefix("variants/")?.split_once('/')?;
+    Uuid::parse_str(id).ok().map(|id| (id, false))
 }
 
 /// The key of one variant of a photo.

@@ -1,0 +1,198 @@
+//! The queries of retention (`crate::retention`): rounds claimed one process at a time,
+//! expired originals and unsuccessful photos found, old rows removed in bounded chunks, and
+//! what the database knows of the objects a storage walk finds.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::schema::{photos, retention_rounds, variants};
+use super::DbError;
+use crate::state::PhotoState;
+
+/// The kinds of round in `retention_rounds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Lifetimes of rows (and the originals and photos they name).
+    Rows,
+    /// The walk over storage for objects no row records.
+    Orphans,
+}
+
+impl Retained {
+    fn as_str(self) -> &'static str {
+        match self {
+            Retained::Original => "original",
+            Retained::Unsuccessful => "unsuccessful",
+        }
+    }
+}
+
+impl Round {
+    fn as_str(self) -> &'static str {
+        match self {
+            Round::Rows => "rows",
+            Round::Orphans => "orphans",
+        }
+    }
+}
+
+/// Claims a round of `round` at `now` when none was claimed in the last `every`: true for
+/// exactly one of the processes asking at once.
+pub async fn claim(
+    conn: &mut AsyncPgConnection,
+    round: Round,
+    every: Duration,
+    now: DateTime<Utc>,
+) -> Result<bool, DbError> {
+    let since = now - chrono::Duration::from_std(every).unwrap_or(chrono::Duration::MAX);
+    let n = diesel::update(retention_rounds::table.find(round.as_str()))
+        .filter(retention_rounds::claimed_at.le(since))
+        .set(retention_rounds::claimed_at.eq(now))
+        .execute(conn)
+        .await?;
+    Ok(n == 1)
+}
+
+/// What retention looks at a finished photo for (the generated column `retained`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retained {
+    /// A completed photo whose original is still stored.
+    Original,
+    /// A failed, dead or cancelled photo.
+    Unsuccessful,
+}
+
+/// Up to `limit` photos retained for `what` that finished before `before`, oldest first.
+pub async fn expired(
+    conn: &mut AsyncPgConnection,
+    what: Retained,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Uuid>, DbError> {
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+    }
+    // `retained` is left out of schema.rs: diesel's tables stop at 32 columns.
+    let ids: Vec<Id> = diesel::sql_query(
+        "SELECT id FROM photos WHERE retained = $1 AND completed_at < $2 \
+         ORDER BY completed_at LIMIT $3",
+    )
+    .bind::<Text, _>(what.as_str())
+    .bind::<Timestamptz, _>(before)
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?;
+    Ok(ids.into_iter().map(|r| r.id).collect())
+}
+
+/// Records that the originals of `ids` (completed photos still holding theirs) are
+/// removed; returns the photos marked. The objects are removed after this commits (what a
+/// crash leaves, the orphan walk removes).
+pub async fn mark_originals_removed(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, DbError> {
+    Ok(diesel::update(photos::table)
+        .filter(photos::id.eq_any(ids))
+        .filter(photos::state.eq(PhotoState::Completed.as_str()))
+        .filter(photos::original_removed_at.is_null())
+        .set(photos::original_removed_at.eq(now))
+        .returning(photos::id)
+        .get_results(conn)
+        .await?)
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Removes up to `limit` idempotency records made before `before`; returns how many.
+pub async fn prune_idempotency(
+    conn: &mut AsyncPgConnection,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<usize, DbError> {
+    let c: Count = diesel::sql_query(
+        "WITH gone AS (DELETE FROM idempotency_keys WHERE ctid IN ( \
+             SELECT ctid FROM idempotency_keys WHERE created_at < $1 LIMIT $2) RETURNING 1) \
+         SELECT count(*) AS n FROM gone",
+    )
+    .bind::<Timestamptz, _>(before)
+    .bind::<BigInt, _>(limit)
+    .get_result(conn)
+    .await?;
+    Ok(c.n as usize)
+}
+
+/// Removes up to `limit` webhook deliveries that ended (delivered or dead) before
+/// `before`, with their attempts; returns how many.
+pub async fn prune_deliveries(
+    conn: &mut AsyncPgConnection,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<usize, DbError> {
+    let c: Count = diesel::sql_query(
+        "WITH gone AS (DELETE FROM webhook_deliveries WHERE id IN ( \
+             SELECT id FROM webhook_deliveries WHERE state IN ('delivered', 'dead') \
+             AND updated_at < $1 LIMIT $2) RETURNING 1) \
+         SELECT count(*) AS n FROM gone",
+    )
+    .bind::<Timestamptz, _>(before)
+    .bind::<BigInt, _>(limit)
+    .get_result(conn)
+    .await?;
+    Ok(c.n as usize)
+}
+
+/// What the database says of the photos a storage walk found objects of.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Photos that may still write or need their objects (queued or processing).
+    pub unfinished: HashSet<Uuid>,
+    /// Photos whose original should be stored: not deleted, original not removed.
+    pub originals: HashSet<Uuid>,
+    /// Storage keys of the variants recorded.
+    pub variant_keys: HashSet<String>,
+}
+
+/// What is recorded of the photos `ids` (see [`Recorded`]).
+pub async fn recorded(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> Result<Recorded, DbError> {
+    let rows: Vec<(Uuid, String, Option<DateTime<Utc>>)> = photos::table
+        .filter(photos::id.eq_any(ids))
+        .select((photos::id, photos::state, photos::original_removed_at))
+        .load(conn)
+        .await?;
+    let mut recorded = Recorded::default();
+    for (id, state, removed) in rows {
+        match PhotoState::parse(&state) {
+            Some(PhotoState::Queued | PhotoState::Processing) => {
+                recorded.unfinished.insert(id);
+                recorded.originals.insert(id);
+            }
+            Some(PhotoState::Deleted) => {}
+            _ if removed.is_some() => {}
+            _ => {
+                recorded.originals.insert(id);
+            }
+        }
+    }
+    recorded.variant_keys = variants::table
+        .filter(variants::photo_id.eq_any(ids))
+        .select(variants::storage_key)
+        .load::<String>(conn)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(recorded)
+}
