@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{Client, Cluster, Proc};
 use common::sse::Sse;
-use common::{corpus_dir, read, PrivatePostgres, PrivateRedis, SETTLE_TIMEOUT};
+use common::{corpus_dir, photo_ids, read, PrivatePostgres, PrivateRedis, SETTLE_TIMEOUT};
 use diesel_async::RunQueryDsl;
 use serde_json::Value;
 
@@ -122,16 +122,6 @@ async fn duplicate(cluster: &Cluster, ids: &[String], n: usize) {
                 .unwrap();
         }
     }
-}
-
-/// The photo ids of an upload's answer.
-fn ids_of(batch: &Value) -> Vec<String> {
-    batch["photos"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// The cluster's database, through photoq's own pool.
@@ -375,7 +365,7 @@ async fn duplicate_deliveries_and_a_race_record_each_photo_once() {
     let client = Client::new(&base, &key);
     let batch = client.upload(&photos(12)).await;
     let batch_id = batch["batch_id"].as_str().unwrap().to_owned();
-    let ids = ids_of(&batch);
+    let ids = photo_ids(&batch);
 
     // A worker of the test's own takes the first photo's entry, records its start, and then
     // goes silent, as a worker does that stalls (a long pause, a network partition).
@@ -528,7 +518,7 @@ async fn a_poison_entry_that_kills_workers_before_their_start_ends_dead() {
     let (_api, base) = cluster.serve().await;
     let client = Client::new(&base, &key);
     let batch = client.upload(&photos(1)).await;
-    let id = ids_of(&batch).remove(0);
+    let id = photo_ids(&batch).remove(0);
 
     // Three workers read the entry and died before they could record a start: Redis
     // counted three deliveries, PostgreSQL none.

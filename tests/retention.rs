@@ -14,7 +14,7 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use chrono::{Duration, Utc};
-use common::{error_code, stored_objects, three_photos, TestApp};
+use common::{error_code, photo_ids, stored_objects, three_photos, TestApp};
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use photoq::retention::{sweep_orphans, sweep_rows, Removed};
@@ -50,15 +50,6 @@ async fn upload_keyed(app: &TestApp, key: &str, files: Vec<(String, Vec<u8>)>) -
     res.json().await.unwrap()
 }
 
-fn ids(batch: &Value) -> Vec<String> {
-    batch["photos"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// Stored objects whose path names `id`.
 fn objects_of(app: &TestApp, id: &str) -> Vec<String> {
     stored_objects(&app.config.storage.root)
@@ -84,7 +75,7 @@ async fn rows_are_swept_when_their_lifetime_ends_and_not_before() {
     let first = upload_keyed(&app, "nightly-1", files).await;
     let batch_id = first["batch_id"].as_str().unwrap().to_owned();
     app.wait_batch(&batch_id).await;
-    let [done, kept, failed] = <[String; 3]>::try_from(ids(&first)).unwrap();
+    let [done, kept, failed] = <[String; 3]>::try_from(photo_ids(&first)).unwrap();
     let failed_photo = app.get_json(&format!("/v1/photos/{failed}")).await;
     assert_eq!(failed_photo["state"], "failed");
     // Every kind of removal has its series from the first round on (run at start).
@@ -219,7 +210,7 @@ async fn the_storage_walk_removes_only_unrecorded_objects_past_the_grace_period(
     let app = TestApp::start().await;
     let batch = app.upload_ok(three_photos()).await;
     app.wait_batch(batch["batch_id"].as_str().unwrap()).await;
-    let [live, deleted, _] = <[String; 3]>::try_from(ids(&batch)).unwrap();
+    let [live, deleted, _] = <[String; 3]>::try_from(photo_ids(&batch)).unwrap();
     let res = app
         .client
         .delete(app.url(&format!("/v1/photos/{deleted}")))
@@ -422,7 +413,10 @@ async fn purge_leaves_nothing_of_an_owner_and_everything_of_another() {
     files.push(undecodable());
     let batch = upload_keyed(&app, "purge-me", files).await;
     app.wait_batch(batch["batch_id"].as_str().unwrap()).await;
-    let photos: Vec<Uuid> = ids(&batch).iter().map(|i| i.parse().unwrap()).collect();
+    let photos: Vec<Uuid> = photo_ids(&batch)
+        .iter()
+        .map(|i| i.parse().unwrap())
+        .collect();
     // Its traces in Redis: a retry scheduled and a dead letter.
     let queue = app.queue();
     queue
@@ -445,7 +439,9 @@ async fn purge_leaves_nothing_of_an_owner_and_everything_of_another() {
     let their_photo = theirs["photos"][0]["id"].as_str().unwrap().to_owned();
     let deadline = std::time::Instant::now() + common::SETTLE_TIMEOUT;
     loop {
-        let res = app.get_as(&other, &format!("/v1/photos/{their_photo}")).await;
+        let res = app
+            .get_as(&other, &format!("/v1/photos/{their_photo}"))
+            .await;
         let photo: Value = res.json().await.unwrap();
         if photo["state"] == "completed" {
             break;

@@ -111,28 +111,20 @@ pub async fn mark_originals_removed(
         .await?)
 }
 
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
 /// Removes up to `limit` idempotency records made before `before`; returns how many.
 pub async fn prune_idempotency(
     conn: &mut AsyncPgConnection,
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<usize, DbError> {
-    let c: Count = diesel::sql_query(
-        "WITH gone AS (DELETE FROM idempotency_keys WHERE ctid IN ( \
-             SELECT ctid FROM idempotency_keys WHERE created_at < $1 LIMIT $2) RETURNING 1) \
-         SELECT count(*) AS n FROM gone",
+    delete_counted(
+        conn,
+        "DELETE FROM idempotency_keys WHERE ctid IN ( \
+             SELECT ctid FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
+        before,
+        limit,
     )
-    .bind::<Timestamptz, _>(before)
-    .bind::<BigInt, _>(limit)
-    .get_result(conn)
-    .await?;
-    Ok(c.n as usize)
+    .await
 }
 
 /// Removes up to `limit` webhook deliveries that ended (delivered or dead) before
@@ -142,17 +134,29 @@ pub async fn prune_deliveries(
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<usize, DbError> {
-    let c: Count = diesel::sql_query(
-        "WITH gone AS (DELETE FROM webhook_deliveries WHERE id IN ( \
+    delete_counted(
+        conn,
+        "DELETE FROM webhook_deliveries WHERE id IN ( \
              SELECT id FROM webhook_deliveries WHERE state IN ('delivered', 'dead') \
-             AND updated_at < $1 LIMIT $2) RETURNING 1) \
-         SELECT count(*) AS n FROM gone",
+             AND updated_at < $1 LIMIT $2)",
+        before,
+        limit,
     )
-    .bind::<Timestamptz, _>(before)
-    .bind::<BigInt, _>(limit)
-    .get_result(conn)
-    .await?;
-    Ok(c.n as usize)
+    .await
+}
+
+/// Runs `delete` (a DELETE taking the age as $1 and the chunk size as $2); the rows removed.
+async fn delete_counted(
+    conn: &mut AsyncPgConnection,
+    delete: &str,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<usize, DbError> {
+    Ok(diesel::sql_query(delete)
+        .bind::<Timestamptz, _>(before)
+        .bind::<BigInt, _>(limit)
+        .execute(conn)
+        .await?)
 }
 
 /// What the database says of the photos a storage walk found objects of.

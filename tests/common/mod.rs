@@ -388,6 +388,16 @@ impl TestApp {
     }
 }
 
+/// The photo ids of an upload's answer, in order.
+pub fn photo_ids(batch: &Value) -> Vec<String> {
+    batch["photos"]
+        .as_array()
+        .expect("photos")
+        .iter()
+        .map(|p| p["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
 /// Drops a test's database (its processes stopped or not).
 pub async fn drop_database(name: &str) {
     let mut admin = AsyncPgConnection::establish(&format!("{}/postgres", pg_server()))
