@@ -324,6 +324,11 @@ async fn run(
         Command::Health { url } => return health(&config, url).await,
         Command::Purge { key, json } => return purge(&config, key, json).await,
         Command::Sweep { json } => return sweep(&config, json).await,
+        Command::Quota {
+            owner,
+            photos_per_day,
+            bytes_stored,
+        } => return quota(&config, owner, photos_per_day, bytes_stored).await,
         Command::Render(args) => {
             let threads = match args.concurrency {
                 Some(n) => n as usize,
@@ -456,6 +461,32 @@ async fn purge(config: &Config, key: uuid::Uuid, json: bool) -> Result<(), Start
         r.idempotency_records,
         purged.objects,
         purged.queue_entries
+    );
+    Ok(())
+}
+
+async fn quota(
+    config: &Config,
+    owner: uuid::Uuid,
+    photos_per_day: Option<Option<i64>>,
+    bytes_stored: Option<Option<i64>>,
+) -> Result<(), StartError> {
+    let pool = db::connect(&config.database).await?;
+    let mut conn = db::conn(&pool).await?;
+    if !db::usage::set_limits(&mut conn, owner, photos_per_day, bytes_stored).await? {
+        return Err(StartError::Db(db::DbError::Setup(format!(
+            "no owner with id {owner} (see photoq keys list)"
+        ))));
+    }
+    let u = db::usage::usage(&mut conn, owner, config.quotas, chrono::Utc::now()).await?;
+    let limit = |l: Option<i64>| l.map_or_else(|| "no limit".to_owned(), |n| n.to_string());
+    println!(
+        "owner {owner}: {} photos today (of {}; starts again at {}), {} bytes stored (of {})",
+        u.photos_today,
+        limit(u.limits.photos_per_day),
+        u.resets_at.to_rfc3339(),
+        u.bytes_stored,
+        limit(u.limits.bytes_stored)
     );
     Ok(())
 }

@@ -53,6 +53,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show an owner's quotas and what it has used of them; with options, set the owner's
+    /// own quotas first (over `[quotas]`).
+    Quota {
+        #[arg(long)]
+        owner: Uuid,
+        /// Photos per UTC day: a number (0: no limit), or `default` for `quotas.photos_per_day`.
+        #[arg(long, value_parser = parse_quota)]
+        photos_per_day: Option<Option<i64>>,
+        /// Bytes in storage: a number (0: no limit), or `default` for `quotas.bytes_stored`.
+        #[arg(long, value_parser = parse_quota)]
+        bytes_stored: Option<Option<i64>>,
+    },
     /// Remove now what is past its lifetime (`[retention]`, as the background sweeper
     /// does) and the stored objects no photo records; prints what it removed.
     Sweep {
@@ -77,6 +89,18 @@ pub enum Command {
     /// their processing live, and print a summary (or `--json`). Exit status 0 when every
     /// photo completed, 2 when some failed or could not be submitted, 1 on other errors.
     Submit(crate::client::submit::SubmitArgs),
+}
+
+/// A quota on the command line: a count, or `default` (the configured one).
+fn parse_quota(s: &str) -> Result<Option<i64>, String> {
+    if s == "default" {
+        return Ok(None);
+    }
+    s.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .map(Some)
+        .ok_or_else(|| format!("{s:?}: give a count (0: no limit) or `default`"))
 }
 
 #[derive(Debug, Args)]

@@ -34,6 +34,7 @@ const SECTIONS: &[&str] = &[
     "signed_urls",
     "cors",
     "retention",
+    "quotas",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,7 @@ pub struct Config {
     pub signed_urls: SignedUrlsConfig,
     pub cors: CorsConfig,
     pub retention: RetentionConfig,
+    pub quotas: QuotasConfig,
     pub variants: BTreeMap<String, VariantConfig>,
     /// The URL signing keys, from `PHOTOQ_SIGNING_KEYS` only (secrets never come from a
     /// file).
@@ -106,6 +108,25 @@ pub struct RetentionConfig {
     pub orphan_interval_secs: u64,
     /// Age an unrecorded object must reach before the walk removes it.
     pub orphan_grace_secs: u64,
+}
+
+/// What each owner may store (`db::usage`); an owner's own values (`photoq quota`) come
+/// first. 0: no limit.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotasConfig {
+    /// Photos an owner may add per UTC day (uploads and import images).
+    pub photos_per_day: u64,
+    /// Bytes an owner may have in storage (originals and variants).
+    pub bytes_stored: u64,
+}
+
+impl QuotasConfig {
+    /// No limit of either kind.
+    pub const NONE: QuotasConfig = QuotasConfig {
+        photos_per_day: 0,
+        bytes_stored: 0,
+    };
 }
 
 /// Traces (`crate::telemetry`).

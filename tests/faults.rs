@@ -599,9 +599,15 @@ async fn after_20k_jobs_the_stream_holds_no_more_than_in_flight_plus_100() {
                 trace_parent: None,
             })
             .collect();
-        photoq::db::photos::insert_batch(&mut conn, &batch, &photos, None)
-            .await
-            .unwrap();
+        photoq::db::photos::insert_batch(
+            &mut conn,
+            &batch,
+            &photos,
+            None,
+            photoq::config::QuotasConfig::NONE,
+        )
+        .await
+        .unwrap();
         let ids: Vec<(uuid::Uuid, Option<String>)> = photos.iter().map(|p| (p.id, None)).collect();
         photoq::dispatch::publish_new(&pool, &queue, photoq::queue::Lane::Interactive, &ids)
             .await

@@ -255,6 +255,7 @@ async fn every_route_answers_as_documented() {
         ("/v1/batches?limit=1".into(), "/v1/batches", 200),
         ("/v1/batches?cursor=nope".into(), "/v1/batches", 400),
         ("/v1/me".into(), "/v1/me", 200),
+        ("/v1/usage".into(), "/v1/usage", 200),
         ("/v1/stats".into(), "/v1/stats", 200),
         // An operator route with a client key.
         ("/v1/operator/overview".into(), "/v1/operator/overview", 403),

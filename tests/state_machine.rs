@@ -540,9 +540,15 @@ async fn scenarios_replayed_on_postgres_match_the_model() {
             source_url: None,
             trace_parent: None,
         };
-        photoq::db::photos::insert_batch(&mut conn, &batch, std::slice::from_ref(&photo), None)
-            .await
-            .unwrap();
+        photoq::db::photos::insert_batch(
+            &mut conn,
+            &batch,
+            std::slice::from_ref(&photo),
+            None,
+            photoq::config::QuotasConfig::NONE,
+        )
+        .await
+        .unwrap();
         replay(&mut conn, photo.id, &world.trace).await;
         events += world.trace.len();
         changes.extend(world.changes);
@@ -589,9 +595,15 @@ async fn starting_photos_updates_their_rows_in_place() {
         })
         .collect();
     let mut conn = photoq::db::conn(&pool).await.unwrap();
-    photoq::db::photos::insert_batch(&mut conn, &batch, &photos, None)
-        .await
-        .unwrap();
+    photoq::db::photos::insert_batch(
+        &mut conn,
+        &batch,
+        &photos,
+        None,
+        photoq::config::QuotasConfig::NONE,
+    )
+    .await
+    .unwrap();
     #[derive(diesel::QueryableByName)]
     struct Counted {
         #[diesel(sql_type = diesel::sql_types::BigInt)]

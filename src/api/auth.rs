@@ -17,11 +17,11 @@ use crate::auth::{KeyOwner, Scope, Scopes};
 /// The scope a request to the route `pattern` (its template, `/v1/photos/{id}`) with
 /// `method` needs: reading needs `read`; adding work `upload`; deleting, cancelling,
 /// reprocessing, webhooks and keys `admin`; the queue overview `operator`. `None`: any
-/// active key (`GET /v1/me`). A route missing here needs `admin`.
+/// active key (`GET /v1/me`, `GET /v1/usage`). A route missing here needs `admin`.
 pub fn required_scope(method: &Method, pattern: &str) -> Option<Scope> {
     let path = pattern.strip_prefix("/v1").unwrap_or(pattern);
     match (method.as_str(), path) {
-        (_, "/me") => None,
+        (_, "/me" | "/usage") => None,
         (_, p) if p.starts_with("/operator/") => Some(Scope::Operator),
         ("GET", "/keys") => Some(Scope::Admin),
         ("GET", _) | ("POST", "/events/tokens") => Some(Scope::Read),

@@ -44,7 +44,7 @@ pub struct Problem {
     code = 401,
     description = "Missing, unknown or revoked API key",
     code = 403,
-    description = "The key lacks the scope the route needs (its description names it), or would give another key a scope it lacks; a signed URL expired (`url_expired`) or altered (`bad_signature`)",
+    description = "The key lacks the scope the route needs (its description names it), or would give another key a scope it lacks; a signed URL expired (`url_expired`) or altered (`bad_signature`); uploads and imports: the owner's storage quota is used up (`storage_quota_exceeded`)",
     code = 404,
     description = "No such resource, or it belongs to another key",
     code = 409,
@@ -58,7 +58,7 @@ pub struct Problem {
     code = 422,
     description = "Some items of the request are invalid (`invalid_items`); `problems` lists each with its index and field; nothing was stored",
     code = 429,
-    description = "Too many requests for the key, or failed authentications from the address; see Retry-After",
+    description = "Too many requests for the key, or failed authentications from the address; uploads and imports: the owner's photos for the day are used up (`daily_quota_exceeded`, until midnight UTC); see Retry-After",
     code = 503,
     description = "PostgreSQL or storage unreachable (`unavailable`), or too busy (`busy`, with Retry-After); retry later",
     code = 500,
@@ -81,6 +81,9 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// A request would take its owner past a quota (`[quotas]`).
+    #[error("{0}")]
+    Quota(crate::db::usage::Exceeded),
     /// Retention removed the photo's original (`retention.originals_days`).
     #[error("the original was removed by retention; the variants remain")]
     OriginalRemoved,
@@ -129,6 +132,12 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::OriginalRemoved => "original_removed",
+            ApiError::Quota(crate::db::usage::Exceeded::PhotosPerDay { .. }) => {
+                "daily_quota_exceeded"
+            }
+            ApiError::Quota(crate::db::usage::Exceeded::BytesStored { .. }) => {
+                "storage_quota_exceeded"
+            }
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Invalid(_) => "invalid_items",
             ApiError::Unavailable(_) => "unavailable",
@@ -148,6 +157,12 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::OriginalRemoved => StatusCode::GONE,
+            ApiError::Quota(crate::db::usage::Exceeded::PhotosPerDay { .. }) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::Quota(crate::db::usage::Exceeded::BytesStored { .. }) => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -178,6 +193,9 @@ impl ResponseError for ApiError {
             ApiError::Busy(_) => Some(BUSY_RETRY_SECS),
             // Whole seconds, rounded up.
             ApiError::RateLimited(wait) => Some(wait.as_millis().div_ceil(1000).max(1) as u64),
+            ApiError::Quota(crate::db::usage::Exceeded::PhotosPerDay { resets_at, .. }) => {
+                Some((*resets_at - chrono::Utc::now()).num_seconds().max(1) as u64)
+            }
             _ => None,
         };
         if let Some(secs) = retry_after {
@@ -198,6 +216,9 @@ impl ResponseError for ApiError {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
+        if let DbError::Quota(exceeded) = e {
+            return ApiError::Quota(exceeded);
+        }
         if e.is_transient() {
             ApiError::Unavailable(e.to_string())
         } else {

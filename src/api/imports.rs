@@ -136,6 +136,7 @@ pub async fn create_import(
             import_id,
             &specs,
             key.as_deref(),
+            state.config.quotas,
             |r| serde_json::to_value(answer(import_id, r)).unwrap_or_default(),
         )
         .await

@@ -192,6 +192,7 @@ pub fn app(
                         .route(web::get().to(photos::get_original)),
                 )
                 .service(web::resource("/me").route(web::get().to(account::me)))
+                .service(web::resource("/usage").route(web::get().to(account::usage)))
                 .service(
                     web::resource("/keys")
                         .route(web::post().to(keys::create_key))

@@ -55,6 +55,7 @@ const NEVER_404: &[(&str, &str)] = &[
     ("post", "/v1/keys"),
     ("get", "/v1/keys"),
     ("get", "/v1/me"),
+    ("get", "/v1/usage"),
 ];
 
 /// Routes that follow the event log: SSE or long-poll, by `Accept`.

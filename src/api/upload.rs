@@ -182,6 +182,24 @@ pub async fn upload(
             return Ok(AcceptedJson(first));
         }
     }
+    // An owner whose quota is used up is told before its files are read.
+    let admitted = async {
+        let mut conn = crate::db::conn(&state.pool).await?;
+        crate::db::usage::admit(
+            &mut conn,
+            caller.owner,
+            1,
+            0,
+            state.config.quotas,
+            Utc::now(),
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = admitted {
+        drain(&mut multipart, state.config.upload.max_file_bytes).await;
+        return Err(e.into());
+    }
     let batch_id = Uuid::now_v7();
     let mut received: Vec<Received> = Vec::new();
 
@@ -233,7 +251,7 @@ pub async fn upload(
     let committed = async {
         let mut conn = crate::db::conn(&state.pool).await?;
         let idem = idempotency.as_deref().map(|k| (k, &answer_json));
-        crate::db::photos::insert_batch(&mut conn, &batch, &photos, idem).await
+        crate::db::photos::insert_batch(&mut conn, &batch, &photos, idem, state.config.quotas).await
     }
     .await;
     if let Err(e) = committed {

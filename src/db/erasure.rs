@@ -10,8 +10,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::schema::{
-    api_keys, batches, idempotency_keys, imports, owners, photos, products, variants,
-    webhook_deliveries, webhooks,
+    api_keys, batches, idempotency_keys, imports, owners, photos, products, usage_changes,
+    variants, webhook_deliveries, webhooks,
 };
 use super::DbError;
 
@@ -162,6 +162,9 @@ pub async fn erase(conn: &mut AsyncPgConnection, owner: Uuid) -> Result<Erased, 
             .execute(conn)
             .await?;
         diesel::delete(owners::table.find(owner))
+            .execute(conn)
+            .await?;
+        diesel::delete(usage_changes::table.filter(usage_changes::owner_id.eq(owner)))
             .execute(conn)
             .await?;
         Ok(erased)

@@ -60,6 +60,7 @@ pub async fn record(
     import_id: Uuid,
     products: &[ProductSpec],
     idempotency: Option<&str>,
+    quotas: crate::config::QuotasConfig,
     respond: impl Fn(&Recorded) -> serde_json::Value + Send + Sync,
 ) -> Result<(Recorded, serde_json::Value), DbError> {
     conn.transaction::<_, DbError, _>(async |conn| {
@@ -188,6 +189,15 @@ pub async fn record(
                 images,
             });
         }
+        super::usage::admit(
+            conn,
+            owner,
+            new_photos.len() as i64,
+            0,
+            quotas,
+            chrono::Utc::now(),
+        )
+        .await?;
         for chunk in new_photos.chunks(PHOTO_INSERT_CHUNK) {
             diesel::insert_into(photos::table)
                 .values(chunk)

@@ -14,6 +14,7 @@ pub mod models;
 pub mod photos;
 pub mod retention;
 pub mod schema;
+pub mod usage;
 pub mod webhooks;
 
 use std::time::Duration;
@@ -48,6 +49,9 @@ pub enum DbError {
     /// The database answered in a way the schema rules out (a bug).
     #[error("database invariant broken: {0}")]
     Invariant(String),
+    /// An admission found a quota would be passed (`usage::admit`); the transaction ends.
+    #[error(transparent)]
+    Quota(#[from] usage::Exceeded),
 }
 
 impl DbError {

@@ -18,8 +18,19 @@ pub async fn insert_batch(
     batch: &Batch,
     new_photos: &[NewPhoto],
     idempotency: Option<(&str, &serde_json::Value)>,
+    quotas: crate::config::QuotasConfig,
 ) -> Result<(), DbError> {
     conn.transaction::<_, DbError, _>(async |conn| {
+        let bytes = new_photos.iter().filter_map(|p| p.bytes).sum();
+        super::usage::admit(
+            conn,
+            batch.owner_id,
+            new_photos.len() as i64,
+            bytes,
+            quotas,
+            batch.created_at,
+        )
+        .await?;
         diesel::insert_into(batches::table)
             .values(batch)
             .execute(conn)

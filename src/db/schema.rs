@@ -20,6 +20,7 @@ diesel::table! {
         created_at -> Timestamptz,
         photos_per_day -> Nullable<Int8>,
         bytes_stored -> Nullable<Int8>,
+        bytes_used -> Int8,
     }
 }
 
@@ -136,6 +137,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    usage_changes (seq) {
+        seq -> Int8,
+        owner_id -> Uuid,
+        bytes -> Int8,
+    }
+}
+
+diesel::table! {
     variants (photo_id, name) {
         photo_id -> Uuid,
         name -> Text,
@@ -242,6 +251,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     products,
     retention_rounds,
     stream_tokens,
+    usage_changes,
     variants,
     webhook_attempts,
     webhook_deliveries,

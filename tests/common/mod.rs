@@ -673,9 +673,15 @@ pub async fn publish_no_op_batch(
     let ids: Vec<(Uuid, Option<String>)> = photos.iter().map(|p| (p.id, None)).collect();
     {
         let mut conn = photoq::db::conn(pool).await.expect("conn");
-        photoq::db::photos::insert_batch(&mut conn, &batch, &photos, None)
-            .await
-            .expect("insert");
+        photoq::db::photos::insert_batch(
+            &mut conn,
+            &batch,
+            &photos,
+            None,
+            photoq::config::QuotasConfig::NONE,
+        )
+        .await
+        .expect("insert");
     }
     queue.changes_written();
     photoq::dispatch::publish_new(pool, queue, photoq::queue::Lane::Interactive, &ids)

@@ -1,0 +1,11 @@
+DROP TRIGGER variants_deleted_usage ON variants;
+DROP TRIGGER variants_updated_usage ON variants;
+DROP TRIGGER variants_inserted_usage ON variants;
+DROP FUNCTION photoq_variants_usage();
+DROP TRIGGER photos_updated_usage ON photos;
+DROP FUNCTION photoq_photo_usage_changed();
+DROP TRIGGER photos_inserted_usage ON photos;
+DROP FUNCTION photoq_photos_inserted_usage();
+DROP FUNCTION photoq_original_bytes(bigint, timestamptz);
+DROP TABLE usage_changes;
+ALTER TABLE owners DROP COLUMN bytes_used;
