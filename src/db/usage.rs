@@ -73,13 +73,7 @@ pub async fn limits(
     owner: Uuid,
     defaults: QuotasConfig,
 ) -> Result<Limits, DbError> {
-    let own: Option<(Option<i64>, Option<i64>)> = owners::table
-        .find(owner)
-        .select((owners::photos_per_day, owners::bytes_stored))
-        .first(conn)
-        .await
-        .optional()?;
-    let (photos, bytes) = own.unwrap_or_default();
+    let (photos, bytes) = own_limits(conn, owner).await?.unwrap_or_default();
     let pick = |own: Option<i64>, default: u64| {
         Some(own.unwrap_or(i64::try_from(default).unwrap_or(i64::MAX))).filter(|n| *n > 0)
     };
@@ -87,6 +81,20 @@ pub async fn limits(
         photos_per_day: pick(photos, defaults.photos_per_day),
         bytes_stored: pick(bytes, defaults.bytes_stored),
     })
+}
+
+/// `owner`'s own quotas (photos per day, bytes stored; `None`: the configured one), or
+/// `None` when there is no such owner.
+async fn own_limits(
+    conn: &mut AsyncPgConnection,
+    owner: Uuid,
+) -> Result<Option<(Option<i64>, Option<i64>)>, DbError> {
+    Ok(owners::table
+        .find(owner)
+        .select((owners::photos_per_day, owners::bytes_stored))
+        .first(conn)
+        .await
+        .optional()?)
 }
 
 async fn photos_since(
@@ -214,13 +222,7 @@ pub async fn set_limits(
     photos_per_day: Option<Option<i64>>,
     bytes_stored: Option<Option<i64>>,
 ) -> Result<bool, DbError> {
-    let own: Option<(Option<i64>, Option<i64>)> = owners::table
-        .find(owner)
-        .select((owners::photos_per_day, owners::bytes_stored))
-        .first(conn)
-        .await
-        .optional()?;
-    let Some((photos, bytes)) = own else {
+    let Some((photos, bytes)) = own_limits(conn, owner).await? else {
         return Ok(false);
     };
     diesel::update(owners::table.find(owner))
