@@ -35,6 +35,7 @@ const SECTIONS: &[&str] = &[
     "cors",
     "retention",
     "quotas",
+    "privacy",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,7 @@ pub struct Config {
     pub cors: CorsConfig,
     pub retention: RetentionConfig,
     pub quotas: QuotasConfig,
+    pub privacy: PrivacyConfig,
     pub variants: BTreeMap<String, VariantConfig>,
     /// The URL signing keys, from `PHOTOQ_SIGNING_KEYS` only (secrets never come from a
     /// file).
@@ -127,6 +129,42 @@ impl QuotasConfig {
         photos_per_day: 0,
         bytes_stored: 0,
     };
+}
+
+/// Where photos were taken (`pipeline::privacy`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Remove the GPS position from originals as workers first read them (and so from
+    /// the EXIF recorded).
+    pub strip_gps: bool,
+    /// The scope a key needs to see a photo's GPS position in its EXIF.
+    pub gps_scope: GpsScope,
+}
+
+/// Who sees a photo's GPS position: keys with a scope, or no key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpsScope {
+    Read,
+    Upload,
+    Admin,
+    Operator,
+    None,
+}
+
+impl GpsScope {
+    /// The scope that shows it; `None` when no key sees it.
+    pub fn scope(self) -> Option<crate::auth::Scope> {
+        use crate::auth::Scope;
+        match self {
+            GpsScope::Read => Some(Scope::Read),
+            GpsScope::Upload => Some(Scope::Upload),
+            GpsScope::Admin => Some(Scope::Admin),
+            GpsScope::Operator => Some(Scope::Operator),
+            GpsScope::None => None,
+        }
+    }
 }
 
 /// Traces (`crate::telemetry`).

@@ -22,6 +22,17 @@ use crate::db::{self, DbError, DbPool};
 use crate::metrics::Metrics;
 use crate::storage::{photo_of_key, ObjectInfo, Storage, StorageError};
 
+/// Seconds in a day.
+const DAY: u64 = 86_400;
+
+/// `span` before `now`; the earliest time there is when that is further back.
+pub fn ago(now: DateTime<Utc>, span: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(span)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// Rows removed (or photos changed) per statement.
 const CHUNK: i64 = 500;
 /// Objects looked up in the database at once during the storage walk.
@@ -157,7 +168,7 @@ pub async fn sweep_rows(
     let r = &config.retention;
     let mut removed = Removed::default();
     if r.originals_days > 0 {
-        let before = now - chrono::Duration::days(r.originals_days.into());
+        let before = ago(now, Duration::from_secs(u64::from(r.originals_days) * DAY));
         loop {
             let marked = {
                 let mut conn = db::conn(pool).await?;
@@ -177,7 +188,10 @@ pub async fn sweep_rows(
         }
     }
     if r.unsuccessful_days > 0 {
-        let before = now - chrono::Duration::days(r.unsuccessful_days.into());
+        let before = ago(
+            now,
+            Duration::from_secs(u64::from(r.unsuccessful_days) * DAY),
+        );
         loop {
             let ended = {
                 let mut conn = db::conn(pool).await?;
@@ -193,8 +207,14 @@ pub async fn sweep_rows(
         }
     }
     let mut conn = db::conn(pool).await?;
-    let idempotency_before = now - chrono::Duration::hours(r.idempotency_hours.into());
-    let events_before = now - chrono::Duration::days(config.events.retention_days.into());
+    let idempotency_before = ago(
+        now,
+        Duration::from_secs(u64::from(r.idempotency_hours) * 3600),
+    );
+    let events_before = ago(
+        now,
+        Duration::from_secs(u64::from(config.events.retention_days) * DAY),
+    );
     removed.idempotency_records = drain(&mut conn, Rows::Idempotency, idempotency_before).await?;
     removed.events = drain(&mut conn, Rows::Events, events_before).await?;
     removed.webhook_deliveries = drain(&mut conn, Rows::Deliveries, events_before).await?;
@@ -242,7 +262,7 @@ pub async fn sweep_orphans(
     grace: Duration,
     now: DateTime<Utc>,
 ) -> Result<Removed, SweepError> {
-    let cutoff = now - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    let cutoff = ago(now, grace);
     let mut removed = Removed::default();
     let mut page: Vec<(ObjectInfo, Uuid, bool)> = Vec::with_capacity(WALK_PAGE);
     let mut listing = storage.list();
@@ -298,4 +318,22 @@ async fn remove_unrecorded(
         orphan_bytes: orphans.iter().map(|o| o.size).sum(),
         ..Removed::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ago_stops_at_the_earliest_time_instead_of_overflowing() {
+        let now = Utc::now();
+        assert_eq!(
+            ago(now, Duration::from_secs(60)),
+            now - chrono::Duration::seconds(60)
+        );
+        // `retention.originals_days = 4294967295` must not stop the sweeper.
+        let far = Duration::from_secs(u64::from(u32::MAX) * DAY);
+        assert_eq!(ago(now, far), DateTime::<Utc>::MIN_UTC);
+        assert_eq!(ago(now, Duration::MAX), DateTime::<Utc>::MIN_UTC);
+    }
 }

@@ -24,7 +24,7 @@ pub async fn list_dead_letters(
     let q = query.into_inner();
     let page = page(
         &state,
-        caller.owner,
+        &caller,
         q.batch,
         Some(PhotoState::Dead),
         q.cursor,

@@ -138,20 +138,28 @@ pub struct VariantView {
     pub signed_url: Option<String>,
 }
 
-/// How image URLs in views are signed: the server's signer, at one moment, for how long.
+/// How a caller's photo views are made: image URLs signed by the server's signer, at one
+/// moment, for how long; and whether the caller's scopes may see where a photo was taken
+/// (`privacy.gps_scope`).
 #[derive(Clone, Copy)]
-pub struct Signing<'a> {
+pub struct Viewer<'a> {
     signer: &'a crate::signing::UrlSigner,
     now: i64,
     ttl_secs: u64,
+    gps: bool,
 }
 
-impl<'a> Signing<'a> {
-    pub fn of(config: &'a crate::config::Config) -> Self {
-        Signing {
+impl<'a> Viewer<'a> {
+    pub fn of(config: &'a crate::config::Config, scopes: crate::auth::Scopes) -> Self {
+        Viewer {
             signer: &config.signer,
             now: Utc::now().timestamp(),
             ttl_secs: config.signed_urls.ttl_secs,
+            gps: config
+                .privacy
+                .gps_scope
+                .scope()
+                .is_some_and(|needed| scopes.has(needed)),
         }
     }
 
@@ -161,11 +169,18 @@ impl<'a> Signing<'a> {
 }
 
 impl PhotoView {
-    pub fn new(photo: Photo, variants: Vec<Variant>, signing: Signing<'_>) -> Self {
+    pub fn new(photo: Photo, variants: Vec<Variant>, signing: Viewer<'_>) -> Self {
         let original_url = format!("{}/original", photo_url(photo.id));
         let exif = photo
             .exif
-            .and_then(|v| serde_json::from_value::<Exif>(v).ok());
+            .and_then(|v| serde_json::from_value::<Exif>(v).ok())
+            .map(|mut exif| {
+                if !signing.gps {
+                    exif.gps = None;
+                    exif.tags.retain(|t| t.ifd != "gps");
+                }
+                exif
+            });
         PhotoView {
             id: photo.id,
             batch_id: photo.batch_id,

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::auth::{Caller, ImageCaller};
 use super::binary::{ImageBytes, ServeQuery};
 use super::error::ApiError;
-use super::models::{ListQuery, PhotoPage, PhotoRef, PhotoView, Signing};
+use super::models::{ListQuery, PhotoPage, PhotoRef, PhotoView, Viewer};
 use super::AppState;
 use crate::db::{self, jobs::RedriveFilter, models::PhotoState, photos::ListFilter};
 use crate::dispatch;
@@ -32,7 +32,7 @@ pub async fn get_photo(
         .ok_or(ApiError::NotFound("photo"))?;
     let variants = db::photos::variants_of(&mut conn, &[id]).await?;
     let history = db::attempts::of_photo(&mut conn, id).await?;
-    let mut view = PhotoView::new(photo, variants, Signing::of(&state.config));
+    let mut view = PhotoView::new(photo, variants, Viewer::of(&state.config, caller.scopes));
     view.history = Some(history.into_iter().map(Into::into).collect());
     Ok(Json(view))
 }
@@ -63,15 +63,7 @@ pub async fn list_photos(
                 })
         })
         .transpose()?;
-    let page = page(
-        &state,
-        caller.owner,
-        q.batch,
-        state_filter,
-        q.cursor,
-        q.limit,
-    )
-    .await?;
+    let page = page(&state, &caller, q.batch, state_filter, q.cursor, q.limit).await?;
     Ok(Json(page))
 }
 
@@ -98,7 +90,7 @@ pub(super) fn keyset(
 pub(super) async fn views(
     conn: &mut diesel_async::AsyncPgConnection,
     photos: Vec<crate::db::models::Photo>,
-    signing: Signing<'_>,
+    signing: Viewer<'_>,
 ) -> Result<Vec<PhotoView>, ApiError> {
     let ids: Vec<Uuid> = photos.iter().map(|p| p.id).collect();
     let mut variants = db::photos::variants_of(conn, &ids).await?;
@@ -114,13 +106,14 @@ pub(super) async fn views(
 /// One page of the owner's photos, with their variants.
 pub(super) async fn page(
     state: &AppState,
-    owner: Uuid,
+    caller: &Caller,
     batch: Option<Uuid>,
     photo_state: Option<PhotoState>,
     cursor: Option<String>,
     limit: Option<i64>,
 ) -> Result<PhotoPage, ApiError> {
     let (after, limit) = keyset(cursor.as_deref(), limit)?;
+    let owner = caller.owner;
     if let Some(batch) = batch {
         super::batches::owned(state, owner, batch).await?;
     }
@@ -135,7 +128,7 @@ pub(super) async fn page(
     let next_cursor = (photos.len() as i64 == limit)
         .then(|| photos.last().map(|p| p.id.to_string()))
         .flatten();
-    let photos = views(&mut conn, photos, Signing::of(&state.config)).await?;
+    let photos = views(&mut conn, photos, Viewer::of(&state.config, caller.scopes)).await?;
     Ok(PhotoPage {
         photos,
         next_cursor,

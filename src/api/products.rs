@@ -30,7 +30,7 @@ pub async fn get_product(
     let mut products = with_images(
         &mut conn,
         vec![row],
-        super::models::Signing::of(&state.config),
+        super::models::Viewer::of(&state.config, caller.scopes),
     )
     .await?;
     products
@@ -76,7 +76,12 @@ pub async fn list_products(
     let next_cursor = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|p| p.id.to_string()))
         .flatten();
-    let products = with_images(&mut conn, rows, super::models::Signing::of(&state.config)).await?;
+    let products = with_images(
+        &mut conn,
+        rows,
+        super::models::Viewer::of(&state.config, caller.scopes),
+    )
+    .await?;
     Ok(Json(ProductPage {
         products,
         next_cursor,
@@ -87,7 +92,7 @@ pub async fn list_products(
 async fn with_images(
     conn: &mut diesel_async::AsyncPgConnection,
     rows: Vec<ProductRow>,
-    signing: super::models::Signing<'_>,
+    signing: super::models::Viewer<'_>,
 ) -> Result<Vec<ProductView>, ApiError> {
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let links = db::imports::images_of(conn, &ids).await?;

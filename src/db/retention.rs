@@ -50,7 +50,7 @@ pub async fn claim(
     every: Duration,
     now: DateTime<Utc>,
 ) -> Result<bool, DbError> {
-    let since = now - chrono::Duration::from_std(every).unwrap_or(chrono::Duration::MAX);
+    let since = crate::retention::ago(now, every);
     let n = diesel::update(retention_rounds::table.find(round.as_str()))
         .filter(retention_rounds::claimed_at.le(since))
         .set(retention_rounds::claimed_at.eq(now))

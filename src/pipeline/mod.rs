@@ -20,6 +20,7 @@ pub mod metadata;
 pub mod orient;
 pub mod placeholder;
 pub mod planar;
+pub mod privacy;
 pub mod resize;
 pub mod sniff;
 pub mod variant;

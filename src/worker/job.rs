@@ -549,6 +549,11 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
         (Err(StorageError::NotFound(key)), None) => return Err(JobError::OriginalMissing(key)),
         (Err(e), _) => return Err(e.into()),
     };
+    let original = if ctx.config.privacy.strip_gps {
+        without_gps(ctx, photo, original).await?
+    } else {
+        original
+    };
     let spec = match photo.source_url {
         Some(_) => ctx.import_spec.clone(),
         None => ctx.spec.clone(),
@@ -613,6 +618,27 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
         variants,
         original: original_info,
     })
+}
+
+/// The original with its GPS position removed (`privacy.strip_gps`), stored again when it
+/// had one; as it is otherwise. A later attempt finds it stripped already.
+async fn without_gps(
+    ctx: &WorkerContext,
+    photo: &Photo,
+    original: Bytes,
+) -> Result<Bytes, JobError> {
+    let mut bytes = original.to_vec();
+    if !crate::pipeline::privacy::strip_gps(&mut bytes) {
+        return Ok(original);
+    }
+    let bytes = Bytes::from(bytes);
+    let content_type =
+        crate::pipeline::sniff::sniff(&bytes).map_or("application/octet-stream", |f| f.mime());
+    ctx.storage
+        .put(&photo.original_key, bytes.clone(), content_type)
+        .await?;
+    tracing::info!("GPS position removed from the original");
+    Ok(bytes)
 }
 
 /// A downloaded original, described once it has been processed: its type as sniffed, its
