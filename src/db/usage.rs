@@ -147,9 +147,10 @@ pub async fn usage(
 }
 
 /// Whether `owner` may add `photos` photos holding `bytes` bytes now; inside the caller's
-/// transaction. With no quota nothing is read or locked. Otherwise the owner's row is
-/// locked until the transaction ends, so that its admissions are decided one after the
-/// other and a quota is never overrun by requests racing each other.
+/// transaction. With no quota only the owner's settings are read and nothing is locked.
+/// Otherwise the owner's row is locked until the transaction ends, so that its admissions
+/// are decided one after the other and a quota is never overrun by requests racing each
+/// other.
 pub async fn admit(
     conn: &mut AsyncPgConnection,
     owner: Uuid,
