@@ -806,11 +806,11 @@ impl Config {
         if r.idempotency_hours == 0
             || r.sweep_interval_secs == 0
             || r.orphan_interval_secs == 0
-            || r.orphan_grace_secs < 60
+            || r.orphan_grace_secs < 600
         {
             return invalid(
                 "retention.idempotency_hours, sweep_interval_secs and orphan_interval_secs \
-                 must be > 0, orphan_grace_secs at least 60"
+                 must be > 0, orphan_grace_secs at least 600 (uploads in progress are younger)"
                     .into(),
             );
         }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::db::retention::{Retained, Round};
+use crate::db::retention::Round;
 use crate::db::{self, DbError, DbPool};
 use crate::metrics::Metrics;
 use crate::storage::{photo_of_key, ObjectInfo, Storage, StorageError};
@@ -172,8 +172,7 @@ pub async fn sweep_rows(
         loop {
             let marked = {
                 let mut conn = db::conn(pool).await?;
-                let ids =
-                    db::retention::expired(&mut conn, Retained::Original, before, CHUNK).await?;
+                let ids = db::retention::expired_originals(&mut conn, before, CHUNK).await?;
                 db::retention::mark_originals_removed(&mut conn, &ids, now).await?
             };
             if marked.is_empty() {
@@ -195,9 +194,7 @@ pub async fn sweep_rows(
         loop {
             let ended = {
                 let mut conn = db::conn(pool).await?;
-                let ids = db::retention::expired(&mut conn, Retained::Unsuccessful, before, CHUNK)
-                    .await?;
-                db::lifecycle::tombstone(&mut conn, &ids, now).await?
+                db::retention::tombstone_unsuccessful(&mut conn, before, CHUNK, now).await?
             };
             if ended.is_empty() {
                 break;
@@ -220,7 +217,7 @@ pub async fn sweep_rows(
     removed.webhook_deliveries = drain(&mut conn, Rows::Deliveries, events_before).await?;
     removed.stream_tokens = db::events::prune_tokens(&mut conn, now).await? as u64;
     // Not a removal: the byte counts of quotas (`db::usage`) kept short.
-    while db::usage::fold(&mut conn, CHUNK).await? > 0 {}
+    db::usage::fold(&mut conn, CHUNK).await?;
     Ok(removed)
 }
 
@@ -277,7 +274,8 @@ pub async fn sweep_orphans(
             }
         }
         if page.len() == WALK_PAGE || (end && !page.is_empty()) {
-            removed.add(&remove_unrecorded(pool, storage, std::mem::take(&mut page)).await?);
+            let page = std::mem::take(&mut page);
+            removed.add(&remove_unrecorded(pool, storage, page, cutoff).await?);
         }
         if end {
             return Ok(removed);
@@ -285,11 +283,13 @@ pub async fn sweep_orphans(
     }
 }
 
-/// Of `page`, removes the objects no photo records.
+/// Of `page`, removes the objects no photo records and still written before `cutoff`
+/// (looked at again just before: a photo retried since the listing rewrites its objects).
 async fn remove_unrecorded(
     pool: &DbPool,
     storage: &Storage,
     page: Vec<(ObjectInfo, Uuid, bool)>,
+    cutoff: DateTime<Utc>,
 ) -> Result<Removed, SweepError> {
     let ids: Vec<Uuid> = page.iter().map(|(_, id, _)| *id).collect();
     let recorded = {
@@ -308,6 +308,17 @@ async fn remove_unrecorded(
         })
         .map(|(object, _, _)| object)
         .collect();
+    let mut still = Vec::with_capacity(orphans.len());
+    for object in orphans {
+        if storage
+            .modified(&object.key)
+            .await?
+            .is_some_and(|m| m < cutoff)
+        {
+            still.push(object);
+        }
+    }
+    let orphans = still;
     let keys: Vec<String> = orphans.iter().map(|o| o.key.clone()).collect();
     storage.delete_many(&keys).await?;
     for object in &orphans {

@@ -164,6 +164,7 @@ pub async fn erase(conn: &mut AsyncPgConnection, owner: Uuid) -> Result<Erased, 
         diesel::delete(owners::table.find(owner))
             .execute(conn)
             .await?;
+        // After the owner's row, as `db::usage` takes them: the row first, then its changes.
         diesel::delete(usage_changes::table.filter(usage_changes::owner_id.eq(owner)))
             .execute(conn)
             .await?;

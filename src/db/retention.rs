@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel::sql_types::{BigInt, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::schema::{photos, retention_rounds, variants};
@@ -22,15 +22,6 @@ pub enum Round {
     Rows,
     /// The walk over storage for objects no row records.
     Orphans,
-}
-
-impl Retained {
-    fn as_str(self) -> &'static str {
-        match self {
-            Retained::Original => "original",
-            Retained::Unsuccessful => "unsuccessful",
-        }
-    }
 }
 
 impl Round {
@@ -59,38 +50,54 @@ pub async fn claim(
     Ok(n == 1)
 }
 
-/// What retention looks at a finished photo for (the generated column `retained`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retained {
-    /// A completed photo whose original is still stored.
-    Original,
-    /// A failed, dead or cancelled photo.
-    Unsuccessful,
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
 }
 
-/// Up to `limit` photos retained for `what` that finished before `before`, oldest first.
-pub async fn expired(
+/// Up to `limit` completed photos whose originals are still stored and that completed
+/// before `before`, oldest first.
+pub async fn expired_originals(
     conn: &mut AsyncPgConnection,
-    what: Retained,
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<Uuid>, DbError> {
-    #[derive(QueryableByName)]
-    struct Id {
-        #[diesel(sql_type = SqlUuid)]
-        id: Uuid,
-    }
     // `retained` is left out of schema.rs: diesel's tables stop at 32 columns.
     let ids: Vec<Id> = diesel::sql_query(
-        "SELECT id FROM photos WHERE retained = $1 AND completed_at < $2 \
-         ORDER BY completed_at LIMIT $3",
+        "SELECT id FROM photos WHERE retained = 'original' AND completed_at < $1 \
+         ORDER BY completed_at LIMIT $2",
     )
-    .bind::<Text, _>(what.as_str())
     .bind::<Timestamptz, _>(before)
     .bind::<BigInt, _>(limit)
     .load(conn)
     .await?;
     Ok(ids.into_iter().map(|r| r.id).collect())
+}
+
+/// Deletes (as tombstones) up to `limit` failed, dead or cancelled photos that ended before
+/// `before`, oldest first; returns them. The photos are locked as they are chosen, so a
+/// retry or redrive asked for meanwhile either comes first (and the photo is no longer
+/// chosen) or finds it deleted.
+pub async fn tombstone_unsuccessful(
+    conn: &mut AsyncPgConnection,
+    before: DateTime<Utc>,
+    limit: i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, DbError> {
+    conn.transaction::<_, DbError, _>(async |conn| {
+        let ids: Vec<Id> = diesel::sql_query(
+            "SELECT id FROM photos WHERE retained = 'unsuccessful' AND completed_at < $1 \
+             ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind::<Timestamptz, _>(before)
+        .bind::<BigInt, _>(limit)
+        .load(conn)
+        .await?;
+        let ids: Vec<Uuid> = ids.into_iter().map(|r| r.id).collect();
+        super::lifecycle::tombstone(conn, &ids, now).await
+    })
+    .await
 }
 
 /// Records that the originals of `ids` (completed photos still holding theirs) are

@@ -14,7 +14,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::schema::{owners, photos};
+use super::schema::{owners, photos, usage_changes};
 use super::DbError;
 use crate::config::QuotasConfig;
 
@@ -164,23 +164,10 @@ pub async fn admit(
         return Ok(());
     }
     // Locks the row and adds the owner's changes in.
-    let used: Bytes = diesel::sql_query(
-        "WITH locked AS (SELECT id FROM owners WHERE id = $1 FOR UPDATE), \
-              gone AS (DELETE FROM usage_changes WHERE owner_id = (SELECT id FROM locked) \
-                       RETURNING bytes) \
-         UPDATE owners SET bytes_used = bytes_used + coalesce((SELECT sum(bytes) FROM gone), 0) \
-         WHERE id = (SELECT id FROM locked) RETURNING bytes_used AS n",
-    )
-    .bind::<SqlUuid, _>(owner)
-    .get_result(conn)
-    .await?;
+    let used = fold_owner(conn, owner).await?.unwrap_or(0);
     if let Some(limit) = limits.bytes_stored {
-        if used.n >= limit || (bytes > 0 && used.n + bytes > limit) {
-            return Err(Exceeded::BytesStored {
-                limit,
-                used: used.n,
-            }
-            .into());
+        if used >= limit || (bytes > 0 && used + bytes > limit) {
+            return Err(Exceeded::BytesStored { limit, used }.into());
         }
     }
     if let Some(limit) = limits.photos_per_day {
@@ -199,20 +186,46 @@ pub async fn admit(
     Ok(())
 }
 
-/// Adds up to `limit` changes (oldest first) into their owners' totals; returns how many.
+/// Adds the pending changes of up to `limit` owners into their totals, each owner's row
+/// locked before its changes are taken (the order `admit` takes them in, so the two never
+/// wait for each other in a cycle); changes of owners that no longer exist are dropped.
+/// Returns the owners whose changes were taken.
 pub async fn fold(conn: &mut AsyncPgConnection, limit: i64) -> Result<usize, DbError> {
-    Ok(diesel::sql_query(
-        "WITH gone AS (DELETE FROM usage_changes WHERE seq IN ( \
-             SELECT seq FROM usage_changes ORDER BY seq LIMIT $1) RETURNING owner_id, bytes), \
-         per_owner AS (SELECT owner_id, sum(bytes) AS b, count(*) AS n FROM gone \
-                       GROUP BY owner_id), \
-         added AS (UPDATE owners AS o SET bytes_used = o.bytes_used + p.b \
-                   FROM per_owner AS p WHERE o.id = p.owner_id RETURNING 1) \
-         SELECT owner_id FROM per_owner",
+    #[derive(QueryableByName)]
+    struct Owner {
+        #[diesel(sql_type = SqlUuid)]
+        owner_id: Uuid,
+    }
+    let owners: Vec<Owner> =
+        diesel::sql_query("SELECT DISTINCT owner_id FROM usage_changes LIMIT $1")
+            .bind::<BigInt, _>(limit)
+            .load(conn)
+            .await?;
+    for o in &owners {
+        if fold_owner(conn, o.owner_id).await?.is_none() {
+            diesel::delete(usage_changes::table.filter(usage_changes::owner_id.eq(o.owner_id)))
+                .execute(conn)
+                .await?;
+        }
+    }
+    Ok(owners.len())
+}
+
+/// Locks `owner`'s row and adds its pending changes into its total; the total, or `None`
+/// when there is no such owner.
+async fn fold_owner(conn: &mut AsyncPgConnection, owner: Uuid) -> Result<Option<i64>, DbError> {
+    let used: Option<Bytes> = diesel::sql_query(
+        "WITH locked AS (SELECT id FROM owners WHERE id = $1 FOR UPDATE), \
+              gone AS (DELETE FROM usage_changes WHERE owner_id = (SELECT id FROM locked) \
+                       RETURNING bytes) \
+         UPDATE owners SET bytes_used = bytes_used + coalesce((SELECT sum(bytes) FROM gone), 0) \
+         WHERE id = (SELECT id FROM locked) RETURNING bytes_used AS n",
     )
-    .bind::<BigInt, _>(limit)
-    .execute(conn)
-    .await?)
+    .bind::<SqlUuid, _>(owner)
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(used.map(|b| b.n))
 }
 
 /// Changes `owner`'s own quotas: each `Some` given replaces that quota (`Some(None)`: the

@@ -1,7 +1,8 @@
 //! Location privacy (`privacy.strip_gps`): the GPS position taken out of an original's EXIF
 //! in place. The GPS directory's values are zeroed and its entries dropped; the file keeps
 //! its length and every other byte, so the picture, the maker notes and every other offset
-//! read as before. Variants never carry EXIF in the first place.
+//! read as before. Variants carry no EXIF (but an import's `compressed` rendition kept with
+//! `import.compressed_keep = ["exif"]`, made from the original once stripped).
 
 /// IFD0's pointer to the GPS directory.
 const GPS_IFD_TAG: u16 = 0x8825;
@@ -110,7 +111,7 @@ fn gps_ifd(tiff: &[u8], order: Order) -> Option<usize> {
     let ifd0 = order.u32_at(tiff, 4)?;
     let count = usize::from(order.u16_at(tiff, ifd0)?);
     (0..count)
-        .map(|i| ifd0 + 2 + i * 12)
+        .map_while(|i| i.checked_mul(12)?.checked_add(ifd0.checked_add(2)?))
         .find(|entry| order.u16_at(tiff, *entry) == Some(GPS_IFD_TAG))
         .and_then(|entry| order.u32_at(tiff, entry + 8))
         .filter(|at| *at > 0 && *at < tiff.len())
@@ -173,10 +174,13 @@ fn strip_png(file: &mut [u8]) -> bool {
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
         .map(|b| u32::from_be_bytes(b) as usize)
     {
-        let (data, stop) = (pos + 8, pos + 8 + len);
-        if stop + 4 > file.len() {
+        let Some((data, stop)) = pos
+            .checked_add(8)
+            .and_then(|data| Some((data, data.checked_add(len)?)))
+            .filter(|(_, stop)| stop.checked_add(4).is_some_and(|end| end <= file.len()))
+        else {
             return changed;
-        }
+        };
         if &file[pos + 4..pos + 8] == b"eXIf" && strip_gps_tiff(&mut file[data..stop]) {
             let crc = crc32fast::hash(&file[pos + 4..stop]);
             file[stop..stop + 4].copy_from_slice(&crc.to_be_bytes());
@@ -195,10 +199,13 @@ fn strip_webp(file: &mut [u8]) -> bool {
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
         .map(|b| u32::from_le_bytes(b) as usize)
     {
-        let (data, stop) = (pos + 8, pos + 8 + len);
-        if stop > file.len() {
+        let Some((data, stop)) = pos
+            .checked_add(8)
+            .and_then(|data| Some((data, data.checked_add(len)?)))
+            .filter(|(_, stop)| *stop <= file.len())
+        else {
             return changed;
-        }
+        };
         if &file[pos..pos + 4] == b"EXIF" {
             let block = &mut file[data..stop];
             let tiff = if block.starts_with(EXIF_HEADER) {

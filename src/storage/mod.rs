@@ -192,6 +192,18 @@ impl Storage {
         }
     }
 
+    /// When the object was last written, or None when there is no such object.
+    pub async fn modified(
+        &self,
+        key: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StorageError> {
+        match self.store.head(&Path::from(key)).await {
+            Ok(meta) => Ok(Some(meta.last_modified)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Every object, in no particular order, page by page.
     pub fn list(&self) -> impl futures_util::Stream<Item = Result<ObjectInfo, StorageError>> + '_ {
         self.store.list(None).map(|meta| {

@@ -415,6 +415,8 @@ async fn run(
                 reason: &reason,
             };
             if !end(ctx, photo_id, attempt, failed).await? {
+                // A delete may have come while the original was stored again (`strip_gps`).
+                remove_if_deleted(ctx, photo_id).await;
                 return stale(ctx, entry).await;
             }
             ctx.queue.ack(entry).await?;
@@ -433,6 +435,8 @@ async fn run(
                 reason: &reason,
             };
             if !end(ctx, photo_id, attempt, dead).await? {
+                // A delete may have come while the original was stored again (`strip_gps`).
+                remove_if_deleted(ctx, photo_id).await;
                 return stale(ctx, entry).await;
             }
             ctx.queue
@@ -456,6 +460,8 @@ async fn run(
                 after: delay,
             };
             if !end(ctx, photo_id, attempt, retry).await? {
+                // A delete may have come while the original was stored again (`strip_gps`).
+                remove_if_deleted(ctx, photo_id).await;
                 return stale(ctx, entry).await;
             }
             // Due no earlier than the time recorded: counted from after the record.
