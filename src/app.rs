@@ -55,6 +55,11 @@ pub enum StartError {
     Sweep(#[from] crate::retention::SweepError),
     #[error("no key with id {0}")]
     NoSuchKey(uuid::Uuid),
+    #[error(transparent)]
+    Reprocess(#[from] crate::reprocess::ReprocessError),
+    /// A reprocessing target that cannot be reprocessed.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Which roles a process runs.
@@ -324,6 +329,7 @@ async fn run(
         Command::Health { url } => return health(&config, url).await,
         Command::Purge { key, json } => return purge(&config, key, json).await,
         Command::Sweep { json } => return sweep(&config, json).await,
+        Command::Reprocess(args) => return reprocess(&config, args).await,
         Command::Quota {
             owner,
             photos_per_day,
@@ -462,6 +468,63 @@ async fn purge(config: &Config, key: uuid::Uuid, json: bool) -> Result<(), Start
         purged.objects,
         purged.queue_entries
     );
+    Ok(())
+}
+
+async fn reprocess(config: &Config, args: crate::cli::ReprocessArgs) -> Result<(), StartError> {
+    use crate::db::reprocess::{Refusal, Target};
+    let pool = db::connect(&config.database).await?;
+    let queue = Queue::new(&config.redis)?;
+    let target = match (args.photo, args.batch) {
+        (Some(id), _) => Target::Photo(id),
+        (None, Some(id)) => Target::Batch(id),
+        (None, None) => Target::All,
+    };
+    let mut run = crate::reprocess::request(&pool, &queue, config, None, target, args.force)
+        .await?
+        .map_err(|refusal| {
+            StartError::Refused(match refusal {
+                Refusal::NotFound => format!("no such {}", target.as_str()),
+                Refusal::NotCompleted => "only completed photos are reprocessed".into(),
+                Refusal::OriginalRemoved => "retention removed the photo's original".into(),
+            })
+        })?;
+    let mut shown = None;
+    loop {
+        let line = format!(
+            "reprocessing run {}: {} photos ({} up to date, {} in an earlier run): {} done, \
+             {} failed, {} skipped, {} to go",
+            run.id,
+            run.total,
+            run.up_to_date,
+            run.busy,
+            run.done,
+            run.failed,
+            run.skipped,
+            run.queued + run.processing
+        );
+        if !args.json && shown.as_ref() != Some(&line) {
+            println!("{line}");
+            shown = Some(line);
+        }
+        if !args.wait || run.finished() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let mut conn = db::conn(&pool).await?;
+        run = db::reprocess::progress(&mut conn, run.id, None)
+            .await?
+            .ok_or_else(|| StartError::Refused("the run was erased meanwhile".into()))?;
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!(crate::api::reprocess::ReprocessRun::from(run.clone()))
+        );
+    }
+    if args.wait && run.failed > 0 {
+        return Err(StartError::SomeFailed);
+    }
     Ok(())
 }
 

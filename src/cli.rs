@@ -72,6 +72,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make completed photos' variants again with the variant configuration of now, after a
+    /// change: one photo, a batch, or every owner's photos. Takes the photos whose variants
+    /// were made with another configuration (all of them with --force); they go on the bulk
+    /// lane and keep serving their variants until the new ones replace them. Prints the
+    /// run; with --wait, its progress until it is finished. Run it with the workers'
+    /// configuration.
+    Reprocess(ReprocessArgs),
     /// Storage maintenance.
     #[command(subcommand)]
     Storage(StorageCommand),
@@ -101,6 +108,29 @@ fn parse_quota(s: &str) -> Result<Option<i64>, String> {
         .filter(|n| *n >= 0)
         .map(Some)
         .ok_or_else(|| format!("{s:?}: give a count (0: no limit) or `default`"))
+}
+
+#[derive(Debug, Args)]
+#[group(id = "target", required = true, multiple = false, args = ["photo", "batch", "all"])]
+pub struct ReprocessArgs {
+    /// One photo.
+    #[arg(long)]
+    pub photo: Option<Uuid>,
+    /// Every photo of a batch (or import).
+    #[arg(long)]
+    pub batch: Option<Uuid>,
+    /// Every photo of every owner.
+    #[arg(long)]
+    pub all: bool,
+    /// Also photos whose variants match the configuration already.
+    #[arg(long)]
+    pub force: bool,
+    /// Follow the run until no photo of it waits or runs; exit status 2 when some failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the run as JSON (with --wait, once finished).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

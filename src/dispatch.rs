@@ -255,6 +255,7 @@ impl Reconciler {
         }
         round.published = republish.len();
         publish(pool, queue, &republish).await?;
+        round.published += crate::reprocess::reconcile(pool, queue, config).await?;
         Ok(round)
     }
 }

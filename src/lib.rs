@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod queue;
 pub mod render;
+pub mod reprocess;
 pub mod retention;
 pub mod signing;
 pub mod state;

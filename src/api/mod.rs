@@ -18,6 +18,7 @@ pub mod openapi;
 pub mod operator;
 pub mod photos;
 pub mod products;
+pub mod reprocess;
 pub mod upload;
 pub mod webhooks;
 pub mod ws;
@@ -175,6 +176,15 @@ pub fn app(
                 .service(
                     web::resource("/photos/{id}/retry").route(web::post().to(photos::retry_photo)),
                 )
+                .service(
+                    web::resource("/photos/{id}/reprocess")
+                        .route(web::post().to(reprocess::reprocess_photo)),
+                )
+                .service(
+                    web::resource("/batches/{id}/reprocess")
+                        .route(web::post().to(reprocess::reprocess_batch)),
+                )
+                .service(web::resource("/reprocess/{id}").route(web::get().to(reprocess::get_run)))
                 .service(
                     web::resource("/dead-letters")
                         .route(web::get().to(dead_letters::list_dead_letters)),

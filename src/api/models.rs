@@ -133,10 +133,15 @@ pub struct VariantView {
     pub height: i32,
     pub bytes: i64,
     pub content_type: String,
+    /// Where to get it with the key. Its `v` names these bytes: the same URL always
+    /// answers them (cached as immutable), and a reprocessed variant has a new URL.
     pub url: String,
     /// `url` signed to open without a key until it expires, as for the original.
     pub signed_url: Option<String>,
 }
+
+/// Hex digits of a variant's ETag its URL carries as `v`.
+const VERSION_CHARS: usize = 12;
 
 /// How a caller's photo views are made: image URLs signed by the server's signer, at one
 /// moment, for how long; and whether the caller's scopes may see where a photo was taken
@@ -212,9 +217,15 @@ impl PhotoView {
             variants: variants
                 .into_iter()
                 .map(|v| {
-                    let url = format!("{}/variants/{}", photo_url(v.photo_id), v.name);
+                    // Served as immutable: the URL names the bytes (`v`, from their hash), so
+                    // a reprocessed variant has a new one.
+                    let path = format!("{}/variants/{}", photo_url(v.photo_id), v.name);
+                    let version = v.etag.get(..VERSION_CHARS).unwrap_or(&v.etag);
+                    let url = format!("{path}?v={version}");
                     VariantView {
-                        signed_url: signing.url(&url),
+                        signed_url: signing
+                            .url(&path)
+                            .map(|signed| signed.replacen('?', &format!("?v={version}&"), 1)),
                         url,
                         name: v.name,
                         width: v.width,

@@ -24,13 +24,21 @@ const ONLY_ON: &[(&str, &[(&str, &str)])] = &[
         "409",
         &[
             ("post", "/v1/photos/{id}/retry"),
+            // A photo not completed.
+            ("post", "/v1/photos/{id}/reprocess"),
             // An Idempotency-Key first used for the other kind of request.
             ("post", "/v1/photos"),
             ("post", "/v1/imports"),
             ("post", "/v1/webhooks"),
         ],
     ),
-    ("410", &[("get", "/v1/photos/{id}/original")]),
+    (
+        "410",
+        &[
+            ("get", "/v1/photos/{id}/original"),
+            ("post", "/v1/photos/{id}/reprocess"),
+        ],
+    ),
     ("413", &[("post", "/v1/photos"), ("post", "/v1/imports")]),
     ("415", &[("post", "/v1/photos")]),
     (

@@ -324,6 +324,23 @@ pub async fn get(
     .optional()?)
 }
 
+/// True while some of `owner`'s committed changes wait for the sequencer (their events
+/// are not in the log yet). A small table, drained every pass: no index needed.
+pub async fn staged(conn: &mut AsyncPgConnection, owner: Uuid) -> Result<bool, DbError> {
+    #[derive(QueryableByName)]
+    struct Staged {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        staged: bool,
+    }
+    let s: Staged = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM event_changes WHERE owner_id = $1) AS staged",
+    )
+    .bind::<SqlUuid, _>(owner)
+    .get_result(conn)
+    .await?;
+    Ok(s.staged)
+}
+
 /// Statements' changes staged and not yet numbered by the sequencer.
 pub async fn unsequenced(conn: &mut AsyncPgConnection) -> Result<i64, DbError> {
     #[derive(QueryableByName)]

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod models;
 pub mod photos;
+pub mod reprocess;
 pub mod retention;
 pub mod schema;
 pub mod usage;

@@ -189,19 +189,27 @@ impl Follower {
     }
 
     /// For a batch's follower, once the batch has nothing left to do: the events it has
-    /// not handed out yet (its last ones may be committed but not yet broadcast), after
-    /// which the batch's story is told. None while the batch goes on (or for a follower of
-    /// all events).
+    /// not handed out yet (they are in the log, maybe not yet broadcast), after which the
+    /// batch's story is told. None while the batch goes on, while some of the owner's
+    /// committed changes wait for the sequencer, or for a follower of all events.
+    ///
+    /// The sequencer keeps a batch's counts in the pass that appends its events, so once
+    /// nothing of the owner's is staged, the counts read next hold at least every change
+    /// committed before: a batch whose photos were just recorded is not taken for one with
+    /// nothing left to do.
     pub async fn batch_rest(&mut self) -> Result<Option<Vec<Arc<Published>>>, DbError> {
         let Some(batch) = self.batch else {
             return Ok(None);
         };
         let mut conn = db::conn(self.hub.pool()).await?;
+        if db::events::staged(&mut conn, self.owner).await? {
+            return Ok(None);
+        }
         let progress = db::events::batch_progress(&mut conn, self.owner, batch).await?;
-        drop(conn);
         if progress.is_some_and(|p| p.unfinished > 0) {
             return Ok(None);
         }
+        drop(conn);
         self.live = false;
         let mut rest = Vec::new();
         while let Next::Events(events) = self.next(Instant::now()).await? {

@@ -41,6 +41,10 @@ pub const EVENT_TYPES: &[(&str, &str)] = &[
         "a photo's batch was cancelled before the photo started",
     ),
     ("photo.deleted", "a photo was deleted by its owner"),
+    (
+        "photo.reprocessed",
+        "a completed photo's variants were made again (reprocess); not part of its batch's events",
+    ),
     ("batch.started", "the first photo of a batch started"),
     ("batch.completed", "every photo of a batch completed"),
     (

@@ -29,6 +29,7 @@ pub const PHOTO_SECONDS: &str = "photoq_photo_completion_seconds";
 pub const REDIS_ERRORS: &str = "photoq_redis_errors_total";
 pub const READY: &str = "photoq_ready";
 pub const RETENTION_REMOVED: &str = "photoq_retention_removed_total";
+pub const REPROCESSED: &str = "photoq_reprocess_attempts_total";
 
 /// The stages of a job, as `photoq_job_stage_duration_seconds` labels them: the original
 /// downloaded (imports), decoded, resized (with adjustments and orientation), encoded, the
@@ -74,6 +75,8 @@ pub struct Metrics {
     /// What retention removed, by kind: originals, photos, idempotency_records, events,
     /// webhook_deliveries, stream_tokens, orphans (`crate::retention::Removed`).
     retention_removed: IntCounterVec,
+    /// Reprocessing attempts, by how they ended: done, failed, retry, handed_back, stale.
+    pub reprocessed: IntCounterVec,
     /// Upload bodies being read now (at most `upload.max_concurrent`).
     pub uploads_in_flight: IntGauge,
     /// Bytes of the photos accepted by `POST /v1/photos`.
@@ -154,6 +157,10 @@ impl Metrics {
             Opts::new(RETENTION_REMOVED, "What retention removed, by kind"),
             &["what"],
         )?;
+        let reprocessed = IntCounterVec::new(
+            Opts::new(REPROCESSED, "Reprocessing attempts, by how they ended"),
+            &["outcome"],
+        )?;
         let uploads_in_flight = IntGauge::new(UPLOADS_IN_FLIGHT, "Upload bodies being read now")?;
         let upload_bytes = IntCounter::new(UPLOAD_BYTES, "Bytes of the photos accepted")?;
         let job_errors = IntCounterVec::new(
@@ -221,6 +228,7 @@ impl Metrics {
         registry.register(Box::new(reconciled.clone()))?;
         registry.register(Box::new(background_failures.clone()))?;
         registry.register(Box::new(retention_removed.clone()))?;
+        registry.register(Box::new(reprocessed.clone()))?;
         Ok(Metrics {
             registry,
             photos_uploaded,
@@ -231,6 +239,7 @@ impl Metrics {
             reconciled,
             background_failures,
             retention_removed,
+            reprocessed,
             uploads_in_flight,
             upload_bytes,
             job_errors,

@@ -380,6 +380,13 @@ pub fn variant_key(photo_id: Uuid, name: &str, extension: &str) -> String {
     format!("variants/{photo_id}/{name}.{extension}")
 }
 
+/// The key of one variant of a photo as a reprocessing attempt makes it again: a key of
+/// its own (`version` names the attempt), so the variant in use is never overwritten and
+/// an attempt that records nothing removes only what it stored.
+pub fn remade_variant_key(photo_id: Uuid, name: &str, version: &str, extension: &str) -> String {
+    format!("variants/{photo_id}/{name}.{version}.{extension}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,7 +70,7 @@ pub enum JobError {
 
 impl JobError {
     /// The input is at fault (or gone): retrying cannot help.
-    fn is_permanent(&self) -> bool {
+    pub(super) fn is_permanent(&self) -> bool {
         match self {
             JobError::Permanent(_) | JobError::OriginalMissing(_) => true,
             JobError::Fetch(e) => !e.is_transient(),
@@ -93,7 +93,7 @@ impl JobError {
         }
     }
 
-    fn db_unreachable(&self) -> bool {
+    pub(super) fn db_unreachable(&self) -> bool {
         match self {
             JobError::Db(e) => e.is_transient(),
             JobError::Commit(e) => matches!(e, CommitError::Unreachable(_)),
@@ -157,12 +157,36 @@ impl Started {
     }
 }
 
+/// A job to run: a photo's processing, or a completed photo's reprocessing.
+pub enum Job {
+    Process(Started),
+    Reprocess(super::reprocess::Reprocess),
+}
+
+impl Job {
+    pub fn span(&self) -> tracing::Span {
+        match self {
+            Job::Process(s) => s.span(),
+            Job::Reprocess(r) => r.span(),
+        }
+    }
+}
+
+/// Runs a started job to its end.
+pub async fn handle(ctx: &WorkerContext, job: Job) {
+    match job {
+        Job::Process(started) => process(ctx, started).await,
+        Job::Reprocess(r) => super::reprocess::handle(ctx, r).await,
+    }
+}
+
 /// Starts a read batch: drops malformed entries, records the start of every photo in one
-/// transaction (or its death, when its attempt budget is spent), and acknowledges entries
-/// that start nothing (duplicates, photos final or running elsewhere). Returns the jobs
-/// to run. If PostgreSQL is unreachable the entries are handed back and the worker pauses;
+/// transaction (or its death, when its attempt budget is spent), starts the reprocessing
+/// of completed photos whose bulk entries name one (`super::reprocess`), and acknowledges
+/// entries that start nothing (duplicates, photos final or running elsewhere). Returns the
+/// jobs to run. If PostgreSQL is unreachable the entries are handed back and the worker pauses;
 /// on any other error they stay pending, to be taken over later.
-pub async fn start_all(ctx: &WorkerContext, deliveries: Vec<Delivery>) -> Vec<Started> {
+pub async fn start_all(ctx: &WorkerContext, deliveries: Vec<Delivery>) -> Vec<Job> {
     let mut done_with = Vec::new();
     let mut entries = std::collections::HashMap::new();
     let mut traces = std::collections::HashMap::new();
@@ -205,12 +229,12 @@ pub async fn start_all(ctx: &WorkerContext, deliveries: Vec<Delivery>) -> Vec<St
                     let traceparent = traces
                         .remove(&photo.id)
                         .or_else(|| photo.trace_parent.clone());
-                    ready.push(Started {
+                    ready.push(Job::Process(Started {
                         entry: d.entry,
                         photo,
                         attempt,
                         traceparent,
-                    });
+                    }));
                 }
             }
             for (photo_id, reason) in starts.dead {
@@ -220,7 +244,10 @@ pub async fn start_all(ctx: &WorkerContext, deliveries: Vec<Delivery>) -> Vec<St
                 let span = tracing::info_span!("attempt", photo_id = %photo_id, entry = %d.entry);
                 bury_unstarted(ctx, &d, &reason).instrument(span).await;
             }
-            // Left: duplicates, photos final or running elsewhere; nothing to do.
+            // Left: reprocessing, duplicates, photos final or running elsewhere.
+            for r in super::reprocess::start(ctx, &mut entries).await {
+                ready.push(Job::Reprocess(r));
+            }
             for (photo_id, d) in entries {
                 tracing::debug!(photo_id = %photo_id, entry = %d.entry, "stale delivery acknowledged");
                 ctx.metrics.stale("start");
@@ -264,7 +291,7 @@ async fn bury_unstarted(ctx: &WorkerContext, d: &Delivered, reason: &str) {
     }
 }
 
-pub async fn handle(ctx: &WorkerContext, job: Started) {
+async fn process(ctx: &WorkerContext, job: Started) {
     let mut counted = JobOutcome::new(&ctx.metrics);
     let started = Instant::now();
     let Started {
@@ -314,7 +341,7 @@ pub async fn handle(ctx: &WorkerContext, job: Started) {
 /// Renews the claim on the entry while the job runs, so no other worker takes it over.
 /// When another worker has taken it over anyway, cancels `lost` (the job stops at its next
 /// safe point) and renews no more.
-async fn keep_claim(
+pub(super) async fn keep_claim(
     ctx: &WorkerContext,
     entry: &str,
     lost: &CancellationToken,
@@ -335,7 +362,7 @@ async fn keep_claim(
 
 /// A stale attempt (taken over while it ran, or its end found the photo moved on): nothing
 /// recorded; the entry is released if this worker still holds it.
-async fn stale(ctx: &WorkerContext, entry: &str) -> Result<Outcome, JobError> {
+pub(super) async fn stale(ctx: &WorkerContext, entry: &str) -> Result<Outcome, JobError> {
     tracing::warn!("attempt superseded while it ran; its outcome is not recorded");
     ctx.metrics.stale("finish");
     ctx.consumer.release(&[entry]).await?;
@@ -560,10 +587,7 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
     } else {
         original
     };
-    let spec = match photo.source_url {
-        Some(_) => ctx.import_spec.clone(),
-        None => ctx.spec.clone(),
-    };
+    let spec = spec_of(ctx, photo);
     let original_info = described(photo, downloaded.as_ref(), &original);
     if ctx.config.pipeline.reuse_duplicates {
         // An upload's hash was taken when it was received, a download's just now.
@@ -590,27 +614,7 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
     ctx.metrics.stage("encode", t.encode);
 
     let storing = Instant::now();
-    let store_span = tracing::info_span!("store", variants = processed.variants.len());
-    let mut variants = Vec::with_capacity(processed.variants.len());
-    for v in processed.variants {
-        let key = storage::variant_key(photo.id, &v.name, v.extension);
-        let etag = hex::encode(&Sha256::digest(&v.data)[..16]);
-        let bytes = v.data.len() as i64;
-        ctx.storage
-            .put(&key, Bytes::from(v.data), v.content_type)
-            .instrument(store_span.clone())
-            .await?;
-        variants.push(Variant {
-            photo_id: photo.id,
-            name: v.name,
-            storage_key: key,
-            content_type: v.content_type.to_owned(),
-            width: v.width as i32,
-            height: v.height as i32,
-            bytes,
-            etag,
-        });
-    }
+    let variants = store_variants(ctx, photo.id, processed.variants, None, &mut Vec::new()).await?;
     ctx.metrics.stage("store", storing.elapsed());
     let exif = serde_json::to_value(&processed.exif)
         .map_err(|e| JobError::Crashed(format!("exif to json: {e}")))?;
@@ -624,6 +628,52 @@ async fn execute(ctx: &WorkerContext, photo: &Photo) -> Result<Completion, JobEr
         variants,
         original: original_info,
     })
+}
+
+/// The spec a photo's variants are made with: imported images get the `compressed`
+/// rendition too.
+pub(super) fn spec_of(ctx: &WorkerContext, photo: &Photo) -> std::sync::Arc<pipeline::Spec> {
+    match photo.source_url {
+        Some(_) => ctx.import_spec.clone(),
+        None => ctx.spec.clone(),
+    }
+}
+
+/// Stores the variants a pipeline made, under their keys (a reprocessing attempt's own,
+/// with `version`), each key in `stored` once it is written; their rows to record.
+pub(super) async fn store_variants(
+    ctx: &WorkerContext,
+    photo_id: Uuid,
+    made: Vec<pipeline::EncodedVariant>,
+    version: Option<&str>,
+    stored: &mut Vec<String>,
+) -> Result<Vec<Variant>, JobError> {
+    let store_span = tracing::info_span!("store", variants = made.len());
+    let mut variants = Vec::with_capacity(made.len());
+    for v in made {
+        let key = match version {
+            None => storage::variant_key(photo_id, &v.name, v.extension),
+            Some(version) => storage::remade_variant_key(photo_id, &v.name, version, v.extension),
+        };
+        let etag = hex::encode(&Sha256::digest(&v.data)[..16]);
+        let bytes = v.data.len() as i64;
+        ctx.storage
+            .put(&key, Bytes::from(v.data), v.content_type)
+            .instrument(store_span.clone())
+            .await?;
+        stored.push(key.clone());
+        variants.push(Variant {
+            photo_id,
+            name: v.name,
+            storage_key: key,
+            content_type: v.content_type.to_owned(),
+            width: v.width as i32,
+            height: v.height as i32,
+            bytes,
+            etag,
+        });
+    }
+    Ok(variants)
 }
 
 /// The original with its GPS position removed (`privacy.strip_gps`), stored again when it
@@ -742,7 +792,7 @@ async fn download(
 /// The pipeline on the blocking pool, in the job's span, bounded by the job timeout. A
 /// panic in the image code is a transient failure (retried, then dead-lettered), never the
 /// end of the worker.
-async fn process_blocking(
+pub(super) async fn process_blocking(
     ctx: &WorkerContext,
     original: Bytes,
     spec: std::sync::Arc<pipeline::Spec>,

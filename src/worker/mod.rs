@@ -6,6 +6,7 @@
 
 pub mod commit;
 pub mod job;
+pub mod reprocess;
 pub mod retry;
 
 use std::panic::AssertUnwindSafe;

@@ -1,0 +1,2 @@
+DROP TABLE reprocessing;
+DROP TABLE reprocess_runs;

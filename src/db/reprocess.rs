@@ -1,0 +1,542 @@
+//! Reprocessing runs and the per-photo rows of `reprocessing` (see the migration
+//! `2026-12-10-000017_reprocess` for the states): each move is one guarded statement, so a
+//! duplicate or stale delivery, or an attempt whose lease was taken over, changes nothing.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{
+    Array, BigInt, Bool, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::models::{Photo, Variant};
+use super::schema::{batches, photos, variants};
+use super::DbError;
+
+/// What a run reprocesses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Photo(Uuid),
+    Batch(Uuid),
+    /// Every photo (of the owner, when the run has one).
+    All,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Photo(_) => "photo",
+            Target::Batch(_) => "batch",
+            Target::All => "all",
+        }
+    }
+}
+
+/// What to take: photos whose variants were made with a configuration other than these
+/// fingerprints (uploads', imports'), or every completed photo with `force`.
+#[derive(Debug, Clone)]
+pub struct Selection<'a> {
+    pub upload_fingerprint: &'a str,
+    pub import_fingerprint: &'a str,
+    pub force: bool,
+}
+
+/// A run as it stands.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct RunProgress {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub owner_id: Option<Uuid>,
+    #[diesel(sql_type = Text)]
+    pub target: String,
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+    #[diesel(sql_type = Integer)]
+    pub total: i32,
+    #[diesel(sql_type = Integer)]
+    pub up_to_date: i32,
+    #[diesel(sql_type = Integer)]
+    pub busy: i32,
+    #[diesel(sql_type = BigInt)]
+    pub queued: i64,
+    #[diesel(sql_type = BigInt)]
+    pub processing: i64,
+    #[diesel(sql_type = BigInt)]
+    pub done: i64,
+    #[diesel(sql_type = BigInt)]
+    pub failed: i64,
+    #[diesel(sql_type = BigInt)]
+    pub skipped: i64,
+}
+
+impl RunProgress {
+    /// No photo of the run is waiting or running.
+    pub fn finished(&self) -> bool {
+        self.queued + self.processing == 0
+    }
+}
+
+/// Why a photo cannot be reprocessed (a run over one photo).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NotFound,
+    /// Only completed photos are reprocessed (`state` is where it is).
+    NotCompleted,
+    /// Retention removed its original.
+    OriginalRemoved,
+}
+
+/// Creates a run over `target` (the owner's photos, or everybody's without one): every
+/// completed photo with its original whose variants are outdated (all of them with
+/// `force`) gets a `queued` row, unless an earlier run still has it. Returns the run and
+/// the photos to publish; a refusal for a single photo that cannot be reprocessed, or a
+/// batch that is not the owner's.
+pub async fn request(
+    conn: &mut AsyncPgConnection,
+    owner: Option<Uuid>,
+    target: Target,
+    selection: &Selection<'_>,
+) -> Result<Result<(RunProgress, Vec<Uuid>), Refusal>, DbError> {
+    conn.transaction::<_, DbError, _>(async |conn| {
+        // A run over one photo or batch belongs to its owner, also when an operator asks.
+        let owner = match locate(conn, owner, target).await? {
+            Ok(found) => found.or(owner),
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let run = Uuid::now_v7();
+        let now = Utc::now();
+        diesel::sql_query(
+            "INSERT INTO reprocess_runs (id, owner_id, target, created_at, total, up_to_date, busy) \
+             VALUES ($1, $2, $3, $4, 0, 0, 0)",
+        )
+        .bind::<SqlUuid, _>(run)
+        .bind::<Nullable<SqlUuid>, _>(owner)
+        .bind::<Text, _>(target.as_str())
+        .bind::<Timestamptz, _>(now)
+        .execute(conn)
+        .await?;
+        let (photo, batch) = match target {
+            Target::Photo(id) => (Some(id), None),
+            Target::Batch(id) => (None, Some(id)),
+            Target::All => (None, None),
+        };
+        #[derive(QueryableByName)]
+        struct Taken {
+            #[diesel(sql_type = BigInt)]
+            up_to_date: i64,
+            #[diesel(sql_type = BigInt)]
+            outdated: i64,
+            #[diesel(sql_type = Array<SqlUuid>)]
+            taken: Vec<Uuid>,
+        }
+        let taken: Taken = diesel::sql_query(
+            "WITH c AS ( \
+                 SELECT p.id, \
+                        NOT $3 AND p.variant_fingerprint IS NOT DISTINCT FROM \
+                            CASE WHEN p.source_url IS NULL THEN $4 ELSE $5 END AS current \
+                 FROM photos AS p \
+                 WHERE p.state = 'completed' AND p.original_removed_at IS NULL \
+                   AND ($6::uuid IS NULL OR p.owner_id = $6) \
+                   AND ($7::uuid IS NULL OR p.id = $7) \
+                   AND ($8::uuid IS NULL OR p.batch_id = $8)), \
+             ins AS ( \
+                 INSERT INTO reprocessing AS r (photo_id, run_id, state, queued_at) \
+                 SELECT c.id, $1, 'queued', $2 FROM c WHERE NOT c.current ORDER BY c.id \
+                 ON CONFLICT (photo_id) DO UPDATE \
+                 SET run_id = excluded.run_id, state = 'queued', attempts = 0, \
+                     queued_at = excluded.queued_at, lease = NULL, entry_id = NULL, \
+                     published_at = NULL, started_at = NULL, next_attempt_at = NULL, \
+                     finished_at = NULL, error_code = NULL, error = NULL \
+                 WHERE r.state NOT IN ('queued', 'processing') \
+                 RETURNING r.photo_id) \
+             SELECT (SELECT count(*) FROM c WHERE c.current) AS up_to_date, \
+                    (SELECT count(*) FROM c WHERE NOT c.current) AS outdated, \
+                    ARRAY(SELECT photo_id FROM ins) AS taken",
+        )
+        .bind::<SqlUuid, _>(run)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Bool, _>(selection.force)
+        .bind::<Text, _>(selection.upload_fingerprint)
+        .bind::<Text, _>(selection.import_fingerprint)
+        .bind::<Nullable<SqlUuid>, _>(owner)
+        .bind::<Nullable<SqlUuid>, _>(photo)
+        .bind::<Nullable<SqlUuid>, _>(batch)
+        .get_result(conn)
+        .await?;
+        let total = taken.taken.len() as i64;
+        diesel::sql_query(
+            "UPDATE reprocess_runs SET total = $2, up_to_date = $3, busy = $4 WHERE id = $1",
+        )
+        .bind::<SqlUuid, _>(run)
+        .bind::<Integer, _>(clamp(total))
+        .bind::<Integer, _>(clamp(taken.up_to_date))
+        .bind::<Integer, _>(clamp(taken.outdated - total))
+        .execute(conn)
+        .await?;
+        let progress = progress(conn, run, owner)
+            .await?
+            .ok_or_else(|| DbError::Invariant("a run just created is missing".into()))?;
+        Ok(Ok((progress, taken.taken)))
+    })
+    .await
+}
+
+fn clamp(n: i64) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The owner of `target` (a photo's or batch's; None for all), or why it cannot be
+/// reprocessed for `owner`.
+async fn locate(
+    conn: &mut AsyncPgConnection,
+    owner: Option<Uuid>,
+    target: Target,
+) -> Result<Result<Option<Uuid>, Refusal>, DbError> {
+    match target {
+        Target::Photo(id) => {
+            let mut q = photos::table
+                .filter(photos::id.eq(id))
+                .filter(photos::state.ne("deleted"))
+                .select((photos::owner_id, photos::state, photos::original_removed_at))
+                .into_boxed();
+            if let Some(owner) = owner {
+                q = q.filter(photos::owner_id.eq(owner));
+            }
+            let found: Option<(Uuid, String, Option<DateTime<Utc>>)> =
+                q.first(conn).await.optional()?;
+            Ok(match found {
+                None => Err(Refusal::NotFound),
+                Some((_, state, _)) if state != "completed" => Err(Refusal::NotCompleted),
+                Some((_, _, Some(_))) => Err(Refusal::OriginalRemoved),
+                Some((owner, _, None)) => Ok(Some(owner)),
+            })
+        }
+        Target::Batch(id) => {
+            let mut q = batches::table
+                .filter(batches::id.eq(id))
+                .filter(batches::deleted_at.is_null())
+                .select(batches::owner_id)
+                .into_boxed();
+            if let Some(owner) = owner {
+                q = q.filter(batches::owner_id.eq(owner));
+            }
+            let found: Option<Uuid> = q.first(conn).await.optional()?;
+            Ok(found.map(Some).ok_or(Refusal::NotFound))
+        }
+        Target::All => Ok(Ok(None)),
+    }
+}
+
+/// Run `id` with its counts by state; only `owner`'s with one.
+pub async fn progress(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    owner: Option<Uuid>,
+) -> Result<Option<RunProgress>, DbError> {
+    Ok(diesel::sql_query(
+        "SELECT u.id, u.owner_id, u.target, u.created_at, u.total, u.up_to_date, u.busy, \
+                count(*) FILTER (WHERE r.state = 'queued') AS queued, \
+                count(*) FILTER (WHERE r.state = 'processing') AS processing, \
+                count(*) FILTER (WHERE r.state = 'done') AS done, \
+                count(*) FILTER (WHERE r.state = 'failed') AS failed, \
+                count(*) FILTER (WHERE r.state = 'skipped') AS skipped \
+         FROM reprocess_runs AS u LEFT JOIN reprocessing AS r ON r.run_id = u.id \
+         WHERE u.id = $1 AND ($2::uuid IS NULL OR u.owner_id = $2) \
+         GROUP BY u.id",
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<Nullable<SqlUuid>, _>(owner)
+    .get_result(conn)
+    .await
+    .optional()?)
+}
+
+/// Records the entry each photo's job was put on the stream as, for rows still `queued`.
+pub async fn mark_published(
+    conn: &mut AsyncPgConnection,
+    published: &[(Uuid, String)],
+) -> Result<(), DbError> {
+    let (ids, entries): (Vec<Uuid>, Vec<String>) = published.iter().cloned().unzip();
+    diesel::sql_query(
+        "UPDATE reprocessing AS r SET entry_id = d.entry, published_at = now() \
+         FROM unnest($1::uuid[], $2::text[]) AS d (photo_id, entry) \
+         WHERE r.photo_id = d.photo_id AND r.state = 'queued'",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<Array<Text>, _>(entries)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A reprocessing attempt that started.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub photo: Photo,
+    pub lease: Uuid,
+    pub attempts: i32,
+}
+
+/// Starts the reprocessing of delivered photos (photo, entry): rows `queued` and due, or
+/// `processing` from this very entry (taken over from a worker that stopped renewing its
+/// claim) or past their lease. Rows whose photo is no longer completed with its original
+/// end `skipped`. Photos with no such row are left out: their deliveries are stale.
+pub async fn start(
+    conn: &mut AsyncPgConnection,
+    delivered: &[(Uuid, String)],
+    lease: std::time::Duration,
+) -> Result<Vec<Started>, DbError> {
+    let (ids, entries): (Vec<Uuid>, Vec<String>) = delivered.iter().cloned().unzip();
+    conn.transaction::<_, DbError, _>(async |conn| {
+        diesel::sql_query(
+            "UPDATE reprocessing AS r \
+             SET state = 'skipped', lease = NULL, finished_at = now() \
+             FROM photos AS p \
+             WHERE r.photo_id = ANY ($1) AND p.id = r.photo_id \
+               AND r.state IN ('queued', 'processing') \
+               AND (p.state <> 'completed' OR p.original_removed_at IS NOT NULL)",
+        )
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .execute(conn)
+        .await?;
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = SqlUuid)]
+            photo_id: Uuid,
+            #[diesel(sql_type = SqlUuid)]
+            lease: Uuid,
+            #[diesel(sql_type = Integer)]
+            attempts: i32,
+        }
+        let rows: Vec<Row> = diesel::sql_query(
+            "UPDATE reprocessing AS r \
+             SET state = 'processing', attempts = r.attempts + 1, lease = gen_random_uuid(), \
+                 entry_id = d.entry, started_at = now() \
+             FROM unnest($1::uuid[], $2::text[]) AS d (photo_id, entry) \
+             WHERE r.photo_id = d.photo_id \
+               AND ((r.state = 'queued' AND coalesce(r.next_attempt_at <= now(), true)) \
+                    OR (r.state = 'processing' \
+                        AND (r.entry_id = d.entry \
+                             OR r.started_at < now() - $3 * interval '1 millisecond'))) \
+             RETURNING r.photo_id, r.lease, r.attempts",
+        )
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<Text>, _>(&entries)
+        .bind::<BigInt, _>(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+        .load(conn)
+        .await?;
+        let started: Vec<Uuid> = rows.iter().map(|r| r.photo_id).collect();
+        let photos: Vec<Photo> = photos::table
+            .filter(photos::id.eq_any(&started))
+            .select(Photo::as_select())
+            .load(conn)
+            .await?;
+        let mut photos: std::collections::HashMap<Uuid, Photo> =
+            photos.into_iter().map(|p| (p.id, p)).collect();
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                photos.remove(&r.photo_id).map(|photo| Started {
+                    photo,
+                    lease: r.lease,
+                    attempts: r.attempts,
+                })
+            })
+            .collect())
+    })
+    .await
+}
+
+/// What a reprocessing attempt made.
+#[derive(Debug, Clone)]
+pub struct Remade {
+    pub variants: Vec<Variant>,
+    pub fingerprint: String,
+    pub thumbhash: Option<String>,
+}
+
+/// What recording a reprocessing attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// The new variants replace the old; these storage keys are no longer used.
+    Done { unused: Vec<String> },
+    /// The attempt's lease was taken over, or the photo deleted meanwhile: nothing
+    /// recorded (the row ends `skipped` in the second case).
+    Stale,
+}
+
+/// Records a reprocessed photo, if `lease` still holds its row and the photo is still
+/// completed with its original: the variants' rows replaced, the fingerprint and
+/// placeholder updated, the row `done`, and the event `photo.reprocessed` staged (without
+/// the batch: a batch's story and its end are not told again). Nothing else of the photo
+/// changes.
+pub async fn complete(
+    conn: &mut AsyncPgConnection,
+    photo_id: Uuid,
+    lease: Uuid,
+    remade: &Remade,
+) -> Result<Recorded, DbError> {
+    conn.transaction::<_, DbError, _>(async |conn| {
+        let held = diesel::sql_query(
+            "UPDATE reprocessing SET state = 'done', lease = NULL, finished_at = now(), \
+                 error_code = NULL, error = NULL \
+             WHERE photo_id = $1 AND lease = $2 AND state = 'processing'",
+        )
+        .bind::<SqlUuid, _>(photo_id)
+        .bind::<SqlUuid, _>(lease)
+        .execute(conn)
+        .await?;
+        if held == 0 {
+            return Ok(Recorded::Stale);
+        }
+        let photo: Option<Photo> = diesel::update(
+            photos::table
+                .filter(photos::id.eq(photo_id))
+                .filter(photos::state.eq("completed"))
+                .filter(photos::original_removed_at.is_null()),
+        )
+        .set((
+            photos::variant_fingerprint.eq(&remade.fingerprint),
+            photos::thumbhash.eq(&remade.thumbhash),
+            photos::updated_at.eq(Utc::now()),
+        ))
+        .returning(Photo::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+        let Some(photo) = photo else {
+            diesel::sql_query("UPDATE reprocessing SET state = 'skipped' WHERE photo_id = $1")
+                .bind::<SqlUuid, _>(photo_id)
+                .execute(conn)
+                .await?;
+            return Ok(Recorded::Stale);
+        };
+        let old: Vec<String> =
+            diesel::delete(variants::table.filter(variants::photo_id.eq(photo_id)))
+                .returning(variants::storage_key)
+                .get_results(conn)
+                .await?;
+        diesel::insert_into(variants::table)
+            .values(&remade.variants)
+            .execute(conn)
+            .await?;
+        diesel::sql_query(
+            "SELECT photoq_stage_events(ARRAY[ROW('photo.reprocessed', clock_timestamp(), \
+                 $1, NULL, $2, NULL, 'completed', 'completed', $3, NULL, NULL, NULL, $4, $5, \
+                 NULL, NULL, NULL, NULL, NULL)::photoq_event])",
+        )
+        .bind::<SqlUuid, _>(photo.owner_id)
+        .bind::<SqlUuid, _>(photo.id)
+        .bind::<Integer, _>(photo.attempts)
+        .bind::<Nullable<Integer>, _>(photo.width)
+        .bind::<Nullable<Integer>, _>(photo.height)
+        .execute(conn)
+        .await?;
+        let unused = old
+            .into_iter()
+            .filter(|k| !remade.variants.iter().any(|v| &v.storage_key == k))
+            .collect();
+        Ok(Recorded::Done { unused })
+    })
+    .await
+}
+
+/// How a reprocessing attempt ends other than by completing.
+#[derive(Debug, Clone, Copy)]
+pub enum Ending<'a> {
+    /// For good: the input is at fault, or the attempt budget is spent. The photo keeps
+    /// the variants it had.
+    Failed { code: &'a str, reason: &'a str },
+    /// Again after `after`.
+    Retry {
+        code: &'a str,
+        error: &'a str,
+        after: std::time::Duration,
+    },
+    /// Given back unfinished (shutdown, PostgreSQL unreachable), published again as
+    /// `entry`; the attempt does not count.
+    HandBack { entry: Option<&'a str> },
+}
+
+/// Ends the attempt holding `lease`; false when it no longer held the row.
+pub async fn end(
+    conn: &mut AsyncPgConnection,
+    photo_id: Uuid,
+    lease: Uuid,
+    ending: Ending<'_>,
+) -> Result<bool, DbError> {
+    let (state, code, error, after, entry, counted) = match ending {
+        Ending::Failed { code, reason } => ("failed", Some(code), Some(reason), None, None, 1),
+        Ending::Retry { code, error, after } => {
+            ("queued", Some(code), Some(error), Some(after), None, 1)
+        }
+        Ending::HandBack { entry } => ("queued", None, None, None, entry, 0),
+    };
+    let after_ms = after.map(|a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX));
+    let changed = diesel::sql_query(
+        "UPDATE reprocessing \
+         SET state = $3, lease = NULL, \
+             error_code = coalesce($4, error_code), error = coalesce($5, error), \
+             next_attempt_at = now() + coalesce($6, 0) * interval '1 millisecond', \
+             published_at = now() + coalesce($6, 0) * interval '1 millisecond', \
+             entry_id = coalesce($7, entry_id), \
+             attempts = attempts - 1 + $8, \
+             finished_at = CASE WHEN $3 = 'failed' THEN now() END \
+         WHERE photo_id = $1 AND lease = $2 AND state = 'processing'",
+    )
+    .bind::<SqlUuid, _>(photo_id)
+    .bind::<SqlUuid, _>(lease)
+    .bind::<Text, _>(state)
+    .bind::<Nullable<Text>, _>(code)
+    .bind::<Nullable<Text>, _>(error)
+    .bind::<Nullable<BigInt>, _>(after_ms)
+    .bind::<Nullable<Text>, _>(entry)
+    .bind::<Integer, _>(counted)
+    .execute(conn)
+    .await?;
+    Ok(changed > 0)
+}
+
+/// A row the reconciler looks at.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Overdue {
+    #[diesel(sql_type = SqlUuid)]
+    pub photo_id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub entry_id: Option<String>,
+}
+
+/// Rows whose job may be lost (at most `limit`, the longest unseen first): `queued` ones
+/// published (or queued, or due) longer than `grace` ago, `processing` ones past their
+/// lease. Those it returns count as looked at now: the next round looks at others. (A row
+/// whose photo was deleted meanwhile is published again too, and its start skips it.)
+pub async fn overdue(
+    conn: &mut AsyncPgConnection,
+    grace: std::time::Duration,
+    lease: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Overdue>, DbError> {
+    Ok(diesel::sql_query(
+        "WITH o AS ( \
+             SELECT photo_id FROM reprocessing \
+             WHERE (state = 'queued' \
+                    AND coalesce(published_at, queued_at) < now() - $1 * interval '1 millisecond') \
+                OR (state = 'processing' AND started_at < now() - $2 * interval '1 millisecond') \
+             ORDER BY coalesce(published_at, queued_at) \
+             LIMIT $3 \
+             FOR UPDATE SKIP LOCKED) \
+         UPDATE reprocessing AS r \
+         SET published_at = CASE WHEN r.state = 'queued' THEN now() ELSE r.published_at END \
+         FROM o WHERE r.photo_id = o.photo_id \
+         RETURNING r.photo_id, r.state, r.entry_id",
+    )
+    .bind::<BigInt, _>(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX))
+    .bind::<BigInt, _>(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?)
+}
