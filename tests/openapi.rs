@@ -290,6 +290,42 @@ async fn every_route_answers_as_documented() {
         .await
         .unwrap();
     assert_eq!(contract.check("post", retry, res).await.0, 404);
+    // Reprocessing: a completed photo and the batch taken, the retried photo refused.
+    let reprocess = "/v1/photos/{id}/reprocess";
+    let cases = [
+        (format!("/v1/photos/{good}/reprocess?force=true"), 202),
+        (format!("/v1/photos/{bad}/reprocess"), 409),
+        (format!("/v1/photos/{nobody}/reprocess"), 404),
+        (format!("/v1/photos/{good}/reprocess?force=maybe"), 400),
+    ];
+    let mut run = Value::Null;
+    for (path, status) in cases {
+        let res = post(&path).send().await.unwrap();
+        let (got, body) = contract.check("post", reprocess, res).await;
+        assert_eq!(got, status, "{path}: {body}");
+        if status == 202 {
+            run = body;
+        }
+    }
+    for (path, status) in [
+        (format!("/v1/batches/{batch}/reprocess"), 202),
+        (format!("/v1/batches/{nobody}/reprocess"), 404),
+    ] {
+        let res = post(&path).send().await.unwrap();
+        let template = "/v1/batches/{id}/reprocess";
+        assert_eq!(
+            contract.check("post", template, res).await.0,
+            status,
+            "{path}"
+        );
+    }
+    let run = run["id"].as_str().unwrap();
+    let cases = [
+        (format!("/v1/reprocess/{run}"), "/v1/reprocess/{id}", 200),
+        (format!("/v1/reprocess/{nobody}"), "/v1/reprocess/{id}", 404),
+    ];
+    contract.check_gets(&app, &cases).await;
+
     let redrive = "/v1/dead-letters/redrive";
     let res = post(redrive).json(&json!({})).send().await.unwrap();
     assert_eq!(contract.check("post", redrive, res).await.0, 202);

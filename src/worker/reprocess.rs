@@ -231,6 +231,18 @@ async fn remake(
         Err(StorageError::NotFound(key)) => return Err(JobError::OriginalMissing(key)),
         Err(e) => return Err(e.into()),
     };
+    // An original stored before `privacy.strip_gps` was turned on keeps its position; what
+    // is made from it now must not carry it (an import's `compressed` may keep EXIF).
+    let original = if ctx.config.privacy.strip_gps {
+        let mut bytes = original.to_vec();
+        if crate::pipeline::privacy::strip_gps(&mut bytes) {
+            bytes::Bytes::from(bytes)
+        } else {
+            original
+        }
+    } else {
+        original
+    };
     let spec = job::spec_of(ctx, photo);
     let fingerprint = spec.fingerprint.clone();
     let processed = job::process_blocking(ctx, original, spec).await?;
