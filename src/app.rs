@@ -475,7 +475,7 @@ async fn reprocess(config: &Config, args: crate::cli::ReprocessArgs) -> Result<(
     use crate::db::reprocess::{Refusal, Target};
     let pool = db::connect(&config.database).await?;
     let queue = Queue::new(&config.redis)?;
-    let target = match (args.photo, args.batch) {
+    let target = match (args.target.photo, args.target.batch) {
         (Some(id), _) => Target::Photo(id),
         (None, Some(id)) => Target::Batch(id),
         (None, None) => Target::All,

@@ -111,17 +111,9 @@ fn parse_quota(s: &str) -> Result<Option<i64>, String> {
 }
 
 #[derive(Debug, Args)]
-#[group(id = "target", required = true, multiple = false, args = ["photo", "batch", "all"])]
 pub struct ReprocessArgs {
-    /// One photo.
-    #[arg(long)]
-    pub photo: Option<Uuid>,
-    /// Every photo of a batch (or import).
-    #[arg(long)]
-    pub batch: Option<Uuid>,
-    /// Every photo of every owner.
-    #[arg(long)]
-    pub all: bool,
+    #[command(flatten)]
+    pub target: ReprocessTarget,
     /// Also photos whose variants match the configuration already.
     #[arg(long)]
     pub force: bool,
@@ -131,6 +123,21 @@ pub struct ReprocessArgs {
     /// Print the run as JSON (with --wait, once finished).
     #[arg(long)]
     pub json: bool,
+}
+
+/// What a reprocessing run takes: exactly one of these.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ReprocessTarget {
+    /// One photo.
+    #[arg(long)]
+    pub photo: Option<Uuid>,
+    /// Every photo of a batch (or import).
+    #[arg(long)]
+    pub batch: Option<Uuid>,
+    /// Every photo of every owner.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +267,23 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_reprocess_takes_one_target_and_its_options() {
+        let cli = Cli::try_parse_from(["photoq", "reprocess", "--all", "--force", "--wait"])
+            .expect("parse");
+        let Command::Reprocess(args) = cli.command else {
+            panic!("not reprocess");
+        };
+        assert!(args.target.all && args.force && args.wait && !args.json);
+        let batch = Uuid::now_v7().to_string();
+        for refused in [
+            vec!["photoq", "reprocess", "--wait"],
+            vec!["photoq", "reprocess", "--all", "--batch", &batch],
+        ] {
+            assert!(Cli::try_parse_from(&refused).is_err(), "{refused:?}");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Reprocessing on the real service: after a variant change, a batch's photos get variants
 //! of the new sizes under new URLs while their state, EXIF, original and batch stay as
 //! they were, and nothing old is left in storage; a run nobody published (its process died
-//! between its commit and the stream) is published by the reconciler.
+//! between its commit and the stream) is published by the reconciler; a photo deleted
+//! while it is reprocessed leaves no object behind; and the guarded moves of a run's rows
+//! start a photo once per delivery and record nothing for a lease taken over.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,16 +11,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{error_code, photo_ids, stored_objects, three_photos, TestApp};
+use common::{error_code, photo_ids, stored_objects, three_photos, undecodable, TestApp};
 use serde_json::Value;
 use uuid::Uuid;
-
-/// An upload that fails for good: JPEG magic followed by noise.
-fn undecodable() -> (String, Vec<u8>) {
-    let mut noise = vec![0xFF, 0xD8, 0xFF, 0xE0];
-    noise.extend((0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
-    ("noise.jpg".into(), noise)
-}
 
 async fn post(app: &TestApp, path: &str) -> reqwest::Response {
     app.client
@@ -215,6 +210,173 @@ async fn a_variant_change_reprocessed_gives_the_new_sizes_and_changes_nothing_el
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    drop(conn);
+    app.finish().await;
+}
+
+/// Variants that keep a worker busy for a while: AVIF at one of libaom's slowest speeds.
+const SLOW: &str = "[pipeline]\navif_speed = 1\n\
+                    [variants.preview]\nformat = \"avif\"\nwidth = 640\nheight = 640";
+
+/// Reprocessing attempts that ended, by every outcome.
+async fn attempts_ended(app: &TestApp) -> f64 {
+    let text = app.get_public("/metrics").await.text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("photoq_reprocess_attempts_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_deleted_while_reprocessed_leaves_no_object_behind() {
+    let app = TestApp::start().await;
+    let photo = (
+        "iphone.jpg".to_owned(),
+        common::read(common::corpus_dir().join("jpg/hdr/iphone_hdr_NO.jpg")),
+    );
+    let batch = app.upload_ok(vec![photo]).await;
+    app.wait_batch(batch["batch_id"].as_str().unwrap()).await;
+    let id = photo_ids(&batch).remove(0);
+
+    let app = app.restart(SLOW).await;
+    let run = accepted(&app, &format!("/v1/photos/{id}/reprocess")).await;
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = app.get_json(&format!("/v1/reprocess/{run_id}")).await;
+        if now["processing"] == 1 {
+            break;
+        }
+        assert_eq!(
+            now["finished"], false,
+            "the run ended before it was seen running: {now}"
+        );
+        assert!(Instant::now() < deadline, "never started: {now}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let res = app
+        .client
+        .delete(app.url(&format!("/v1/photos/{id}")))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+
+    // Once the attempt has ended (its cleanup comes before its count), nothing is stored
+    // under the photo's id, and the run did not record it done.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while attempts_ended(&app).await < 1.0 {
+        assert!(Instant::now() < deadline, "the attempt never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left: Vec<_> = stored_objects(&app.config.storage.root)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(&id))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let run = app.get_json(&format!("/v1/reprocess/{run_id}")).await;
+    assert_eq!(run["finished"], true, "{run}");
+    assert_eq!(run["done"], 0, "{run}");
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_delivery_starts_nothing_and_a_stale_lease_records_nothing() {
+    use photoq::db::jobs::Ending;
+    use photoq::db::reprocess::{self, Recorded, Remade, Selection, Target};
+
+    let app = TestApp::start().await;
+    let batch = app.upload_ok(three_photos()).await;
+    app.wait_batch(batch["batch_id"].as_str().unwrap()).await;
+    let ids: Vec<Uuid> = photo_ids(&batch)
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let pool = photoq::db::pool(&app.config.database).unwrap();
+    let mut conn = photoq::db::conn(&pool).await.unwrap();
+    // Recorded, not published: the reconciler leaves it alone for `grace_secs` (30).
+    let selection = Selection {
+        upload_fingerprint: "",
+        import_fingerprint: "",
+        force: true,
+    };
+    let (run, _) = reprocess::request(&mut conn, None, Target::Photo(ids[0]), &selection)
+        .await
+        .unwrap()
+        .unwrap();
+    let lease = Duration::from_secs(600);
+    let start = |entry: &str| vec![(ids[0], entry.to_owned())];
+
+    let first = reprocess::start(&mut conn, &start("0-1"), lease)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    // Another entry for the same photo while it runs: nothing.
+    assert!(reprocess::start(&mut conn, &start("0-2"), lease)
+        .await
+        .unwrap()
+        .is_empty());
+    // The same entry again (taken over from a worker that stopped): a new attempt.
+    let second = reprocess::start(&mut conn, &start("0-1"), lease)
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    assert_ne!(second[0].lease, first[0].lease);
+    assert_eq!(second[0].attempts, 2);
+
+    // The first attempt's results and end are stale.
+    let remade = Remade {
+        variants: Vec::new(),
+        fingerprint: "stale".into(),
+        thumbhash: None,
+    };
+    assert_eq!(
+        reprocess::complete(&mut conn, ids[0], first[0].lease, &remade)
+            .await
+            .unwrap(),
+        Recorded::Stale
+    );
+    let retry = Ending::Retry {
+        code: "storage_error",
+        error: "x",
+        after: Duration::ZERO,
+    };
+    assert!(!reprocess::end(&mut conn, ids[0], first[0].lease, retry)
+        .await
+        .unwrap());
+    // The photo still has its variants.
+    let photo = app.get_json(&format!("/v1/photos/{}", ids[0])).await;
+    assert!(!photo["variants"].as_array().unwrap().is_empty(), "{photo}");
+
+    // Handed back: waiting again, the attempt not counted; then the photo is deleted and
+    // its next delivery skips it.
+    let back = Ending::HandBack { entry: Some("0-3") };
+    assert!(reprocess::end(&mut conn, ids[0], second[0].lease, back)
+        .await
+        .unwrap());
+    let now = reprocess::progress(&mut conn, run.id, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((now.queued, now.processing), (1, 0), "{now:?}");
+    let res = app
+        .client
+        .delete(app.url(&format!("/v1/photos/{}", ids[0])))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert!(reprocess::start(&mut conn, &start("0-3"), lease)
+        .await
+        .unwrap()
+        .is_empty());
+    let now = reprocess::progress(&mut conn, run.id, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((now.skipped, now.finished()), (1, true), "{now:?}");
     drop(conn);
     app.finish().await;
 }

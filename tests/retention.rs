@@ -14,20 +14,13 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use chrono::{Duration, Utc};
-use common::{error_code, photo_ids, stored_objects, three_photos, TestApp};
+use common::{error_code, photo_ids, stored_objects, three_photos, undecodable, TestApp};
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use photoq::retention::{sweep_orphans, sweep_rows, Removed};
 use photoq::storage::Storage;
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-/// An upload that fails for good: JPEG magic followed by noise.
-fn undecodable() -> (String, Vec<u8>) {
-    let mut noise = vec![0xFF, 0xD8, 0xFF, 0xE0];
-    noise.extend((0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
-    ("noise.jpg".into(), noise)
-}
 
 async fn upload_keyed(app: &TestApp, key: &str, files: Vec<(String, Vec<u8>)>) -> Value {
     let mut form = reqwest::multipart::Form::new();

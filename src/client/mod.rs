@@ -19,6 +19,8 @@ pub const SERVER_ENV: &str = "PHOTOQ_SERVER";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest silence on an event stream (the server sends keep-alives every 15 s by default).
 const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Times a request is sent again when the server says to come back later (`Client::send`).
+const RETRIES_WHEN_TOLD: u32 = 10;
 
 /// What every client subcommand takes.
 #[derive(Debug, Clone, Args)]
@@ -137,7 +139,35 @@ impl Client {
         if let Some(k) = idempotency_key {
             req = req.header("Idempotency-Key", k);
         }
-        answer(req.send().await?).await
+        answer(self.send(req).await?).await
+    }
+
+    /// Sends `req`; when the server answers `429` or `503` with `Retry-After` (its rate limit,
+    /// too many uploads at once), waits as told and sends it again, up to
+    /// [`RETRIES_WHEN_TOLD`] times. A request whose body cannot be sent twice (a streamed
+    /// multipart form) is sent once.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let mut tries = 0;
+        loop {
+            let again = req.try_clone();
+            let res = match again {
+                Some(r) => r.send().await?,
+                None => return Ok(req.send().await?),
+            };
+            let busy = matches!(res.status().as_u16(), 429 | 503);
+            let wait = res
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match wait {
+                Some(secs) if busy && tries < RETRIES_WHEN_TOLD => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_secs(secs.clamp(1, 60))).await;
+                }
+                _ => return Ok(res),
+            }
+        }
     }
 
     /// Opens the key's event stream (SSE), after `last_event_id` if given, else from now.
@@ -159,13 +189,13 @@ impl Client {
     /// GETs raw bytes (a variant).
     pub async fn get_bytes(&self, path: &str) -> Result<bytes::Bytes, ClientError> {
         let req = self.http.get(self.url(path)?).bearer_auth(&self.key);
-        Ok(success(req.send().await?).await?.bytes().await?)
+        Ok(success(self.send(req).await?).await?.bytes().await?)
     }
 
     /// GETs a JSON resource.
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
         let req = self.http.get(self.url(path)?).bearer_auth(&self.key);
-        answer(req.send().await?).await
+        answer(self.send(req).await?).await
     }
 }
 

@@ -10,6 +10,7 @@ use diesel::sql_types::{
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use super::jobs::Ending;
 use super::models::{Photo, Variant};
 use super::schema::{batches, photos, variants};
 use super::DbError;
@@ -443,24 +444,10 @@ pub async fn complete(
     .await
 }
 
-/// How a reprocessing attempt ends other than by completing.
-#[derive(Debug, Clone, Copy)]
-pub enum Ending<'a> {
-    /// For good: the input is at fault, or the attempt budget is spent. The photo keeps
-    /// the variants it had.
-    Failed { code: &'a str, reason: &'a str },
-    /// Again after `after`.
-    Retry {
-        code: &'a str,
-        error: &'a str,
-        after: std::time::Duration,
-    },
-    /// Given back unfinished (shutdown, PostgreSQL unreachable), published again as
-    /// `entry`; the attempt does not count.
-    HandBack { entry: Option<&'a str> },
-}
-
-/// Ends the attempt holding `lease`; false when it no longer held the row.
+/// Ends the attempt holding `lease` (as `db::jobs::finish` ends a photo's): `failed` for
+/// good when the input is at fault or the budget is spent (the photo keeps the variants
+/// it had), `queued` again for a retry or a hand-back (which does not count); false when
+/// the attempt no longer held the row.
 pub async fn end(
     conn: &mut AsyncPgConnection,
     photo_id: Uuid,
@@ -468,7 +455,9 @@ pub async fn end(
     ending: Ending<'_>,
 ) -> Result<bool, DbError> {
     let (state, code, error, after, entry, counted) = match ending {
-        Ending::Failed { code, reason } => ("failed", Some(code), Some(reason), None, None, 1),
+        Ending::Failed { code, reason } | Ending::Dead { code, reason } => {
+            ("failed", Some(code), Some(reason), None, None, 1)
+        }
         Ending::Retry { code, error, after } => {
             ("queued", Some(code), Some(error), Some(after), None, 1)
         }

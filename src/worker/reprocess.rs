@@ -23,7 +23,8 @@ use uuid::Uuid;
 use super::job::{self, JobError};
 use super::{retry, WorkerContext};
 use crate::db::jobs::Delivered;
-use crate::db::reprocess::{Ending, Recorded, Remade, Started};
+use crate::db::jobs::Ending;
+use crate::db::reprocess::{Recorded, Remade, Started};
 use crate::db::{self, models::Photo};
 use crate::queue::Lane;
 use crate::storage::StorageError;
@@ -176,7 +177,7 @@ async fn run(
         e if *attempts >= max => {
             tracing::warn!(error = %e, "reprocessing gave up; the photo keeps its variants");
             (
-                Ending::Failed {
+                Ending::Dead {
                     code: e.code(),
                     reason: &gave_up,
                 },

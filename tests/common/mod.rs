@@ -388,6 +388,13 @@ impl TestApp {
     }
 }
 
+/// An upload that fails for good: JPEG magic followed by noise.
+pub fn undecodable() -> (String, Vec<u8>) {
+    let mut noise = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    noise.extend((0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+    ("noise.jpg".into(), noise)
+}
+
 /// The photo ids of an upload's answer, in order.
 pub fn photo_ids(batch: &Value) -> Vec<String> {
     batch["photos"]
