@@ -78,9 +78,10 @@ async fn publish(pool: &DbPool, queue: &Queue, photos: &[Uuid]) -> Result<(), Di
 }
 
 /// The reconciler's part for reprocessing (run under its lock): publishes again the jobs
-/// of rows `queued` longer than `reconciler.grace_secs` whose entry is gone, and of rows
-/// `processing` past their lease whose entry no consumer holds (the new delivery takes
-/// the row over). Returns the jobs published.
+/// of rows `queued` longer than `reconciler.grace_secs` whose entry is gone, and takes
+/// back rows `processing` past their lease whose entry no consumer holds (`queued` and
+/// published again, or `failed` if that was the last attempt allowed). Returns the jobs
+/// published.
 pub async fn reconcile(
     pool: &DbPool,
     queue: &Queue,
@@ -102,18 +103,25 @@ pub async fn reconcile(
         .collect();
     let mut statuses = queue.entry_status(&known).await?.into_iter();
     let mut again = Vec::new();
+    let mut lifeless = Vec::new();
     for o in &overdue {
         let status = match o.entry_id {
             Some(_) => statuses.next().unwrap_or(EntryStatus::Gone),
             None => EntryStatus::Gone,
         };
-        let lost = match o.state.as_str() {
-            "queued" => matches!(status, EntryStatus::Gone | EntryStatus::Orphaned),
-            _ => status != EntryStatus::Pending,
-        };
-        if lost {
-            again.push(o.photo_id);
+        match o.state.as_str() {
+            "queued" if matches!(status, EntryStatus::Gone | EntryStatus::Orphaned) => {
+                again.push(o.photo_id)
+            }
+            "processing" if status != EntryStatus::Pending => lifeless.push(o.photo_id),
+            _ => {}
         }
+    }
+    if !lifeless.is_empty() {
+        let mut conn = db::conn(pool).await?;
+        let max = i32::try_from(config.retry.max_attempts).unwrap_or(i32::MAX);
+        let lease = crate::worker::reprocess::lease(config);
+        again.extend(db::reprocess::reclaim(&mut conn, &lifeless, lease, max).await?);
     }
     for chunk in again.chunks(PUBLISH_CHUNK) {
         publish(pool, queue, chunk).await?;

@@ -216,7 +216,9 @@ pub async fn sweep_rows(
     removed.events = drain(&mut conn, Rows::Events, events_before).await?;
     removed.webhook_deliveries = drain(&mut conn, Rows::Deliveries, events_before).await?;
     removed.stream_tokens = db::events::prune_tokens(&mut conn, now).await? as u64;
-    // Not a removal: the byte counts of quotas (`db::usage`) kept short.
+    // Not counted as removals: finished reprocessing runs, kept as long as events; the
+    // byte counts of quotas (`db::usage`) kept short.
+    db::reprocess::prune(&mut conn, events_before).await?;
     db::usage::fold(&mut conn, CHUNK).await?;
     Ok(removed)
 }

@@ -3,7 +3,8 @@
 //! they were, and nothing old is left in storage; a run nobody published (its process died
 //! between its commit and the stream) is published by the reconciler; a photo deleted
 //! while it is reprocessed leaves no object behind; and the guarded moves of a run's rows
-//! start a photo once per delivery and record nothing for a lease taken over.
+//! start a photo once per delivery, record nothing for a lease taken over, take back an
+//! attempt that never ended and give up on an entry delivered past the budget.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -282,7 +283,7 @@ async fn a_photo_deleted_while_reprocessed_leaves_no_object_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_duplicate_delivery_starts_nothing_and_a_stale_lease_records_nothing() {
+async fn the_guarded_moves_start_once_record_nothing_stale_and_end_what_never_ends() {
     use photoq::db::jobs::Ending;
     use photoq::db::reprocess::{self, Recorded, Remade, Selection, Target};
 
@@ -306,19 +307,27 @@ async fn a_duplicate_delivery_starts_nothing_and_a_stale_lease_records_nothing()
         .unwrap()
         .unwrap();
     let lease = Duration::from_secs(600);
-    let start = |entry: &str| vec![(ids[0], entry.to_owned())];
+    let max = app.config.retry.max_attempts as i32;
+    let delivery = |photo_id: Uuid, entry: &str, deliveries: i32| {
+        vec![reprocess::Delivery {
+            photo_id,
+            entry: entry.to_owned(),
+            deliveries,
+        }]
+    };
+    let start = |entry: &str| delivery(ids[0], entry, 1);
 
-    let first = reprocess::start(&mut conn, &start("0-1"), lease)
+    let first = reprocess::start(&mut conn, &start("0-1"), lease, max)
         .await
         .unwrap();
     assert_eq!(first.len(), 1);
     // Another entry for the same photo while it runs: nothing.
-    assert!(reprocess::start(&mut conn, &start("0-2"), lease)
+    assert!(reprocess::start(&mut conn, &start("0-2"), lease, max)
         .await
         .unwrap()
         .is_empty());
     // The same entry again (taken over from a worker that stopped): a new attempt.
-    let second = reprocess::start(&mut conn, &start("0-1"), lease)
+    let second = reprocess::start(&mut conn, &start("0-1"), lease, max)
         .await
         .unwrap();
     assert_eq!(second.len(), 1);
@@ -368,7 +377,7 @@ async fn a_duplicate_delivery_starts_nothing_and_a_stale_lease_records_nothing()
         .await
         .unwrap();
     assert_eq!(res.status(), 204);
-    assert!(reprocess::start(&mut conn, &start("0-3"), lease)
+    assert!(reprocess::start(&mut conn, &start("0-3"), lease, max)
         .await
         .unwrap()
         .is_empty());
@@ -377,6 +386,41 @@ async fn a_duplicate_delivery_starts_nothing_and_a_stale_lease_records_nothing()
         .unwrap()
         .unwrap();
     assert_eq!((now.skipped, now.finished()), (1, true), "{now:?}");
+
+    // An attempt that never ended (its worker killed, say) is taken back by the reconciler;
+    // an entry delivered more often than the budget ends the row `failed`, and the photo
+    // keeps its variants.
+    let (run, _) = reprocess::request(&mut conn, None, Target::Photo(ids[1]), &selection)
+        .await
+        .unwrap()
+        .unwrap();
+    let started = reprocess::start(&mut conn, &delivery(ids[1], "0-4", 1), lease, max)
+        .await
+        .unwrap();
+    assert_eq!(started.len(), 1);
+    let within = reprocess::reclaim(&mut conn, &[ids[1]], lease, max)
+        .await
+        .unwrap();
+    assert!(within.is_empty(), "taken back within its lease");
+    assert_eq!(
+        reprocess::reclaim(&mut conn, &[ids[1]], Duration::ZERO, max)
+            .await
+            .unwrap(),
+        [ids[1]]
+    );
+    let poison = delivery(ids[1], "0-5", max + 1);
+    assert!(reprocess::start(&mut conn, &poison, lease, max)
+        .await
+        .unwrap()
+        .is_empty());
+    let now = reprocess::progress(&mut conn, run.id, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((now.failed, now.finished()), (1, true), "{now:?}");
+    let photo = app.get_json(&format!("/v1/photos/{}", ids[1])).await;
+    assert_eq!(photo["state"], "completed");
+    assert!(!photo["variants"].as_array().unwrap().is_empty(), "{photo}");
     drop(conn);
     app.finish().await;
 }

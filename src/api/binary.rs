@@ -13,8 +13,12 @@ use serde::Deserialize;
 use super::error::ApiError;
 use crate::storage::Storage;
 
-/// Variants and originals never change under the same URL, so clients may keep them.
+/// A URL that names its bytes (an original's, a variant's with its `v`) never answers
+/// other bytes, so clients may keep them.
 const CACHE_CONTROL: &str = "private, max-age=31536000, immutable";
+/// A variant asked for without the `v` of its bytes: kept, but checked again (ETag) each
+/// time, as reprocessing may give it new bytes.
+const REVALIDATE: &str = "private, no-cache";
 
 /// Options of the routes that serve stored images.
 /// Other parameters are ignored (cache busters, say).
@@ -28,6 +32,9 @@ pub struct ServeQuery {
     pub exp: Option<i64>,
     /// The id of the key a signed URL was signed with.
     pub kid: Option<String>,
+    /// Variants: the version of the bytes, as the photo's JSON gives it in `url`. When it
+    /// names the bytes served, they are cached as immutable; otherwise revalidated.
+    pub v: Option<String>,
 }
 
 /// A stored image as answered: its bytes, "not modified", or a redirect to a presigned GET.
@@ -36,9 +43,11 @@ pub enum ImageBytes {
         content_type: String,
         etag: String,
         body: Bytes,
+        immutable: bool,
     },
     NotModified {
         etag: String,
+        immutable: bool,
     },
     Redirect {
         location: String,
@@ -49,7 +58,7 @@ pub enum ImageBytes {
 impl ImageBytes {
     /// The object at `key`: a 304 when the request already holds this `etag`, a redirect
     /// when storage serves by redirects (and the request did not ask otherwise), else its
-    /// bytes.
+    /// bytes; cached as `immutable` when the URL names these bytes.
     pub async fn serve(
         req: &HttpRequest,
         query: &ServeQuery,
@@ -57,9 +66,10 @@ impl ImageBytes {
         key: &str,
         content_type: String,
         etag: String,
+        immutable: bool,
     ) -> Result<Self, ApiError> {
         if Self::not_modified(req, &etag) {
-            return Ok(ImageBytes::NotModified { etag });
+            return Ok(ImageBytes::NotModified { etag, immutable });
         }
         if query.redirect != Some(false) {
             if let Some((url, ttl)) = storage.presigned_get(key, &content_type).await? {
@@ -73,6 +83,7 @@ impl ImageBytes {
             body: storage.get(key).await?,
             content_type,
             etag,
+            immutable,
         })
     }
 
@@ -92,20 +103,21 @@ impl Responder for ImageBytes {
 
     fn respond_to(self, _req: &HttpRequest) -> HttpResponse {
         match self {
-            ImageBytes::NotModified { etag } => HttpResponse::NotModified()
+            ImageBytes::NotModified { etag, immutable } => HttpResponse::NotModified()
                 .insert_header(header::ETag(EntityTag::new_strong(etag)))
-                .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
+                .insert_header((header::CACHE_CONTROL, cache_control(immutable)))
                 .finish(),
             ImageBytes::Bytes {
                 content_type,
                 etag,
                 body,
+                immutable,
             } => HttpResponse::Ok()
                 .content_type(content_type)
                 // Browsers must take the sniffed type we send, never guess another.
                 .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
                 .insert_header(header::ETag(EntityTag::new_strong(etag)))
-                .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
+                .insert_header((header::CACHE_CONTROL, cache_control(immutable)))
                 .body(body),
             // Cached for half the URL's life, so a cached redirect never points at an
             // expired URL.
@@ -117,6 +129,14 @@ impl Responder for ImageBytes {
                 ))
                 .finish(),
         }
+    }
+}
+
+fn cache_control(immutable: bool) -> &'static str {
+    if immutable {
+        CACHE_CONTROL
+    } else {
+        REVALIDATE
     }
 }
 

@@ -133,8 +133,9 @@ pub struct VariantView {
     pub height: i32,
     pub bytes: i64,
     pub content_type: String,
-    /// Where to get it with the key. Its `v` names these bytes: the same URL always
-    /// answers them (cached as immutable), and a reprocessed variant has a new URL.
+    /// Where to get it with the key. Its `v` names these bytes: answered with it, they are
+    /// cached as immutable, and a reprocessed variant has a new URL (without `v`, or with
+    /// an old one, the variant is revalidated each time).
     pub url: String,
     /// `url` signed to open without a key until it expires, as for the original.
     pub signed_url: Option<String>,
@@ -142,6 +143,11 @@ pub struct VariantView {
 
 /// Hex digits of a variant's ETag its URL carries as `v`.
 const VERSION_CHARS: usize = 12;
+
+/// The version of a variant's bytes its URL carries as `v`: the start of its ETag.
+pub fn version_of(etag: &str) -> &str {
+    etag.get(..VERSION_CHARS).unwrap_or(etag)
+}
 
 /// How a caller's photo views are made: image URLs signed by the server's signer, at one
 /// moment, for how long; and whether the caller's scopes may see where a photo was taken
@@ -220,7 +226,7 @@ impl PhotoView {
                     // Served as immutable: the URL names the bytes (`v`, from their hash), so
                     // a reprocessed variant has a new one.
                     let path = format!("{}/variants/{}", photo_url(v.photo_id), v.name);
-                    let version = v.etag.get(..VERSION_CHARS).unwrap_or(&v.etag);
+                    let version = version_of(&v.etag);
                     let url = format!("{path}?v={version}");
                     VariantView {
                         signed_url: signing

@@ -190,6 +190,10 @@ pub async fn get_variant(
         .await?
         .ok_or(ApiError::NotFound("variant"))?;
     drop(conn);
+    let named = query
+        .v
+        .as_deref()
+        .is_some_and(|v| v == super::models::version_of(&variant.etag));
     ImageBytes::serve(
         &req,
         &query,
@@ -197,6 +201,7 @@ pub async fn get_variant(
         &variant.storage_key,
         variant.content_type,
         variant.etag,
+        named,
     )
     .await
 }
@@ -234,6 +239,7 @@ pub async fn get_original(
         &photo.original_key,
         content_type,
         sha256,
+        true,
     )
     .await
 }

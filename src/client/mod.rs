@@ -21,6 +21,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Times a request is sent again when the server says to come back later (`Client::send`).
 const RETRIES_WHEN_TOLD: u32 = 10;
+/// The longest `Retry-After` the client waits out itself.
+const LONGEST_WAIT_SECS: u64 = 60;
 
 /// What every client subcommand takes.
 #[derive(Debug, Clone, Args)]
@@ -142,9 +144,9 @@ impl Client {
         answer(self.send(req).await?).await
     }
 
-    /// Sends `req`; when the server answers `429` or `503` with `Retry-After` (its rate limit,
-    /// too many uploads at once), waits as told and sends it again, up to
-    /// [`RETRIES_WHEN_TOLD`] times. A request whose body cannot be sent twice (a streamed
+    /// Sends `req`; when the server answers `429` or `503` with a `Retry-After` of at most
+    /// [`LONGEST_WAIT_SECS`] (its rate limit, too many uploads at once), waits as told and
+    /// sends it again, up to [`RETRIES_WHEN_TOLD`] times. A request whose body cannot be sent twice (a streamed
     /// multipart form) is sent once.
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
         let mut tries = 0;
@@ -161,9 +163,10 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
             match wait {
-                Some(secs) if busy && tries < RETRIES_WHEN_TOLD => {
+                // A longer wait (a daily quota, say) is the caller's to know about.
+                Some(secs) if busy && tries < RETRIES_WHEN_TOLD && secs <= LONGEST_WAIT_SECS => {
                     tries += 1;
-                    tokio::time::sleep(Duration::from_secs(secs.clamp(1, 60))).await;
+                    tokio::time::sleep(Duration::from_secs(secs.max(1))).await;
                 }
                 _ => return Ok(res),
             }

@@ -324,18 +324,26 @@ pub async fn get(
     .optional()?)
 }
 
-/// True while some of `owner`'s committed changes wait for the sequencer (their events
-/// are not in the log yet). A small table, drained every pass: no index needed.
-pub async fn staged(conn: &mut AsyncPgConnection, owner: Uuid) -> Result<bool, DbError> {
+/// True while some of `owner`'s committed changes of `batch` wait for the sequencer
+/// (their events are not in the log yet, nor counted in the batch). A small table, drained
+/// every pass: no index needed.
+pub async fn staged(
+    conn: &mut AsyncPgConnection,
+    owner: Uuid,
+    batch: Uuid,
+) -> Result<bool, DbError> {
     #[derive(QueryableByName)]
     struct Staged {
         #[diesel(sql_type = diesel::sql_types::Bool)]
         staged: bool,
     }
     let s: Staged = diesel::sql_query(
-        "SELECT EXISTS (SELECT 1 FROM event_changes WHERE owner_id = $1) AS staged",
+        "SELECT EXISTS (SELECT 1 FROM event_changes AS c WHERE c.owner_id = $1 \
+                        AND EXISTS (SELECT 1 FROM unnest(c.events) AS u \
+                                    WHERE u.batch_id = $2)) AS staged",
     )
     .bind::<SqlUuid, _>(owner)
+    .bind::<SqlUuid, _>(batch)
     .get_result(conn)
     .await?;
     Ok(s.staged)

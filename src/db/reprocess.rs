@@ -280,16 +280,31 @@ pub struct Started {
     pub attempts: i32,
 }
 
-/// Starts the reprocessing of delivered photos (photo, entry): rows `queued` and due, or
-/// `processing` from this very entry (taken over from a worker that stopped renewing its
-/// claim) or past their lease. Rows whose photo is no longer completed with its original
-/// end `skipped`. Photos with no such row are left out: their deliveries are stale.
+/// One delivery of a reprocessing job: the photo, the entry, and how many times Redis has
+/// delivered the entry.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub photo_id: Uuid,
+    pub entry: String,
+    pub deliveries: i32,
+}
+
+/// Starts the reprocessing of delivered photos: rows `queued`, or `processing` from this
+/// very entry (taken over from a worker that stopped renewing its claim) or past their
+/// lease. A row whose budget is spent (`max_attempts` attempts started, or an entry
+/// delivered more often than that: attempts that never got as far as an end, such as a
+/// worker killed by the image) ends `failed` instead, the photo keeping its variants. Rows
+/// whose photo is no longer completed with its original end `skipped`. Photos with no such
+/// row are left out: their deliveries are stale.
 pub async fn start(
     conn: &mut AsyncPgConnection,
-    delivered: &[(Uuid, String)],
+    delivered: &[Delivery],
     lease: std::time::Duration,
+    max_attempts: i32,
 ) -> Result<Vec<Started>, DbError> {
-    let (ids, entries): (Vec<Uuid>, Vec<String>) = delivered.iter().cloned().unzip();
+    let ids: Vec<Uuid> = delivered.iter().map(|d| d.photo_id).collect();
+    let entries: Vec<String> = delivered.iter().map(|d| d.entry.clone()).collect();
+    let counts: Vec<i32> = delivered.iter().map(|d| d.deliveries).collect();
     conn.transaction::<_, DbError, _>(async |conn| {
         diesel::sql_query(
             "UPDATE reprocessing AS r \
@@ -306,29 +321,48 @@ pub async fn start(
         struct Row {
             #[diesel(sql_type = SqlUuid)]
             photo_id: Uuid,
-            #[diesel(sql_type = SqlUuid)]
-            lease: Uuid,
+            /// None when the budget was spent.
+            #[diesel(sql_type = Nullable<SqlUuid>)]
+            lease: Option<Uuid>,
             #[diesel(sql_type = Integer)]
             attempts: i32,
         }
         let rows: Vec<Row> = diesel::sql_query(
-            "UPDATE reprocessing AS r \
-             SET state = 'processing', attempts = r.attempts + 1, lease = gen_random_uuid(), \
-                 entry_id = d.entry, started_at = now() \
-             FROM unnest($1::uuid[], $2::text[]) AS d (photo_id, entry) \
-             WHERE r.photo_id = d.photo_id \
-               AND ((r.state = 'queued' AND coalesce(r.next_attempt_at <= now(), true)) \
+            "WITH d AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[]) \
+                        AS d (photo_id, entry, n)), \
+             taken AS ( \
+                 SELECT r.photo_id, d.entry, r.attempts >= $5 OR d.n > $5 AS spent \
+                 FROM reprocessing AS r JOIN d ON d.photo_id = r.photo_id \
+                 WHERE r.state = 'queued' \
                     OR (r.state = 'processing' \
                         AND (r.entry_id = d.entry \
-                             OR r.started_at < now() - $3 * interval '1 millisecond'))) \
+                             OR r.started_at < now() - $4 * interval '1 millisecond')) \
+                 FOR UPDATE OF r) \
+             UPDATE reprocessing AS r \
+             SET state = CASE WHEN t.spent THEN 'failed' ELSE 'processing' END, \
+                 attempts = r.attempts + CASE WHEN t.spent THEN 0 ELSE 1 END, \
+                 lease = CASE WHEN t.spent THEN NULL ELSE gen_random_uuid() END, \
+                 entry_id = t.entry, started_at = now(), \
+                 finished_at = CASE WHEN t.spent THEN now() END, \
+                 error_code = CASE WHEN t.spent THEN 'worker_crashed' ELSE r.error_code END, \
+                 error = CASE WHEN t.spent \
+                     THEN 'gave up after ' || r.attempts || ' attempts that did not end' \
+                     ELSE r.error END \
+             FROM taken AS t WHERE r.photo_id = t.photo_id \
              RETURNING r.photo_id, r.lease, r.attempts",
         )
         .bind::<Array<SqlUuid>, _>(&ids)
         .bind::<Array<Text>, _>(&entries)
+        .bind::<Array<Integer>, _>(&counts)
         .bind::<BigInt, _>(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+        .bind::<Integer, _>(max_attempts)
         .load(conn)
         .await?;
-        let started: Vec<Uuid> = rows.iter().map(|r| r.photo_id).collect();
+        let rows: Vec<(Uuid, Uuid, i32)> = rows
+            .into_iter()
+            .filter_map(|r| r.lease.map(|lease| (r.photo_id, lease, r.attempts)))
+            .collect();
+        let started: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
         let photos: Vec<Photo> = photos::table
             .filter(photos::id.eq_any(&started))
             .select(Photo::as_select())
@@ -338,11 +372,11 @@ pub async fn start(
             photos.into_iter().map(|p| (p.id, p)).collect();
         Ok(rows
             .into_iter()
-            .filter_map(|r| {
-                photos.remove(&r.photo_id).map(|photo| Started {
+            .filter_map(|(id, lease, attempts)| {
+                photos.remove(&id).map(|photo| Started {
                     photo,
-                    lease: r.lease,
-                    attempts: r.attempts,
+                    lease,
+                    attempts,
                 })
             })
             .collect())
@@ -380,6 +414,14 @@ pub async fn complete(
     remade: &Remade,
 ) -> Result<Recorded, DbError> {
     conn.transaction::<_, DbError, _>(async |conn| {
+        // The photo's row first, then the run's, as a purge (photo, then its rows by
+        // cascade) and a delete take them: no deadlock between them.
+        photos::table
+            .filter(photos::id.eq(photo_id))
+            .select(photos::id)
+            .for_update()
+            .load::<Uuid>(conn)
+            .await?;
         let held = diesel::sql_query(
             "UPDATE reprocessing SET state = 'done', lease = NULL, finished_at = now(), \
                  error_code = NULL, error = NULL \
@@ -466,7 +508,11 @@ pub async fn end(
     let after_ms = after.map(|a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX));
     let changed = diesel::sql_query(
         "UPDATE reprocessing \
-         SET state = $3, lease = NULL, \
+         SET state = CASE WHEN $3 = 'failed' AND EXISTS ( \
+                         SELECT 1 FROM photos AS p WHERE p.id = $1 \
+                         AND (p.state <> 'completed' OR p.original_removed_at IS NOT NULL)) \
+                     THEN 'skipped' ELSE $3 END, \
+             lease = NULL, \
              error_code = coalesce($4, error_code), error = coalesce($5, error), \
              next_attempt_at = now() + coalesce($6, 0) * interval '1 millisecond', \
              published_at = now() + coalesce($6, 0) * interval '1 millisecond', \
@@ -503,6 +549,7 @@ pub struct Overdue {
 /// published (or queued, or due) longer than `grace` ago, `processing` ones past their
 /// lease. Those it returns count as looked at now: the next round looks at others. (A row
 /// whose photo was deleted meanwhile is published again too, and its start skips it.)
+/// `published_at` is then when the reconciler last looked.
 pub async fn overdue(
     conn: &mut AsyncPgConnection,
     grace: std::time::Duration,
@@ -519,7 +566,7 @@ pub async fn overdue(
              LIMIT $3 \
              FOR UPDATE SKIP LOCKED) \
          UPDATE reprocessing AS r \
-         SET published_at = CASE WHEN r.state = 'queued' THEN now() ELSE r.published_at END \
+         SET published_at = now() \
          FROM o WHERE r.photo_id = o.photo_id \
          RETURNING r.photo_id, r.state, r.entry_id",
     )
@@ -527,5 +574,58 @@ pub async fn overdue(
     .bind::<BigInt, _>(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
     .bind::<BigInt, _>(limit)
     .load(conn)
+    .await?)
+}
+
+/// Takes back attempts past their lease whose entry no worker holds (`photo_ids`, as the
+/// reconciler found them): `queued` again, or `failed` when they were the last allowed.
+/// Returns the rows now `queued`, to publish.
+pub async fn reclaim(
+    conn: &mut AsyncPgConnection,
+    photo_ids: &[Uuid],
+    lease: std::time::Duration,
+    max_attempts: i32,
+) -> Result<Vec<Uuid>, DbError> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = SqlUuid)]
+        photo_id: Uuid,
+        #[diesel(sql_type = Text)]
+        state: String,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "UPDATE reprocessing \
+         SET state = CASE WHEN attempts >= $3 THEN 'failed' ELSE 'queued' END, \
+             lease = NULL, \
+             finished_at = CASE WHEN attempts >= $3 THEN now() END, \
+             error_code = CASE WHEN attempts >= $3 THEN 'worker_crashed' ELSE error_code END, \
+             error = CASE WHEN attempts >= $3 \
+                 THEN 'gave up after ' || attempts || ' attempts that did not end' \
+                 ELSE error END \
+         WHERE photo_id = ANY ($1) AND state = 'processing' \
+           AND started_at < now() - $2 * interval '1 millisecond' \
+         RETURNING photo_id, state",
+    )
+    .bind::<Array<SqlUuid>, _>(photo_ids)
+    .bind::<BigInt, _>(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+    .bind::<Integer, _>(max_attempts)
+    .load(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.state == "queued")
+        .map(|r| r.photo_id)
+        .collect())
+}
+
+/// Removes runs made before `before` that have nothing left to do, with their rows.
+pub async fn prune(conn: &mut AsyncPgConnection, before: DateTime<Utc>) -> Result<usize, DbError> {
+    Ok(diesel::sql_query(
+        "DELETE FROM reprocess_runs AS u WHERE u.created_at < $1 \
+         AND NOT EXISTS (SELECT 1 FROM reprocessing AS r \
+                         WHERE r.run_id = u.id AND r.state IN ('queued', 'processing'))",
+    )
+    .bind::<Timestamptz, _>(before)
+    .execute(conn)
     .await?)
 }

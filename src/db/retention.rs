@@ -198,6 +198,21 @@ pub async fn recorded(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> Result<Reco
             }
         }
     }
+    // A completed photo being reprocessed is writing variants no row records yet.
+    #[derive(diesel::QueryableByName)]
+    struct Reprocessing {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        photo_id: Uuid,
+    }
+    let reprocessing: Vec<Reprocessing> = diesel::sql_query(
+        "SELECT photo_id FROM reprocessing WHERE photo_id = ANY ($1) AND state = 'processing'",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+    .load(conn)
+    .await?;
+    recorded
+        .unfinished
+        .extend(reprocessing.into_iter().map(|r| r.photo_id));
     recorded.variant_keys = variants::table
         .filter(variants::photo_id.eq_any(ids))
         .select(variants::storage_key)

@@ -190,11 +190,11 @@ impl Follower {
 
     /// For a batch's follower, once the batch has nothing left to do: the events it has
     /// not handed out yet (they are in the log, maybe not yet broadcast), after which the
-    /// batch's story is told. None while the batch goes on, while some of the owner's
-    /// committed changes wait for the sequencer, or for a follower of all events.
+    /// batch's story is told. None while the batch goes on, while some of its committed
+    /// changes wait for the sequencer, or for a follower of all events.
     ///
     /// The sequencer keeps a batch's counts in the pass that appends its events, so once
-    /// nothing of the owner's is staged, the counts read next hold at least every change
+    /// nothing of the batch is staged, the counts read next hold at least every change
     /// committed before: a batch whose photos were just recorded is not taken for one with
     /// nothing left to do.
     pub async fn batch_rest(&mut self) -> Result<Option<Vec<Arc<Published>>>, DbError> {
@@ -202,7 +202,7 @@ impl Follower {
             return Ok(None);
         };
         let mut conn = db::conn(self.hub.pool()).await?;
-        if db::events::staged(&mut conn, self.owner).await? {
+        if db::events::staged(&mut conn, self.owner, batch).await? {
             return Ok(None);
         }
         let progress = db::events::batch_progress(&mut conn, self.owner, batch).await?;

@@ -657,11 +657,12 @@ pub(super) async fn store_variants(
         };
         let etag = hex::encode(&Sha256::digest(&v.data)[..16]);
         let bytes = v.data.len() as i64;
+        // Named before it is written: a write cut short may still leave the object.
+        stored.push(key.clone());
         ctx.storage
             .put(&key, Bytes::from(v.data), v.content_type)
             .instrument(store_span.clone())
             .await?;
-        stored.push(key.clone());
         variants.push(Variant {
             photo_id,
             name: v.name,

@@ -58,16 +58,23 @@ pub fn lease(config: &crate::config::Config) -> Duration {
 /// did not start as a job), taking them out of `left`. On a database error they stay
 /// pending, to be taken over later.
 pub async fn start(ctx: &WorkerContext, left: &mut HashMap<Uuid, Delivered>) -> Vec<Reprocess> {
-    let bulk: Vec<(Uuid, String)> = left
+    let bulk: Vec<db::reprocess::Delivery> = left
         .iter()
         .filter(|(_, d)| crate::queue::locate(&d.entry).0 == Lane::Bulk)
-        .map(|(id, d)| (*id, d.entry.clone()))
+        .map(|(id, d)| db::reprocess::Delivery {
+            photo_id: *id,
+            entry: d.entry.clone(),
+            deliveries: d.deliveries,
+        })
         .collect();
     if bulk.is_empty() {
         return Vec::new();
     }
     let started = match db::conn(&ctx.pool).await {
-        Ok(mut conn) => db::reprocess::start(&mut conn, &bulk, lease(&ctx.config)).await,
+        Ok(mut conn) => {
+            let max = i32::try_from(ctx.config.retry.max_attempts).unwrap_or(i32::MAX);
+            db::reprocess::start(&mut conn, &bulk, lease(&ctx.config), max).await
+        }
         Err(e) => Err(e),
     };
     match started {
@@ -82,8 +89,8 @@ pub async fn start(ctx: &WorkerContext, left: &mut HashMap<Uuid, Delivered>) -> 
             .collect(),
         Err(e) => {
             tracing::warn!(error = %e, jobs = bulk.len(), "could not start reprocessing; the entries stay pending");
-            for (id, _) in bulk {
-                left.remove(&id);
+            for d in bulk {
+                left.remove(&d.photo_id);
             }
             Vec::new()
         }
@@ -130,9 +137,17 @@ async fn run(
     };
     let recorded = match remade {
         Ok(remade) => match db::conn(&ctx.pool).await {
-            Ok(mut conn) => db::reprocess::complete(&mut conn, photo.id, *lease, &remade)
-                .await
-                .map_err(JobError::from),
+            Ok(mut conn) => {
+                match db::reprocess::complete(&mut conn, photo.id, *lease, &remade).await {
+                    Ok(recorded) => Ok(recorded),
+                    Err(e) => {
+                        // The commit may have gone through before the error: what was stored
+                        // may be in use. The orphan walk removes it if it is not.
+                        stored.clear();
+                        Err(e.into())
+                    }
+                }
+            }
             Err(e) => Err(e.into()),
         },
         Err(e) => Err(e),
@@ -161,6 +176,10 @@ async fn run(
             return Ok("stale");
         }
         e if e.db_unreachable() || matches!(e, JobError::Interrupted) => {
+            if e.db_unreachable() {
+                ctx.db_down
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             tracing::warn!(error = %e, "reprocessing handed back");
             return give_back(ctx, job).await;
         }
@@ -220,7 +239,7 @@ async fn run(
 }
 
 /// Makes the photo's variants again from its original and stores them under the
-/// attempt's own keys (each in `stored` once written).
+/// attempt's own keys (each named in `stored` as it is written).
 async fn remake(
     ctx: &WorkerContext,
     photo: &Photo,

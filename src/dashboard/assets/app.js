@@ -483,7 +483,7 @@ async function viewPhoto(root, id) {
     variants.append(h("figure", {}, img, h("figcaption", {}, `${v.name} · ${v.width}×${v.height} · ${v.content_type} · ${v.bytes} bytes`)));
     // The bytes through the API even where storage serves by redirects: the page may
     // only connect to its own origin.
-    api(`${v.url}?redirect=false`).then((blob) => { img.src = URL.createObjectURL(blob); }).catch(() => { img.alt += " (could not load)"; });
+    api(`${v.url}${v.url.includes("?") ? "&" : "?"}redirect=false`).then((blob) => { img.src = URL.createObjectURL(blob); }).catch(() => { img.alt += " (could not load)"; });
   }
   // Shown again when the photo changes (and if it changed while it was being read).
   if (changed) route();
