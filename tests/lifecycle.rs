@@ -51,15 +51,6 @@ fn objects_of(app: &TestApp, id: &str) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-async fn delete(app: &TestApp, path: &str) -> reqwest::Response {
-    app.client
-        .delete(app.url(path))
-        .bearer_auth(&app.key)
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_photo_deleted_while_processed_leaves_no_object() {
     let mut app = TestApp::builder()
@@ -72,10 +63,7 @@ async fn a_photo_deleted_while_processed_leaves_no_object() {
     wait_photo(&app, &id, |p| p["state"] == "processing").await;
     assert!(!objects_of(&app, &id).is_empty(), "the original is stored");
 
-    assert_eq!(
-        delete(&app, &format!("/v1/photos/{id}")).await.status(),
-        204
-    );
+    assert_eq!(app.delete(&format!("/v1/photos/{id}")).await.status(), 204);
     assert_eq!(app.get(&format!("/v1/photos/{id}")).await.status(), 404);
     // The worker finishes, finds its result stale and removes what it stored.
     let deadline = Instant::now() + SETTLE_TIMEOUT;
@@ -87,10 +75,7 @@ async fn a_photo_deleted_while_processed_leaves_no_object() {
     assert_eq!(objects_of(&app, &id), Vec::<std::path::PathBuf>::new());
     // Deleting again is harmless.
     let app = app.restart("").await;
-    assert_eq!(
-        delete(&app, &format!("/v1/photos/{id}")).await.status(),
-        204
-    );
+    assert_eq!(app.delete(&format!("/v1/photos/{id}")).await.status(), 204);
     app.finish().await;
 }
 
@@ -106,10 +91,7 @@ async fn deleted_photos_and_batches_are_gone_from_reads_storage_and_say_so() {
     let kept = first["photos"][1]["id"].as_str().unwrap().to_owned();
     assert!(!objects_of(&app, &one).is_empty());
 
-    assert_eq!(
-        delete(&app, &format!("/v1/photos/{one}")).await.status(),
-        204
-    );
+    assert_eq!(app.delete(&format!("/v1/photos/{one}")).await.status(), 204);
     assert!(
         objects_of(&app, &one).is_empty(),
         "{:?}",
@@ -150,7 +132,7 @@ async fn deleted_photos_and_batches_are_gone_from_reads_storage_and_say_so() {
     // The second batch as a whole.
     let batch_id = second["batch_id"].as_str().unwrap();
     assert_eq!(
-        delete(&app, &format!("/v1/batches/{batch_id}"))
+        app.delete(&format!("/v1/batches/{batch_id}"))
             .await
             .status(),
         204

@@ -16,17 +16,8 @@ use common::{error_code, photo_ids, stored_objects, three_photos, undecodable, T
 use serde_json::Value;
 use uuid::Uuid;
 
-async fn post(app: &TestApp, path: &str) -> reqwest::Response {
-    app.client
-        .post(app.url(path))
-        .bearer_auth(&app.key)
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn accepted(app: &TestApp, path: &str) -> Value {
-    let res = post(app, path).await;
+    let res = app.post_empty(path).await;
     assert_eq!(res.status(), 202, "POST {path}");
     res.json().await.unwrap()
 }
@@ -166,13 +157,14 @@ async fn a_variant_change_reprocessed_gives_the_new_sizes_and_changes_nothing_el
     let forced = wait_run(&app, run["id"].as_str().unwrap()).await;
     assert_eq!(forced["done"], 1, "{forced}");
     let failed = after.iter().find(|p| p["state"] == "failed").unwrap();
-    let res = post(
-        &app,
-        &format!("/v1/photos/{}/reprocess", failed["id"].as_str().unwrap()),
-    )
-    .await;
+    let failed_id = failed["id"].as_str().unwrap();
+    let res = app
+        .post_empty(&format!("/v1/photos/{failed_id}/reprocess"))
+        .await;
     assert_eq!(res.status(), 409);
-    let res = post(&app, &format!("/v1/photos/{}/reprocess", Uuid::now_v7())).await;
+    let res = app
+        .post_empty(&format!("/v1/photos/{}/reprocess", Uuid::now_v7()))
+        .await;
     assert_eq!(res.status(), 404);
     assert_eq!(error_code(res).await, "not_found");
 
@@ -255,13 +247,7 @@ async fn a_photo_deleted_while_reprocessed_leaves_no_object_behind() {
         assert!(Instant::now() < deadline, "never started: {now}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let res = app
-        .client
-        .delete(app.url(&format!("/v1/photos/{id}")))
-        .bearer_auth(&app.key)
-        .send()
-        .await
-        .unwrap();
+    let res = app.delete(&format!("/v1/photos/{id}")).await;
     assert_eq!(res.status(), 204);
 
     // Once the attempt has ended (its cleanup comes before its count), nothing is stored
@@ -369,13 +355,7 @@ async fn the_guarded_moves_start_once_record_nothing_stale_and_end_what_never_en
         .unwrap()
         .unwrap();
     assert_eq!((now.queued, now.processing), (1, 0), "{now:?}");
-    let res = app
-        .client
-        .delete(app.url(&format!("/v1/photos/{}", ids[0])))
-        .bearer_auth(&app.key)
-        .send()
-        .await
-        .unwrap();
+    let res = app.delete(&format!("/v1/photos/{}", ids[0])).await;
     assert_eq!(res.status(), 204);
     assert!(reprocess::start(&mut conn, &start("0-3"), lease, max)
         .await

@@ -268,6 +268,25 @@ impl TestApp {
         self.get_as(&self.key, path).await
     }
 
+    /// DELETE with the app's key.
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.send(reqwest::Method::DELETE, path).await
+    }
+
+    /// POST without a body, with the app's key.
+    pub async fn post_empty(&self, path: &str) -> reqwest::Response {
+        self.send(reqwest::Method::POST, path).await
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// GET with another key than the app's own.
     pub async fn get_as(&self, key: &str, path: &str) -> reqwest::Response {
         self.client
