@@ -218,7 +218,7 @@ pub async fn sweep_rows(
     removed.stream_tokens = db::events::prune_tokens(&mut conn, now).await? as u64;
     // Not counted as removals: finished reprocessing runs, kept as long as events; the
     // byte counts of quotas (`db::usage`) kept short.
-    db::reprocess::prune(&mut conn, events_before).await?;
+    while db::reprocess::prune(&mut conn, events_before, CHUNK).await? as i64 >= CHUNK {}
     db::usage::fold(&mut conn, CHUNK).await?;
     Ok(removed)
 }

@@ -303,17 +303,17 @@ async fn the_guarded_moves_start_once_record_nothing_stale_and_end_what_never_en
     };
     let start = |entry: &str| delivery(ids[0], entry, 1);
 
-    let first = reprocess::start(&mut conn, &start("0-1"), lease, max)
+    let (first, _) = reprocess::start(&mut conn, &start("0-1"), lease, max)
         .await
         .unwrap();
     assert_eq!(first.len(), 1);
     // Another entry for the same photo while it runs: nothing.
-    assert!(reprocess::start(&mut conn, &start("0-2"), lease, max)
+    let (started, spent) = reprocess::start(&mut conn, &start("0-2"), lease, max)
         .await
-        .unwrap()
-        .is_empty());
+        .unwrap();
+    assert!(started.is_empty() && spent.is_empty());
     // The same entry again (taken over from a worker that stopped): a new attempt.
-    let second = reprocess::start(&mut conn, &start("0-1"), lease, max)
+    let (second, _) = reprocess::start(&mut conn, &start("0-1"), lease, max)
         .await
         .unwrap();
     assert_eq!(second.len(), 1);
@@ -357,10 +357,10 @@ async fn the_guarded_moves_start_once_record_nothing_stale_and_end_what_never_en
     assert_eq!((now.queued, now.processing), (1, 0), "{now:?}");
     let res = app.delete(&format!("/v1/photos/{}", ids[0])).await;
     assert_eq!(res.status(), 204);
-    assert!(reprocess::start(&mut conn, &start("0-3"), lease, max)
+    let (started, spent) = reprocess::start(&mut conn, &start("0-3"), lease, max)
         .await
-        .unwrap()
-        .is_empty());
+        .unwrap();
+    assert!(started.is_empty() && spent.is_empty());
     let now = reprocess::progress(&mut conn, run.id, None)
         .await
         .unwrap()
@@ -374,7 +374,7 @@ async fn the_guarded_moves_start_once_record_nothing_stale_and_end_what_never_en
         .await
         .unwrap()
         .unwrap();
-    let started = reprocess::start(&mut conn, &delivery(ids[1], "0-4", 1), lease, max)
+    let (started, _) = reprocess::start(&mut conn, &delivery(ids[1], "0-4", 1), lease, max)
         .await
         .unwrap();
     assert_eq!(started.len(), 1);
@@ -389,10 +389,11 @@ async fn the_guarded_moves_start_once_record_nothing_stale_and_end_what_never_en
         [ids[1]]
     );
     let poison = delivery(ids[1], "0-5", max + 1);
-    assert!(reprocess::start(&mut conn, &poison, lease, max)
+    let (started, spent) = reprocess::start(&mut conn, &poison, lease, max)
         .await
-        .unwrap()
-        .is_empty());
+        .unwrap();
+    assert!(started.is_empty());
+    assert_eq!(spent, [ids[1]]);
     let now = reprocess::progress(&mut conn, run.id, None)
         .await
         .unwrap()

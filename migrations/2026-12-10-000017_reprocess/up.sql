@@ -8,8 +8,9 @@
 -- machine of its own, every move a guarded statement (`db::reprocess`):
 --
 --   queued ──start──▶ processing ──▶ done
---     ▲                  │  └──────▶ failed (the input, or the attempt budget)
---     └──── retry ───────┘
+--     ▲  │               │  └──────▶ failed (the input, or the attempt budget)
+--     │  │               ├──retry, hand-back, or taken back past its lease──▶ queued
+--     │  └──start past the budget──▶ failed
 --   queued/processing ──▶ skipped (the photo was deleted or lost its original meanwhile)
 --
 -- An attempt holds a lease (a fresh uuid) that its end must name: an attempt taken over

@@ -52,6 +52,7 @@ pub enum ImageBytes {
     Redirect {
         location: String,
         ttl: Duration,
+        immutable: bool,
     },
 }
 
@@ -76,6 +77,7 @@ impl ImageBytes {
                 return Ok(ImageBytes::Redirect {
                     location: url.into(),
                     ttl,
+                    immutable,
                 });
             }
         }
@@ -120,12 +122,20 @@ impl Responder for ImageBytes {
                 .insert_header((header::CACHE_CONTROL, cache_control(immutable)))
                 .body(body),
             // Cached for half the URL's life, so a cached redirect never points at an
-            // expired URL.
-            ImageBytes::Redirect { location, ttl } => HttpResponse::Found()
+            // expired URL; not at all when the URL does not name the bytes (they may change).
+            ImageBytes::Redirect {
+                location,
+                ttl,
+                immutable,
+            } => HttpResponse::Found()
                 .insert_header((header::LOCATION, location))
                 .insert_header((
                     header::CACHE_CONTROL,
-                    format!("private, max-age={}", ttl.as_secs() / 2),
+                    if immutable {
+                        format!("private, max-age={}", ttl.as_secs() / 2)
+                    } else {
+                        REVALIDATE.to_owned()
+                    },
                 ))
                 .finish(),
         }

@@ -289,19 +289,21 @@ pub struct Delivery {
     pub deliveries: i32,
 }
 
-/// Starts the reprocessing of delivered photos: rows `queued`, or `processing` from this
-/// very entry (taken over from a worker that stopped renewing its claim) or past their
+/// Starts the reprocessing of delivered photos: rows `queued` (due or not: a retry's
+/// due time is kept by Redis, and an early duplicate only starts it sooner, as for photos'
+/// jobs), or `processing` from this very entry (taken over from a worker that stopped renewing its claim) or past their
 /// lease. A row whose budget is spent (`max_attempts` attempts started, or an entry
 /// delivered more often than that: attempts that never got as far as an end, such as a
 /// worker killed by the image) ends `failed` instead, the photo keeping its variants. Rows
 /// whose photo is no longer completed with its original end `skipped`. Photos with no such
-/// row are left out: their deliveries are stale.
+/// row are left out: their deliveries are stale. Returns the attempts started and the
+/// photos whose rows ended `failed` here.
 pub async fn start(
     conn: &mut AsyncPgConnection,
     delivered: &[Delivery],
     lease: std::time::Duration,
     max_attempts: i32,
-) -> Result<Vec<Started>, DbError> {
+) -> Result<(Vec<Started>, Vec<Uuid>), DbError> {
     let ids: Vec<Uuid> = delivered.iter().map(|d| d.photo_id).collect();
     let entries: Vec<String> = delivered.iter().map(|d| d.entry.clone()).collect();
     let counts: Vec<i32> = delivered.iter().map(|d| d.deliveries).collect();
@@ -331,12 +333,13 @@ pub async fn start(
             "WITH d AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[]) \
                         AS d (photo_id, entry, n)), \
              taken AS ( \
-                 SELECT r.photo_id, d.entry, r.attempts >= $5 OR d.n > $5 AS spent \
+                 SELECT r.photo_id, d.entry, d.n, r.attempts >= $5 OR d.n > $5 AS spent \
                  FROM reprocessing AS r JOIN d ON d.photo_id = r.photo_id \
                  WHERE r.state = 'queued' \
                     OR (r.state = 'processing' \
                         AND (r.entry_id = d.entry \
                              OR r.started_at < now() - $4 * interval '1 millisecond')) \
+                 ORDER BY r.photo_id \
                  FOR UPDATE OF r) \
              UPDATE reprocessing AS r \
              SET state = CASE WHEN t.spent THEN 'failed' ELSE 'processing' END, \
@@ -345,8 +348,9 @@ pub async fn start(
                  entry_id = t.entry, started_at = now(), \
                  finished_at = CASE WHEN t.spent THEN now() END, \
                  error_code = CASE WHEN t.spent THEN 'worker_crashed' ELSE r.error_code END, \
-                 error = CASE WHEN t.spent \
-                     THEN 'gave up after ' || r.attempts || ' attempts that did not end' \
+                 error = CASE WHEN t.n > $5 \
+                     THEN 'delivered ' || t.n || ' times without an end' \
+                     WHEN t.spent THEN 'gave up after ' || r.attempts || ' attempts' \
                      ELSE r.error END \
              FROM taken AS t WHERE r.photo_id = t.photo_id \
              RETURNING r.photo_id, r.lease, r.attempts",
@@ -358,6 +362,11 @@ pub async fn start(
         .bind::<Integer, _>(max_attempts)
         .load(conn)
         .await?;
+        let spent: Vec<Uuid> = rows
+            .iter()
+            .filter(|r| r.lease.is_none())
+            .map(|r| r.photo_id)
+            .collect();
         let rows: Vec<(Uuid, Uuid, i32)> = rows
             .into_iter()
             .filter_map(|r| r.lease.map(|lease| (r.photo_id, lease, r.attempts)))
@@ -370,7 +379,7 @@ pub async fn start(
             .await?;
         let mut photos: std::collections::HashMap<Uuid, Photo> =
             photos.into_iter().map(|p| (p.id, p)).collect();
-        Ok(rows
+        let started = rows
             .into_iter()
             .filter_map(|(id, lease, attempts)| {
                 photos.remove(&id).map(|photo| Started {
@@ -379,7 +388,8 @@ pub async fn start(
                     attempts,
                 })
             })
-            .collect())
+            .collect();
+        Ok((started, spent))
     })
     .await
 }
@@ -419,7 +429,7 @@ pub async fn complete(
         photos::table
             .filter(photos::id.eq(photo_id))
             .select(photos::id)
-            .for_update()
+            .for_no_key_update()
             .load::<Uuid>(conn)
             .await?;
         let held = diesel::sql_query(
@@ -594,17 +604,21 @@ pub async fn reclaim(
         state: String,
     }
     let rows: Vec<Row> = diesel::sql_query(
-        "UPDATE reprocessing \
-         SET state = CASE WHEN attempts >= $3 THEN 'failed' ELSE 'queued' END, \
+        "WITH o AS (SELECT photo_id FROM reprocessing \
+                    WHERE photo_id = ANY ($1) AND state = 'processing' \
+                      AND started_at < now() - $2 * interval '1 millisecond' \
+                    ORDER BY photo_id FOR UPDATE) \
+         UPDATE reprocessing AS r \
+         SET state = CASE WHEN r.attempts >= $3 THEN 'failed' ELSE 'queued' END, \
              lease = NULL, \
-             finished_at = CASE WHEN attempts >= $3 THEN now() END, \
-             error_code = CASE WHEN attempts >= $3 THEN 'worker_crashed' ELSE error_code END, \
-             error = CASE WHEN attempts >= $3 \
-                 THEN 'gave up after ' || attempts || ' attempts that did not end' \
-                 ELSE error END \
-         WHERE photo_id = ANY ($1) AND state = 'processing' \
-           AND started_at < now() - $2 * interval '1 millisecond' \
-         RETURNING photo_id, state",
+             finished_at = CASE WHEN r.attempts >= $3 THEN now() END, \
+             error_code = CASE WHEN r.attempts >= $3 THEN 'worker_crashed' \
+                          ELSE r.error_code END, \
+             error = CASE WHEN r.attempts >= $3 \
+                 THEN 'gave up after ' || r.attempts || ' attempts, the last without an end' \
+                 ELSE r.error END \
+         FROM o WHERE r.photo_id = o.photo_id \
+         RETURNING r.photo_id, r.state",
     )
     .bind::<Array<SqlUuid>, _>(photo_ids)
     .bind::<BigInt, _>(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
@@ -618,14 +632,24 @@ pub async fn reclaim(
         .collect())
 }
 
-/// Removes runs made before `before` that have nothing left to do, with their rows.
-pub async fn prune(conn: &mut AsyncPgConnection, before: DateTime<Utc>) -> Result<usize, DbError> {
+/// Removes at most `limit` runs that finished before `before` (their last photo ended
+/// then, or they took none and were made then), with their rows.
+pub async fn prune(
+    conn: &mut AsyncPgConnection,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<usize, DbError> {
     Ok(diesel::sql_query(
-        "DELETE FROM reprocess_runs AS u WHERE u.created_at < $1 \
-         AND NOT EXISTS (SELECT 1 FROM reprocessing AS r \
-                         WHERE r.run_id = u.id AND r.state IN ('queued', 'processing'))",
+        "DELETE FROM reprocess_runs WHERE id IN ( \
+             SELECT u.id FROM reprocess_runs AS u \
+             WHERE u.created_at < $1 \
+               AND NOT EXISTS (SELECT 1 FROM reprocessing AS r WHERE r.run_id = u.id \
+                               AND (r.state IN ('queued', 'processing') \
+                                    OR r.finished_at >= $1)) \
+             LIMIT $2)",
     )
     .bind::<Timestamptz, _>(before)
+    .bind::<BigInt, _>(limit)
     .execute(conn)
     .await?)
 }

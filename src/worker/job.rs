@@ -640,7 +640,7 @@ pub(super) fn spec_of(ctx: &WorkerContext, photo: &Photo) -> std::sync::Arc<pipe
 }
 
 /// Stores the variants a pipeline made, under their keys (a reprocessing attempt's own,
-/// with `version`), each key in `stored` once it is written; their rows to record.
+/// with `version`), each key named in `stored` as it is written; their rows to record.
 pub(super) async fn store_variants(
     ctx: &WorkerContext,
     photo_id: Uuid,

@@ -78,15 +78,28 @@ pub async fn start(ctx: &WorkerContext, left: &mut HashMap<Uuid, Delivered>) -> 
         Err(e) => Err(e),
     };
     match started {
-        Ok(started) => started
-            .into_iter()
-            .filter_map(|s| {
-                left.remove(&s.photo.id).map(|d| Reprocess {
-                    entry: d.entry,
-                    started: s,
+        Ok((started, spent)) => {
+            let mut done_with = Vec::new();
+            for photo_id in spent {
+                if let Some(d) = left.remove(&photo_id) {
+                    tracing::warn!(%photo_id, entry = %d.entry, deliveries = d.deliveries, "reprocessing gave up: attempt budget spent; the photo keeps its variants");
+                    ctx.metrics.reprocessed.with_label_values(&["failed"]).inc();
+                    done_with.push(d.entry);
+                }
+            }
+            if let Err(e) = ctx.queue.ack_many(&done_with).await {
+                tracing::warn!(error = %e, "ack failed");
+            }
+            started
+                .into_iter()
+                .filter_map(|s| {
+                    left.remove(&s.photo.id).map(|d| Reprocess {
+                        entry: d.entry,
+                        started: s,
+                    })
                 })
-            })
-            .collect(),
+                .collect()
+        }
         Err(e) => {
             tracing::warn!(error = %e, jobs = bulk.len(), "could not start reprocessing; the entries stay pending");
             for d in bulk {
