@@ -482,12 +482,9 @@ async fn reprocess(config: &Config, args: crate::cli::ReprocessArgs) -> Result<(
     };
     let mut run = crate::reprocess::request(&pool, &queue, config, None, target, args.force)
         .await?
-        .map_err(|refusal| {
-            StartError::Refused(match refusal {
-                Refusal::NotFound => format!("no such {}", target.as_str()),
-                Refusal::NotCompleted => "only completed photos are reprocessed".into(),
-                Refusal::OriginalRemoved => "retention removed the photo's original".into(),
-            })
+        .map_err(|refusal| match refusal {
+            Refusal::NotFound => StartError::Refused(format!("no such {}", target.as_str())),
+            other => StartError::Refused(other.to_string()),
         })?;
     let mut shown = None;
     loop {
@@ -516,13 +513,14 @@ async fn reprocess(config: &Config, args: crate::cli::ReprocessArgs) -> Result<(
             .await?
             .ok_or_else(|| StartError::Refused("the run was erased meanwhile".into()))?;
     }
+    let failed = run.failed;
     if args.json {
         println!(
             "{}",
-            serde_json::json!(crate::api::reprocess::ReprocessRun::from(run.clone()))
+            serde_json::json!(crate::api::reprocess::ReprocessRun::from(run))
         );
     }
-    if args.wait && run.failed > 0 {
+    if args.wait && failed > 0 {
         return Err(StartError::SomeFailed);
     }
     Ok(())

@@ -87,12 +87,13 @@ pub async fn reconcile(
     queue: &Queue,
     config: &Config,
 ) -> Result<usize, DispatchError> {
+    let lease = crate::worker::reprocess::lease(config);
     let overdue = {
         let mut conn = db::conn(pool).await?;
         db::reprocess::overdue(
             &mut conn,
             std::time::Duration::from_secs(config.reconciler.grace_secs),
-            crate::worker::reprocess::lease(config),
+            lease,
             config.reconciler.batch_size,
         )
         .await?
@@ -120,7 +121,6 @@ pub async fn reconcile(
     if !lifeless.is_empty() {
         let mut conn = db::conn(pool).await?;
         let max = i32::try_from(config.retry.max_attempts).unwrap_or(i32::MAX);
-        let lease = crate::worker::reprocess::lease(config);
         again.extend(db::reprocess::reclaim(&mut conn, &lifeless, lease, max).await?);
     }
     for chunk in again.chunks(PUBLISH_CHUNK) {

@@ -46,9 +46,9 @@ CREATE TABLE reprocessing (
     lease uuid,
     -- The stream entry the job was last published as (bulk lane).
     entry_id text,
+    -- When the job was last published, or a retry is due, or the reconciler last looked.
     published_at timestamptz,
     started_at timestamptz,
-    next_attempt_at timestamptz,
     finished_at timestamptz,
     error_code text,
     error text

@@ -77,7 +77,7 @@ async fn request(
     state: &AppState,
     owner: Uuid,
     target: Target,
-    force: bool,
+    query: &ReprocessQuery,
 ) -> Result<AcceptedJson<ReprocessRun>, ApiError> {
     let run = crate::reprocess::request(
         &state.pool,
@@ -85,7 +85,7 @@ async fn request(
         &state.config,
         Some(owner),
         target,
-        force,
+        query.force.unwrap_or(false),
     )
     .await?;
     match run {
@@ -94,9 +94,7 @@ async fn request(
             Target::Batch(_) => "batch",
             _ => "photo",
         })),
-        Err(Refusal::NotCompleted) => Err(ApiError::Conflict(
-            "only completed photos are reprocessed; this one is not (yet)".into(),
-        )),
+        Err(refusal @ Refusal::NotCompleted) => Err(ApiError::Conflict(refusal.to_string())),
         Err(Refusal::OriginalRemoved) => Err(ApiError::OriginalRemoved),
     }
 }
@@ -117,14 +115,8 @@ pub async fn reprocess_photo(
     path: web::Path<Uuid>,
     query: web::Query<ReprocessQuery>,
 ) -> Result<AcceptedJson<ReprocessRun>, ApiError> {
-    let force = query.force.unwrap_or(false);
-    request(
-        &state,
-        caller.owner,
-        Target::Photo(path.into_inner()),
-        force,
-    )
-    .await
+    let target = Target::Photo(path.into_inner());
+    request(&state, caller.owner, target, &query).await
 }
 
 /// Reprocess a batch
@@ -138,14 +130,8 @@ pub async fn reprocess_batch(
     path: web::Path<Uuid>,
     query: web::Query<ReprocessQuery>,
 ) -> Result<AcceptedJson<ReprocessRun>, ApiError> {
-    let force = query.force.unwrap_or(false);
-    request(
-        &state,
-        caller.owner,
-        Target::Batch(path.into_inner()),
-        force,
-    )
-    .await
+    let target = Target::Batch(path.into_inner());
+    request(&state, caller.owner, target, &query).await
 }
 
 /// Get a reprocessing run

@@ -79,13 +79,14 @@ impl RunProgress {
     }
 }
 
-/// Why a photo cannot be reprocessed (a run over one photo).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a target cannot be reprocessed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    #[error("no such photo or batch")]
     NotFound,
-    /// Only completed photos are reprocessed (`state` is where it is).
+    #[error("only completed photos are reprocessed; this one is not (yet)")]
     NotCompleted,
-    /// Retention removed its original.
+    #[error("retention removed the photo's original")]
     OriginalRemoved,
 }
 
@@ -148,7 +149,7 @@ pub async fn request(
                  ON CONFLICT (photo_id) DO UPDATE \
                  SET run_id = excluded.run_id, state = 'queued', attempts = 0, \
                      queued_at = excluded.queued_at, lease = NULL, entry_id = NULL, \
-                     published_at = NULL, started_at = NULL, next_attempt_at = NULL, \
+                     published_at = NULL, started_at = NULL, \
                      finished_at = NULL, error_code = NULL, error = NULL \
                  WHERE r.state NOT IN ('queued', 'processing') \
                  RETURNING r.photo_id) \
@@ -524,7 +525,6 @@ pub async fn end(
                      THEN 'skipped' ELSE $3 END, \
              lease = NULL, \
              error_code = coalesce($4, error_code), error = coalesce($5, error), \
-             next_attempt_at = now() + coalesce($6, 0) * interval '1 millisecond', \
              published_at = now() + coalesce($6, 0) * interval '1 millisecond', \
              entry_id = coalesce($7, entry_id), \
              attempts = attempts - 1 + $8, \

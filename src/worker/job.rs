@@ -684,11 +684,9 @@ async fn without_gps(
     photo: &Photo,
     original: Bytes,
 ) -> Result<Bytes, JobError> {
-    let mut bytes = original.to_vec();
-    if !crate::pipeline::privacy::strip_gps(&mut bytes) {
+    let Some(bytes) = gps_stripped(&original) else {
         return Ok(original);
-    }
-    let bytes = Bytes::from(bytes);
+    };
     let content_type =
         crate::pipeline::sniff::sniff(&bytes).map_or("application/octet-stream", |f| f.mime());
     ctx.storage
@@ -696,6 +694,12 @@ async fn without_gps(
         .await?;
     tracing::info!("GPS position removed from the original");
     Ok(bytes)
+}
+
+/// The original without its GPS position, if it had one.
+pub(super) fn gps_stripped(original: &Bytes) -> Option<Bytes> {
+    let mut bytes = original.to_vec();
+    crate::pipeline::privacy::strip_gps(&mut bytes).then(|| Bytes::from(bytes))
 }
 
 /// A downloaded original, described once it has been processed: its type as sniffed, its

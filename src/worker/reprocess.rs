@@ -267,12 +267,7 @@ async fn remake(
     // An original stored before `privacy.strip_gps` was turned on keeps its position; what
     // is made from it now must not carry it (an import's `compressed` may keep EXIF).
     let original = if ctx.config.privacy.strip_gps {
-        let mut bytes = original.to_vec();
-        if crate::pipeline::privacy::strip_gps(&mut bytes) {
-            bytes::Bytes::from(bytes)
-        } else {
-            original
-        }
+        job::gps_stripped(&original).unwrap_or(original)
     } else {
         original
     };
